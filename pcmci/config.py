@@ -1,0 +1,307 @@
+"""Configs as dataclasses, named presets, YAML files and dotted ``key=value`` overrides.
+
+``load_config(path_or_preset, overrides)`` is the one entry point; unknown keys, unknown stages and
+ill-typed values raise ``ConfigError`` naming the offending key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGE_NAMES = ("ich", "ici", "ivc")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the schema."""
+
+
+@dataclass
+class ClipConfig:
+    """Frozen open_clip tower: ``name`` is an open_clip model config, ``pretrained`` a tag or a local path."""
+
+    name: str = "pcmci-tiny-clip"
+    pretrained: str | None = None
+    cache_dir: str | None = None
+    prompt: str = "a video of a person {}."
+
+
+@dataclass
+class TimeSformerConfig:
+    """Divided space-time ViT (timm blocks); ``pretrained`` is a local timm-ViT checkpoint path."""
+
+    img_size: int = 64
+    patch_size: int = 16
+    frames: int = 8
+    width: int = 64
+    depth: int = 2
+    heads: int = 2
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    pretrained: str | None = None
+
+
+@dataclass
+class ICHConfig:
+    eps: float = 0.1
+    iters: int = 50
+    ot_grad: bool = True
+    proxy: str = "overalign"
+    dictionary: str = "kmeans"
+    dict_size: int = 256
+
+
+@dataclass
+class ICIConfig:
+    bases: int = 8
+    layers: int = 1
+    mlp_ratio: float = 2.0
+
+
+@dataclass
+class IVCConfig:
+    bases: int = 8
+    dictionary: str = "kmeans"
+    dict_size: int = 512
+    align_weight: float = 0.0
+
+
+@dataclass
+class HeadConfig:
+    layers: int = 1
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    aux_weight: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    timesformer: TimeSformerConfig = field(default_factory=TimeSformerConfig)
+    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
+    ich: ICHConfig = field(default_factory=ICHConfig)
+    ici: ICIConfig = field(default_factory=ICIConfig)
+    ivc: IVCConfig = field(default_factory=IVCConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    multilabel: bool = False
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""
+    labels: str | None = None
+    train_split: str = "train"
+    eval_splits: list[str] = field(default_factory=lambda: ["test_id", "test_ood"])
+    frames: int = 8
+    image_size: int = 64
+    backend: str = "pyav"
+    num_workers: int = 0
+    dictionary_batches: int = 4
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    epochs: int = 10
+    warmup_epochs: float = 1.0
+    batch_size: int = 8
+    grad_clip: float = 1.0
+    amp: bool = True
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _tiny() -> Config:
+    """CPU preset: tiny custom CLIP, 2-layer TimeSformer on 8x64x64 clips; tests and the demo."""
+    cfg = Config()
+    cfg.model.ich = ICHConfig(dict_size=32)
+    cfg.model.ivc = IVCConfig(dict_size=32)
+    return cfg
+
+
+def _paper() -> Config:
+    """The paper's budget: CLIP ViT-B/16 frozen, TimeSformer-B/16 on 8x224x224, D=512, K=8."""
+    cfg = Config()
+    cfg.model.clip = ClipConfig(name="ViT-B-16", pretrained="openai")
+    cfg.model.timesformer = TimeSformerConfig(img_size=224, patch_size=16, frames=8, width=768, depth=12, heads=12)
+    cfg.model.ici = ICIConfig(layers=2, mlp_ratio=4.0)
+    cfg.model.head = HeadConfig(layers=2, heads=8, mlp_ratio=4.0)
+    cfg.data.image_size = 224
+    cfg.optim = OptimConfig(name="adam", lr=1e-5, weight_decay=0.0, epochs=100, warmup_epochs=0.0, batch_size=8)
+    return cfg
+
+
+def _breakfast() -> Config:
+    cfg = _paper()
+    cfg.data.eval_splits = ["test"]
+    return cfg
+
+
+def _charades() -> Config:
+    cfg = _paper()
+    cfg.model.multilabel = True
+    cfg.data.eval_splits = ["test"]
+    return cfg
+
+
+PRESETS = {"tiny": _tiny, "paper": _paper, "breakfast": _breakfast, "coin": _breakfast, "charades": _charades}
+
+
+def preset(name: str) -> Config:
+    """A fresh copy of the named preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert one value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} expects true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} expects a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _set(obj: Any, dotted: str, value: Any) -> None:
+    """Set ``obj.a.b.c = value`` for ``dotted='a.b.c'``, validating names and types."""
+    parts = dotted.split(".")
+    node = obj
+    for i, name in enumerate(parts):
+        names = {f.name: f for f in dataclasses.fields(node)}
+        if name not in names:
+            where = ".".join(parts[:i]) or "top level"
+            raise ConfigError(f"unknown config key {dotted!r}: no {name!r} in {where} (valid: {', '.join(names)})")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(node, name)):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config key {dotted!r} is a section; give a mapping or set its fields")
+                for k, v in value.items():
+                    _set(obj, f"{dotted}.{k}", v)
+                return
+            hints = typing.get_type_hints(type(node))
+            setattr(node, name, _coerce(value, hints[name], dotted))
+        else:
+            node = getattr(node, name)
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks that a type alone cannot express."""
+    unknown = [s for s in cfg.model.stages if s not in STAGE_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown stage name(s) {unknown} in model.stages; valid stages: {list(STAGE_NAMES)}")
+    if len(set(cfg.model.stages)) != len(cfg.model.stages):
+        raise ConfigError(f"model.stages lists a stage twice: {cfg.model.stages}")
+    choices = {
+        "model.ich.proxy": (cfg.model.ich.proxy, ("overalign", "plan", "similarity")),
+        "model.ich.dictionary": (cfg.model.ich.dictionary, ("kmeans", "learned")),
+        "model.ivc.dictionary": (cfg.model.ivc.dictionary, ("kmeans", "learned")),
+        "optim.name": (cfg.optim.name, ("adamw", "adam")),
+        "data.backend": (cfg.data.backend, ("auto", "pyav", "dali")),
+    }
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise ConfigError(f"config key {key!r} = {value!r}; valid values: {list(valid)}")
+    if cfg.data.frames != cfg.model.timesformer.frames:
+        raise ConfigError(
+            f"data.frames={cfg.data.frames} must equal model.timesformer.frames={cfg.model.timesformer.frames}"
+        )
+    if cfg.data.image_size != cfg.model.timesformer.img_size:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} must equal model.timesformer.img_size={cfg.model.timesformer.img_size}"
+        )
+    if cfg.model.timesformer.img_size % cfg.model.timesformer.patch_size:
+        raise ConfigError("model.timesformer.img_size must be a multiple of model.timesformer.patch_size")
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``'optim.lr=1e-4'`` -> ``('optim.lr', 1e-4)``; values are parsed as YAML scalars or lists."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply(cfg: Config, values: dict[str, Any], prefix: str = "") -> Config:
+    """Apply a nested mapping (e.g. parsed YAML) onto ``cfg``."""
+    for key, value in values.items():
+        _set(cfg, f"{prefix}{key}", value)
+    return cfg
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a config from a preset name or a YAML file, then apply ``key=value`` overrides.
+
+    A YAML file may name ``preset: tiny`` as its base; everything else overrides that preset.
+    """
+    if source is None:
+        cfg = preset("tiny")
+    elif str(source) in PRESETS:
+        cfg = preset(str(source))
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config {str(source)!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        cfg = preset(data.pop("preset", "tiny"))
+        apply(cfg, data)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set(cfg, key, value)
+    return validate(cfg)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a config saved with ``to_dict`` (e.g. from a checkpoint)."""
+    return validate(apply(Config(), values))

@@ -1,0 +1,128 @@
+"""``pcmci demo``: synthesize the confounded activity set, train the full model and the no-intervention
+baseline on the ``tiny`` preset, evaluate both in and out of distribution, and write a report
+(``report.md``, ``report.json``, PNG plots) under the output folder."""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import STAGE_NAMES, preset
+from .data.synthetic import synthesize
+from .engine.evaluate import evaluate
+from .engine.plots import plot_grouped_bars, plot_training_curves
+from .engine.train import train
+
+log = logging.getLogger(__name__)
+VARIANTS = {"baseline": [], "full": list(STAGE_NAMES)}
+SPLITS = {"id": "test_id", "ood": "test_ood"}
+
+
+def _dataset(out: Path, seed: int, confound: float, progress: bool) -> Path:
+    """Synthesize once; reuse a matching set from an earlier demo run."""
+    data = out / "data"
+    meta = data / "meta.json"
+    if meta.is_file():
+        saved = json.loads(meta.read_text())
+        if saved.get("seed") == seed and saved.get("confound") == confound and (data / "manifest.csv").is_file():
+            log.info("reusing synthetic data in %s", data)
+            return data / "manifest.csv"
+    return synthesize(data, seed=seed, confound=confound, progress=progress)
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+
+
+def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int = 12, confound: float = 0.9,
+             device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Run the demo; returns the report dict (also written to ``out/report.json``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tic = time.perf_counter()
+    manifest = _dataset(out, seed=0, confound=confound, progress=progress)
+    raw: dict[str, dict[str, dict[str, list[float]]]] = {
+        v: {s: {"acc": [], "map": [], "top5": []} for s in SPLITS} for v in VARIANTS
+    }
+    curves = {}
+    for seed in range(seeds):
+        for variant, stages in VARIANTS.items():
+            cfg = preset("tiny")
+            cfg.data.manifest = str(manifest)
+            cfg.model.stages = list(stages)
+            cfg.optim.epochs = epochs
+            cfg.run.seed = seed
+            cfg.run.device = device
+            cfg.run.progress = progress
+            cfg.run.out_dir = str(out / f"{variant}-seed{seed}")
+            log.info("training %s (stages=%s), seed %d", variant, stages, seed)
+            ckpt = train(cfg)
+            results = evaluate(ckpt, list(SPLITS.values()), device=device, progress=progress)
+            for short, split in SPLITS.items():
+                for metric in ("acc", "map", "top5"):
+                    raw[variant][short][metric].append(results[split][metric])
+            curves[f"{variant} (seed {seed})"] = Path(cfg.run.out_dir) / "metrics.jsonl"
+
+    report: dict[str, Any] = {
+        v: {s: {m: float(np.mean(vals)) for m, vals in ms.items()} | {f"{m}_std": float(np.std(vals))
+            for m, vals in ms.items()} for s, ms in splits.items()}
+        for v, splits in raw.items()
+    }
+    report["runs"] = {v: {s: {m: _summary(vals) for m, vals in ms.items()} for s, ms in sp.items()}
+                      for v, sp in raw.items()}
+    report["setup"] = {
+        "seeds": seeds, "epochs": epochs, "confound": confound, "preset": "tiny", "manifest": str(manifest),
+        "device": str(torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "torch": torch.__version__, "seconds": round(time.perf_counter() - tic, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    plot_training_curves(curves, out / "training_curves.png")
+    for metric, label in (("acc", "top-1 accuracy"), ("map", "mAP")):
+        values = {v: {f"{s.upper()} ({SPLITS[s]})": (report[v][s][metric], report[v][s][f"{metric}_std"])
+                      for s in SPLITS} for v in VARIANTS}
+        plot_grouped_bars(values, out / f"id_ood_{metric}.png", label, f"{label}: in vs out of distribution")
+    (out / "report.md").write_text(_markdown(report))
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    setup = report["setup"]
+    pm = "±" if setup["seeds"] > 1 else ""
+
+    def cell(v: str, s: str, m: str) -> str:
+        return f"{report[v][s][m]:.4f}" + (f" {pm} {report[v][s][m + '_std']:.4f}" if pm else "")
+
+    rows = [f"| {v} | {cell(v, 'id', 'acc')} | {cell(v, 'ood', 'acc')} | {cell(v, 'id', 'map')} | "
+            f"{cell(v, 'ood', 'map')} |" for v in VARIANTS]
+    gap = report["full"]["ood"]["acc"] - report["baseline"]["ood"]["acc"]
+    return "\n".join([
+        "# pcmci demo report",
+        "",
+        f"Synthetic confounded procedural activities (confound {setup['confound']} in train / ID test, shuffled in "
+        f"the OOD test), `tiny` preset, {setup['epochs']} epochs, {setup['seeds']} seed(s), device "
+        f"{setup['device']}, {setup['seconds']} s in all. Measured numbers, nothing tuned for the table.",
+        "",
+        "| model | ID acc | OOD acc | ID mAP | OOD mAP |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"Full model minus baseline, OOD accuracy: {gap:+.4f}"
+        + (f" (mean over {setup['seeds']} seeds)." if setup["seeds"] > 1 else " (one seed)."),
+        "",
+        "Baseline = `stages=[]` (no intervention: CLIP label texts as head queries over TimeSformer tokens); "
+        "full = `stages=[ich, ici, ivc]`. CLIP is randomly initialised here (no downloads), so the text side "
+        "carries no language prior.",
+        "",
+        "![training curves](training_curves.png)",
+        "![accuracy](id_ood_acc.png)",
+        "![mAP](id_ood_map.png)",
+        "",
+    ])

@@ -1,0 +1,58 @@
+"""ICI: relation-aware backdoor adjustment over the label texts, ``T' -> T*``.
+
+A relation layer on ``X[B,N,D]`` with K bases of width ``d = D/K``:
+``G_k = softmax(X U_k (X U'_k)^T / sqrt(d))``, prior ``pi = softmax(omega)`` over the bases, and
+``X <- LN(X + W_O sum_k pi_k G_k X W_k)``, then ``X <- LN(X + FFN(X))``. ICI stacks ``layers`` of them.
+"""
+from __future__ import annotations
+
+import torch
+from timm.layers import Mlp
+from torch import Tensor, nn
+
+from ..config import ICIConfig
+from ..kernels import relation
+
+
+class RelationLayer(nn.Module):
+    """``forward(x[B,N,D]) -> [B,N,D]``; with ``return_maps`` also the bases ``G[B,K,N,N]``."""
+
+    def __init__(self, dim: int, bases: int, mlp_ratio: float) -> None:
+        super().__init__()
+        if dim % bases:
+            raise ValueError(f"relation bases K={bases} must divide the joint dim D={dim}")
+        self.bases = bases
+        self.u = nn.Linear(dim, dim, bias=False)
+        self.u_prime = nn.Linear(dim, dim, bias=False)
+        self.w = nn.Linear(dim, dim, bias=False)
+        self.omega = nn.Parameter(torch.zeros(bases))
+        self.w_o = nn.Linear(dim // bases, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim)
+
+    def split(self, x: Tensor) -> Tensor:
+        """``[B,N,D] -> [B,K,N,D/K]``."""
+        b, n, _ = x.shape
+        return x.view(b, n, self.bases, -1).transpose(1, 2)
+
+    def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        prior = torch.softmax(self.omega, dim=0)
+        q, k, v = self.split(self.u(x)), self.split(self.u_prime(x)), self.split(self.w(x))
+        r, maps = relation(q, k, v, prior, return_maps=True) if return_maps else (relation(q, k, v, prior), None)
+        x = self.norm1(x + self.w_o(r))
+        x = self.norm2(x + self.ffn(x))
+        return (x, maps) if return_maps else x
+
+
+class ICI(nn.Module):
+    """``forward(t'[B,L,D]) -> t*[B,L,D]``: ``layers`` relation layers over the label texts."""
+
+    def __init__(self, cfg: ICIConfig, dim: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(RelationLayer(dim, cfg.bases, cfg.mlp_ratio) for _ in range(cfg.layers))
+
+    def forward(self, t: Tensor) -> Tensor:
+        for layer in self.layers:
+            t = layer(t)
+        return t

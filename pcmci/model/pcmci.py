@@ -1,0 +1,133 @@
+"""PCMCI: frozen CLIP + trainable TimeSformer + the causal stages in the configured order + the head.
+
+State flowing through the stages: texts ``t[B,L,D]`` (starting from the learnable ``T``) and video tokens
+``v[B,N,D]``. ``ich``: t <- ICH(t, VP); ``ici``: t <- ICI(t); ``ivc``: v <- IVC(v, t). Any subset, any order;
+``stages=[]`` is the no-intervention baseline. The head scores the C class rows of the final texts (plus the A
+atomic-action rows when the auxiliary loss is on) against the final video tokens.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .clip import FrozenCLIP
+from .head import CrossAttentionHead
+from .ich import ICH
+from .ici import ICI
+from .ivc import IVC
+from .timesformer import TimeSformer
+
+
+class PCMCI(nn.Module):
+    """``forward(frames[B,F,3,H,W] in [0,1]) -> {"logits": [B,C], "aux_logits": [B,A'], "align_loss": []}``.
+
+    ``classes`` are the C class names, ``actions`` the A auxiliary atomic-action / step texts.
+    """
+
+    def __init__(self, cfg: ModelConfig, classes: list[str], actions: list[str] | None = None) -> None:
+        super().__init__()
+        if not classes:
+            raise ValueError("PCMCI needs at least one class name")
+        self.cfg = cfg
+        self.classes, self.actions = list(classes), list(actions or [])
+        self.order = list(cfg.stages)
+        self.clip = FrozenCLIP(cfg.clip)
+        dim = self.clip.embed_dim
+        self.video = TimeSformer(cfg.timesformer, dim)
+        self.text = nn.Parameter(self.clip.encode_text(self.classes + self.actions).clone())
+        self.ich = ICH(cfg.ich, dim, self.clip.temperature) if "ich" in self.order else None
+        self.ici = ICI(cfg.ici, dim) if "ici" in self.order else None
+        self.ivc = IVC(cfg.ivc, dim, cfg.head.heads, cfg.ici.mlp_ratio) if "ivc" in self.order else None
+        self.num_queries = len(self.classes) + (len(self.actions) if cfg.head.aux_weight > 0 else 0)
+        self.head = CrossAttentionHead(cfg.head, dim, self.num_queries)
+
+    def stage_forward(self, t: Tensor, v: Tensor, vp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the stages in order: -> (texts ``[B,L,D]``, video ``[B,N,D]``, alignment loss)."""
+        align = v.new_zeros(())
+        for name in self.order:
+            if name == "ich":
+                t = self.ich(t, vp)
+            elif name == "ici":
+                t = self.ici(t)
+            else:
+                v, align = self.ivc(v, t)
+        return t, v, align
+
+    def forward(self, frames: Tensor) -> dict[str, Tensor]:
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"PCMCI expects frames [B,F,3,H,W], got {list(frames.shape)}")
+        vp = self.clip.encode_frames(frames)
+        v = self.video(frames)
+        t = self.text.expand(frames.shape[0], -1, -1)
+        t, v, align = self.stage_forward(t, v, vp)
+        scores = self.head(t[:, : self.num_queries], v)
+        c = len(self.classes)
+        return {"logits": scores[:, :c], "aux_logits": scores[:, c:], "align_loss": align}
+
+    def loss(self, out: dict[str, Tensor], target: Tensor, steps: Tensor | None = None) -> Tensor:
+        """Classification loss (CE, or BCE when multi-label) + optional atomic-action BCE and alignment terms.
+
+        ``target`` is ``[B]`` class indices, or ``[B,C]`` multi-hot when ``cfg.multilabel``; ``steps[B,A]``.
+        """
+        logits = out["logits"].float()
+        if self.cfg.multilabel:
+            loss = F.binary_cross_entropy_with_logits(logits, target.float())
+        else:
+            loss = F.cross_entropy(logits, target)
+        if self.cfg.head.aux_weight > 0 and steps is not None and steps.shape[-1] > 0:
+            loss = loss + self.cfg.head.aux_weight * F.binary_cross_entropy_with_logits(
+                out["aux_logits"].float(), steps.float()
+            )
+        if self.cfg.ivc.align_weight > 0:
+            loss = loss + self.cfg.ivc.align_weight * out["align_loss"]
+        return loss
+
+    def dictionaries(self) -> dict[str, nn.Module]:
+        """The k-means dictionaries of the configured stages, by stage name."""
+        found = {"ich": self.ich, "ivc": self.ivc}
+        return {name: stage.dictionary for name, stage in found.items() if stage is not None}
+
+    @property
+    def dictionaries_ready(self) -> bool:
+        return all(d.ready for d in self.dictionaries().values())
+
+    @torch.no_grad()
+    def build_dictionaries(self, batches: Iterable[Tensor], seed: int = 0) -> dict[str, int]:
+        """Fit the k-means strata from training clips ``frames[B,F,3,H,W]`` (the first few batches).
+
+        ICH's strata cluster the proxy ``H`` of every label in every clip; IVC's cluster the relation-encoded
+        video tokens ``V'``. Stages are fitted in order, each on the texts the earlier stages produce.
+        Returns the number of feature vectors each dictionary was fitted on.
+        """
+        was_training = self.training
+        self.eval()
+        cached = [(self.clip.encode_frames(f), self.video(f)) for f in batches]
+        if not cached:
+            raise ValueError("build_dictionaries needs at least one batch of frames")
+        texts = [self.text.expand(vp.shape[0], -1, -1) for vp, _ in cached]
+        videos = [v for _, v in cached]
+        used: dict[str, int] = {}
+        for name in self.order:
+            if name == "ich":
+                feats = torch.cat([self.ich.proxy(t, vp).flatten(0, 1) for t, (vp, _) in zip(texts, cached)])
+                self.ich.dictionary.fit(feats, seed)
+                used[name] = feats.shape[0]
+                texts = [self.ich(t, vp) for t, (vp, _) in zip(texts, cached)]
+            elif name == "ici":
+                texts = [self.ici(t) for t in texts]
+            else:
+                feats = torch.cat([self.ivc.relate(v, t)[0].flatten(0, 1) for v, t in zip(videos, texts)])
+                self.ivc.dictionary.fit(feats, seed)
+                used[name] = feats.shape[0]
+                videos = [self.ivc(v, t)[0] for v, t in zip(videos, texts)]
+        self.train(was_training)
+        return used
+
+
+def build_model(cfg: ModelConfig, classes: list[str], actions: list[str] | None = None) -> PCMCI:
+    """The one entry point for models: ``build_model(preset('tiny').model, classes, actions)``."""
+    return PCMCI(cfg, classes, actions)

@@ -1,0 +1,134 @@
+"""Divided space-time ViT (TimeSformer) on timm building blocks: frames ``[B,F,3,H,W]`` -> V ``[B,F,D]``.
+
+Each block attends over time (the F tokens of one patch position), then over space (the P patches of one
+frame plus the class token), then applies the MLP. Patch tokens are averaged per frame, projected to the
+joint dim D and given a temporal position embedding.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from timm.layers import Attention, DropPath, Mlp, PatchEmbed, trunc_normal_
+from torch import Tensor, nn
+
+from ..config import TimeSformerConfig
+
+log = logging.getLogger(__name__)
+IMAGENET_HALF = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+
+
+class DividedSTBlock(nn.Module):
+    """One divided space-time block on ``x[B, 1+F*P, W]`` (class token first, then frame-major patches)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, frames: int, patches: int) -> None:
+        super().__init__()
+        self.frames, self.patches = frames, patches
+        self.temporal_norm1 = nn.LayerNorm(dim)
+        self.temporal_attn = Attention(dim, heads, qkv_bias=True)
+        self.temporal_fc = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        nn.init.zeros_(self.temporal_fc.weight)
+        nn.init.zeros_(self.temporal_fc.bias)
+
+    def temporal(self, x: Tensor) -> Tensor:
+        """Attention over time for each patch position: ``[B,F*P,W] -> [B,F*P,W]``."""
+        b, _, w = x.shape
+        y = x.view(b, self.frames, self.patches, w).transpose(1, 2).reshape(b * self.patches, self.frames, w)
+        y = self.temporal_attn(y)
+        return y.view(b, self.patches, self.frames, w).transpose(1, 2).reshape(b, -1, w)
+
+    def spatial(self, x: Tensor) -> Tensor:
+        """Attention over the patches of each frame, the class token copied into every frame and averaged back."""
+        b, _, w = x.shape
+        cls = x[:, :1].repeat_interleave(self.frames, dim=0)
+        y = self.attn(torch.cat([cls, x[:, 1:].reshape(b * self.frames, self.patches, w)], dim=1))
+        cls_out = y[:, :1].view(b, self.frames, w).mean(1, keepdim=True)
+        return torch.cat([cls_out, y[:, 1:].reshape(b, -1, w)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        cls, patches = x[:, :1], x[:, 1:]
+        patches = patches + self.drop_path(self.temporal_fc(self.temporal(self.temporal_norm1(patches))))
+        x = torch.cat([cls, patches], dim=1)
+        x = x + self.drop_path(self.spatial(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class TimeSformer(nn.Module):
+    """``frames[B,F,3,H,W]`` in [0,1] -> V ``[B,F,out_dim]`` (per-frame mean of patch tokens, projected)."""
+
+    def __init__(self, cfg: TimeSformerConfig, out_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, 3, cfg.width)
+        patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + patches, cfg.width))
+        self.time_embed = nn.Parameter(torch.zeros(1, cfg.frames, cfg.width))
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(
+            DividedSTBlock(cfg.width, cfg.heads, cfg.mlp_ratio, r, cfg.frames, patches) for r in rates
+        )
+        self.norm = nn.LayerNorm(cfg.width)
+        self.proj = nn.Linear(cfg.width, out_dim)
+        self.temporal_pos = nn.Parameter(torch.zeros(1, cfg.frames, out_dim))
+        mean, std = IMAGENET_HALF
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        for p in (self.cls_token, self.pos_embed, self.time_embed, self.temporal_pos):
+            trunc_normal_(p, std=0.02)
+        if cfg.pretrained:
+            load_vit_checkpoint(self, cfg.pretrained)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        b, f, c, h, w = frames.shape
+        if (f, c, h, w) != (self.cfg.frames, 3, self.cfg.img_size, self.cfg.img_size):
+            raise ValueError(
+                f"TimeSformer expects frames [B,{self.cfg.frames},3,{self.cfg.img_size},{self.cfg.img_size}], "
+                f"got {list(frames.shape)}"
+            )
+        x = self.patch_embed((frames.flatten(0, 1) - self.mean) / self.std) + self.pos_embed[:, 1:]
+        x = (x.view(b, f, -1, self.cfg.width) + self.time_embed[:, :, None]).flatten(1, 2)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        tokens = self.norm(x)[:, 1:].view(b, f, -1, self.cfg.width).mean(2)
+        return self.proj(tokens) + self.temporal_pos
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: TimeSformer) -> dict[str, Tensor]:
+    """Map a timm ViT state dict onto a TimeSformer: spatial weights copied, temporal attention inflated
+    from the spatial attention (as in the TimeSformer paper), ``temporal_fc`` left at zero."""
+    state_dict = state_dict.get("model", state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(("head", "fc_norm", "pre_logits")):
+            continue
+        out[key] = value
+        if key.startswith("blocks.") and (".attn." in key or ".norm1." in key):
+            out[key.replace(".attn.", ".temporal_attn.").replace(".norm1.", ".temporal_norm1.")] = value.clone()
+    own = model.state_dict()
+    for key, value in out.items():
+        if key in own and own[key].shape != value.shape:
+            raise ValueError(f"checkpoint tensor {key} has shape {tuple(value.shape)}, model needs {tuple(own[key].shape)}")
+    return out
+
+
+def load_vit_checkpoint(model: TimeSformer, path: str) -> None:
+    """Load a local timm ViT checkpoint into ``model``; warn and keep random init when the file is absent."""
+    if not Path(path).is_file():
+        log.warning("TimeSformer weights %s not found; using RANDOM TimeSformer weights", path)
+        return
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(checkpoint_filter_fn(state, model), strict=False)
+    expected_missing = {"time_embed", "proj.weight", "proj.bias", "temporal_pos"}
+    missing = [k for k in missing if k not in expected_missing and ".temporal_fc." not in k]
+    if missing or unexpected:
+        raise ValueError(f"timm ViT checkpoint {path} does not fit: missing {missing}, unexpected {unexpected}")
+    log.info("loaded TimeSformer weights from %s", path)
