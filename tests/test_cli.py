@@ -1,0 +1,95 @@
+"""CLI: each kind of bad input stops with one clear line naming the cause; the happy paths print results."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pcmci.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main(["--quiet", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_short_video(path: Path, frames: int) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=8)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            img = np.full((64, 64, 3), 40 * i, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def broken_set(synthetic_set: Path, tmp_path: Path, kind: str) -> Path:
+    """A copy of the synthetic train split where the first video is replaced by a bad one."""
+    src = synthetic_set.parent
+    shutil.copy(src / "labels.json", tmp_path / "labels.json")
+    rows = [r for r in csv.DictReader(synthetic_set.open()) if r["split"] == "train"][:6]
+    for r in rows:
+        shutil.copy(src / r["path"], tmp_path / Path(r["path"]).name)
+        r["path"] = Path(r["path"]).name
+    bad = tmp_path / rows[0]["path"]
+    if kind == "missing":
+        bad.unlink()
+    elif kind == "corrupt":
+        bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "short":
+        bad.unlink()
+        write_short_video(bad, 3)
+    with (tmp_path / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return tmp_path / "manifest.csv"
+
+
+@pytest.mark.parametrize("kind, cause", [
+    ("missing", "not found"),
+    ("corrupt", "corrupt"),
+    ("short", "has 3 frames, fewer than the 8 requested"),
+])
+def test_bad_videos_give_one_clear_error(synthetic_set, tmp_path, capsys, kind: str, cause: str) -> None:
+    manifest = broken_set(synthetic_set, tmp_path, kind)
+    bad_name = next(csv.DictReader(manifest.open()))["path"]
+    code, _, err = run_cli(capsys, "train", "tiny", f"data.manifest={manifest}", f"run.out_dir={tmp_path / 'run'}",
+                           "optim.epochs=1", "optim.batch_size=3")
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("pcmci: error: cannot decode") and bad_name in line and cause in line
+    assert "Traceback" not in err
+
+
+def test_unknown_config_key_and_stage_are_clear_errors(capsys) -> None:
+    code, _, err = run_cli(capsys, "train", "tiny", "optim.learning_rate=0.1")
+    assert code == 1 and "unknown config key 'optim.learning_rate'" in err
+    code, _, err = run_cli(capsys, "train", "tiny", "model.stages=[ich,backdoor]")
+    assert code == 1 and "unknown stage name(s) ['backdoor']" in err and "valid stages" in err
+    code, _, err = run_cli(capsys, "eval", "/nonexistent/checkpoint.pt")
+    assert code == 1 and "checkpoint not found" in err
+
+
+def test_train_eval_predict_synth_commands(synthetic_set, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "train", "tiny", f"data.manifest={synthetic_set}", f"run.out_dir={out}",
+                              "optim.epochs=1", "optim.batch_size=8", "model.stages=[ivc]")
+    assert code == 0 and "checkpoint:" in stdout
+    code, stdout, _ = run_cli(capsys, "eval", str(out / "checkpoint.pt"), "--splits", "test_ood", "--json")
+    metrics = json.loads(stdout)
+    assert code == 0 and set(metrics) == {"test_ood"} and 0 <= metrics["test_ood"]["acc"] <= 1
+    video = synthetic_set.parent / next(csv.DictReader(synthetic_set.open()))["path"]
+    code, stdout, _ = run_cli(capsys, "predict", str(out / "checkpoint.pt"), str(video), "--topk", "3")
+    probs = [float(line.split()[0]) for line in stdout.strip().splitlines()]
+    assert code == 0 and len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+    code, stdout, _ = run_cli(capsys, "synth", "--out", str(tmp_path / "syn"), "--train", "6", "--test", "6",
+                              "--codec", "mjpeg")
+    assert code == 0 and (tmp_path / "syn" / "manifest.csv").is_file()

@@ -1,0 +1,119 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pcmci.data.datasets import LabelSet, ManifestDataset, preprocess, read_manifest
+from pcmci.data.decode import VideoDecodeError
+from pcmci.data.synthetic import ACTIONS, ACTIVITIES, synthesize
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("synth"), n_train=6, n_test=4, progress=False)
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_label_set(tmp_path):
+    text = json.dumps({"classes": ["a", "b"], "actions": ["x"]})
+    labels = LabelSet.load(write(tmp_path / "l.json", text))
+    assert labels.texts == ["a", "b", "x"]
+    assert LabelSet.load(write(tmp_path / "m.json", '{"classes": ["a"]}')).actions == []
+    with pytest.raises(ValueError, match="non-empty 'classes'"):
+        LabelSet.load(write(tmp_path / "n.json", '{"actions": ["x"]}'))
+
+
+def test_manifest_rows_resolve_paths_and_steps(tmp_path):
+    text = "path,label,split,steps\nv/a.webm,pour,train,rise;fall\n/abs/b.avi,stir,test,\n"
+    path = write(tmp_path / "m.csv", text)
+    rows = read_manifest(path)
+    assert [r.path for r in rows] == [tmp_path / "v/a.webm", Path("/abs/b.avi")]
+    assert [r.steps for r in rows] == [["rise", "fall"], []]
+    assert [r.split for r in rows] == ["train", "test"] and [r.line for r in rows] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    "text,line,cause",
+    [
+        ("file,label\na.webm,pour\n", 1, "missing required column"),
+        ("path,label\na.webm,pour\nb.webm,boil\n", 3, "unknown label 'boil'"),
+        ("path,label\na.webm,pour,extra\n", 2, "expected 2 fields"),
+        ("path,label,split\na.webm,pour,train\nb.webm\n", 3, "expected 3 fields"),
+        ("path,label\n,pour\n", 2, "empty path or label"),
+        ("path,label,steps\na.webm,pour,rise;dance\n", 2, "unknown step"),
+    ],
+)
+def test_manifest_errors_name_file_and_line(tmp_path, text, line, cause):
+    path = write(tmp_path / "bad.csv", text)
+    with pytest.raises(ValueError, match=f"{path}:{line}: .*{cause}"):
+        read_manifest(path, LabelSet(["pour"], ["rise"]))
+
+
+def test_unknown_split_lists_available(manifest):
+    available = r"available splits: \['test_id', 'test_ood', 'train'\]"
+    with pytest.raises(ValueError, match=f"split 'val' has no rows; {available}"):
+        ManifestDataset(manifest, "val")
+
+
+def test_items_shapes_dtypes_and_values(manifest):
+    ds = ManifestDataset(manifest, "train", frames=8, image_size=32)
+    assert len(ds) == 6 and ds.labels.classes == list(ACTIVITIES) and ds.labels.actions == ACTIONS
+    item = ds[1]
+    assert item["video"].shape == (8, 3, 32, 32) and item["video"].dtype == torch.float32
+    assert 0 <= item["video"].min() and item["video"].max() <= 1 and item["video"].std() > 0.05
+    assert item["label"].dtype == torch.int64 and item["label"].shape == () and item["label"] == 1
+    assert item["steps"].shape == (len(ACTIONS),) and item["steps"].dtype == torch.float32
+    on = {ACTIONS[i] for i in item["steps"].nonzero().flatten().tolist()}
+    assert on == set(ACTIVITIES["make tea"]) and item["index"] == 1
+    assert len(ManifestDataset(manifest, None)) == 10
+
+
+def test_eval_items_fixed_and_train_offsets_follow_seed_and_epoch(manifest):
+    def videos(ds):
+        return torch.stack([ds[i]["video"] for i in range(len(ds))])
+
+    evaluation = ManifestDataset(manifest, "test_id")
+    first = videos(evaluation)
+    evaluation.set_epoch(3)
+    assert torch.equal(first, videos(evaluation))
+
+    a = ManifestDataset(manifest, "train", train=True, seed=1)
+    b = ManifestDataset(manifest, "train", train=True, seed=1)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    epoch2 = videos(a)
+    assert torch.equal(epoch2, videos(b))
+    a.set_epoch(3)
+    assert not torch.equal(epoch2, videos(a))
+    c = ManifestDataset(manifest, "train", train=True, seed=2)
+    c.set_epoch(2)
+    assert not torch.equal(epoch2, videos(c))
+
+
+def test_labels_from_manifest_without_label_file(tmp_path, manifest):
+    rows = manifest.read_text().splitlines()
+    lines = [f"{manifest.parent / r.split(',')[0]},{r.split(',')[1]}" for r in rows[1:4]]
+    text = "path,label\n" + "\n".join(lines) + "\n"
+    ds = ManifestDataset(write(tmp_path / "m.csv", text), None, frames=4)
+    assert ds.labels == LabelSet(sorted({r.split(",")[1] for r in rows[1:4]}))
+    assert ds[0]["steps"].shape == (0,)
+
+
+def test_missing_video_raises_naming_path(tmp_path):
+    ds = ManifestDataset(write(tmp_path / "m.csv", "path,label\ngone.webm,pour\n"), None)
+    with pytest.raises(VideoDecodeError, match="gone.webm: file not found"):
+        ds[0]
+
+
+def test_preprocess_resizes_shorter_side_and_centre_crops():
+    frames = np.zeros((2, 40, 80, 3), np.uint8)
+    frames[:, :, 14:66] = 255  # a white band a little wider than the centre crop
+    video = preprocess(frames, 20)
+    assert video.shape == (2, 3, 20, 20) and video.dtype == torch.float32
+    assert torch.allclose(video, torch.ones_like(video))

@@ -1,0 +1,117 @@
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pcmci.data.decode import VideoDecodeError, decode_frames, probe, sample_clip
+
+
+def write_video(
+    path: Path, frames: int, codec: str = "libvpx-vp9", gop: int = 10, rate: Fraction = Fraction(8)
+) -> np.ndarray:
+    """Write a 32x48 video whose frame i shows a moving bar and brightness i; return its RGB frames."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height = 48, 32
+        stream.pix_fmt = "yuv420p"
+        fast = {"deadline": "realtime", "cpu-used": "8"} if codec == "libvpx-vp9" else {}
+        stream.options = {"g": str(gop), **fast}
+        for i in range(frames):
+            img = np.full((32, 48, 3), 2 * i % 256, np.uint8)
+            img[:, i % 48] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:  # reference: plain sequential decode of every frame
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    return {
+        "vp9": (root / "a.webm", write_video(root / "a.webm", 120)),
+        # B-frames and an NTSC rate: pts order != decode order, non-integer pts per frame
+        "h264": (root / "b.mp4", write_video(root / "b.mp4", 120, "libx264", 12, Fraction(30000, 1001))),
+    }
+
+
+@pytest.mark.parametrize("name", ["vp9", "h264"])
+def test_probe_and_exact_frame_count(videos, name):
+    path, full = videos[name]
+    info = probe(path)
+    assert (info.num_frames, info.width, info.height) == (120, 48, 32) == (len(full), 48, 32)
+    assert info.codec == name and info.fps > 0 and info.duration > 0
+    frames, info2 = decode_frames(path, list(range(120)))
+    assert frames.shape == (120, 32, 48, 3) and frames.dtype == np.uint8
+    assert info2 == info
+    np.testing.assert_array_equal(frames, full)
+
+
+@pytest.mark.parametrize("name", ["vp9", "h264"])
+@pytest.mark.parametrize(
+    "indices",
+    [[5, 37, 70, 111], [119], [3, 100, 50, 50, 7], [18, 19, 40, 41, 80, 119], list(range(0, 120, 17))],
+)
+def test_sparse_seeking_decode_equals_sequential(videos, name, indices):
+    path, full = videos[name]
+    frames, _ = decode_frames(path, indices)
+    np.testing.assert_array_equal(frames, full[indices])
+
+
+def test_sample_clip_uses_segment_centres(videos):
+    path, full = videos["vp9"]
+    frames, info = sample_clip(path, 8, train=False)
+    np.testing.assert_array_equal(frames, full[[7, 22, 37, 52, 67, 82, 97, 112]])
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.webm"
+    with pytest.raises(VideoDecodeError, match="file not found") as err:
+        decode_frames(path, [0])
+    assert err.value.path == str(path) and err.value.cause == "file not found"
+    assert str(path) in str(err.value)
+
+
+def test_zero_length_file(tmp_path):
+    path = tmp_path / "empty.webm"
+    path.touch()
+    with pytest.raises(VideoDecodeError, match=f"cannot decode {path}: empty file"):
+        probe(path)
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "noise.webm"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoDecodeError, match="not a video / corrupt: "):
+        decode_frames(path, [0])
+
+
+def test_too_short_video(tmp_path):
+    path = tmp_path / "short.webm"
+    write_video(path, 5)
+    with pytest.raises(VideoDecodeError, match="has 5 frames, fewer than the 8 requested"):
+        sample_clip(path, 8, train=False)
+    with pytest.raises(VideoDecodeError, match="has 5 frames, fewer than the 7 requested"):
+        decode_frames(path, [0, 6])
+
+
+def test_unknown_backend_names_the_valid_ones(videos):
+    with pytest.raises(ValueError, match="valid backends: pyav"):
+        decode_frames(videos["vp9"][0], [0], backend="dali")
+
+
+def test_far_apart_frames_are_reached_by_seeking(videos, monkeypatch):
+    from pcmci.data import decode
+
+    targets = []
+    original = decode._frames_from
+
+    def record(container, stream, clock, target):
+        targets.append(target)
+        return original(container, stream, clock, target)
+
+    monkeypatch.setattr(decode, "_frames_from", record)
+    decode_frames(videos["vp9"][0], [18, 19, 40, 41, 50, 119])
+    assert targets == [18, 40, 119]  # 50 is within SEEK_GAP of 41: decoded forward

@@ -1,0 +1,86 @@
+import csv
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pcmci.data.datasets import LabelSet, read_manifest
+from pcmci.data.decode import decode_frames, probe
+from pcmci.data.synthetic import ACTIVITIES, synthesize
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return synthesize(tmp_path_factory.mktemp("synth") / "a", seed=3, n_train=12, n_test=9, progress=False)
+
+
+def test_files_splits_and_labels(small):
+    root = small.parent
+    rows = read_manifest(small, LabelSet.load(root / "labels.json"))
+    assert Counter(r.split for r in rows) == {"train": 12, "test_id": 4, "test_ood": 5}
+    assert all(r.path.is_file() and r.path.suffix == ".webm" for r in rows)
+    labels = json.loads((root / "labels.json").read_text())
+    assert labels["classes"] == list(ACTIVITIES) and len(labels["classes"]) == 6
+    used = {action for steps in ACTIVITIES.values() for action in steps}
+    assert len(labels["actions"]) >= 8 and set(labels["actions"]) == used
+    assert all(3 <= len(r.steps) <= 4 and r.steps == ACTIVITIES[r.label] for r in rows)
+    train_labels = Counter(r.label for r in rows if r.split == "train")
+    assert set(train_labels.values()) == {2}  # balanced
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["seed"] == 3 and meta["codec"] == "vp9" and len(meta["videos"]) == 21
+    assert {"background", "distractor", "label", "path"} <= set(meta["videos"][0])
+
+
+def test_pairs_differing_only_in_order_exist():
+    pairs = [
+        (a, b) for a in ACTIVITIES for b in ACTIVITIES
+        if a < b and sorted(ACTIVITIES[a]) == sorted(ACTIVITIES[b])
+    ]
+    assert len(pairs) >= 2
+    assert all(ACTIVITIES[a] != ACTIVITIES[b] for a, b in pairs)
+
+
+def test_deterministic_from_seed(small, tmp_path):
+    again = synthesize(tmp_path / "b", seed=3, n_train=12, n_test=9, progress=False)
+    assert again.read_bytes() == small.read_bytes()
+    meta_a = json.loads((small.parent / "meta.json").read_text())
+    meta_b = json.loads((again.parent / "meta.json").read_text())
+    assert meta_a == meta_b
+    for video in meta_a["videos"][:3] + meta_a["videos"][-2:]:
+        n = video["num_frames"]
+        a, _ = decode_frames(small.parent / video["path"], list(range(n)))
+        b, _ = decode_frames(again.parent / video["path"], list(range(n)))
+        np.testing.assert_array_equal(a, b)
+    other = synthesize(tmp_path / "c", seed=4, n_train=12, n_test=9, progress=False)
+    assert json.loads((other.parent / "meta.json").read_text())["videos"] != meta_a["videos"]
+
+
+def test_confound_strength_in_train_and_chance_in_ood(tmp_path):
+    manifest = synthesize(
+        tmp_path / "d", n_train=600, n_test=1200, confound=0.8, codec="mjpeg", size=16,
+        frames_per_action=1, progress=False,
+    )
+    videos = json.loads((manifest.parent / "meta.json").read_text())["videos"]
+    for split, expected in [("train", 0.8), ("test_id", 0.8), ("test_ood", 1 / 6)]:
+        chosen = [v for v in videos if v["split"] == split]
+        for key in ("background", "distractor"):
+            rate = np.mean([v[key] == v["label"] for v in chosen])
+            assert abs(rate - expected) < 0.06, (split, key, rate)
+    ood = [v for v in videos if v["split"] == "test_ood"]
+    assert len(Counter(v["background"] for v in ood)) == 6
+
+
+@pytest.mark.parametrize("codec,suffix", [("vp9", ".webm"), ("h264", ".mp4"), ("mjpeg", ".avi")])
+def test_all_codecs_decode(tmp_path, codec, suffix):
+    manifest = synthesize(tmp_path, n_train=2, n_test=2, codec=codec, progress=False)
+    with manifest.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "label", "split", "steps"]
+    for row in rows:
+        path = tmp_path / row["path"]
+        assert path.suffix == suffix
+        info = probe(path)
+        assert info.codec == codec and (info.width, info.height) == (64, 64) and info.num_frames >= 24
+        frames, _ = decode_frames(path, list(range(info.num_frames)))
+        assert frames.shape == (info.num_frames, 64, 64, 3) and frames.std() > 10

@@ -1,0 +1,175 @@
+"""The assembled model: gradients, every stage subset and order, dictionaries, loading of pretrained weights."""
+from __future__ import annotations
+
+import itertools
+import logging
+
+import open_clip
+import pytest
+import timm
+import torch
+
+from pcmci.config import ClipConfig, ConfigError, TimeSformerConfig, load_config, preset
+from pcmci.model import build_model
+from pcmci.model.clip import FrozenCLIP
+from pcmci.model.timesformer import TimeSformer
+
+STAGES = ["ich", "ici", "ivc"]
+ALL_ORDERS = [list(p) for r in range(4) for c in itertools.combinations(STAGES, r) for p in itertools.permutations(c)]
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_clip_none(tiny_model) -> None:
+    model = tiny_model(aux_weight=0.5)
+    model.cfg.ivc.align_weight = 0.1
+    with torch.no_grad():
+        for block in model.video.blocks:
+            block.temporal_fc.weight.normal_(0, 0.02)
+    x = torch.rand(3, 8, 3, 64, 64)
+    out = model(x)
+    assert out["logits"].shape == (3, 3) and out["aux_logits"].shape == (3, 3)
+    model.loss(out, torch.tensor([0, 1, 2]), torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 1]])).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) > 50
+    assert [n for n, p in trainable if p.grad is None or not p.grad.abs().sum()] == []
+    clip_params = list(model.clip.parameters())
+    assert clip_params and all(not p.requires_grad and p.grad is None for p in clip_params)
+
+
+@pytest.mark.parametrize("stages", ALL_ORDERS, ids=lambda s: "-".join(s) or "baseline")
+def test_stage_subsets_and_orders_forward_backward(tiny_model, stages: list[str]) -> None:
+    model = tiny_model(stages)
+    assert model.order == stages
+    out = model(torch.rand(2, 8, 3, 64, 64))
+    assert out["logits"].shape == (2, 3) and torch.isfinite(out["logits"]).all()
+    model.loss(out, torch.tensor([0, 2])).backward()
+    assert model.text.grad is not None and model.video.proj.weight.grad is not None
+    for name in STAGES:
+        stage = getattr(model, name)
+        assert (stage is not None) == (name in stages)
+
+
+def test_stage_order_changes_the_computation(tiny_model) -> None:
+    x = torch.rand(2, 8, 3, 64, 64)
+    a = tiny_model(["ich", "ici"])
+    b = tiny_model(["ici", "ich"])
+    b.load_state_dict(a.state_dict())
+    b.build_dictionaries([x])
+    a.build_dictionaries([x])
+    b.ich.dictionary.load_state_dict(a.ich.dictionary.state_dict())
+    assert not torch.allclose(a(x)["logits"], b(x)["logits"])
+
+
+def test_dictionaries_are_buffers_saved_with_the_model(tiny_model) -> None:
+    model = tiny_model()
+    state = model.state_dict()
+    assert {"ich.dictionary.atoms", "ich.dictionary.prior", "ivc.dictionary.atoms", "ivc.dictionary.prior"} <= set(state)
+    assert torch.isclose(state["ich.dictionary.prior"].sum(), torch.tensor(1.0))
+    fresh = build_model(model.cfg, model.classes, model.actions)
+    assert not fresh.dictionaries_ready
+    fresh.load_state_dict(state)
+    assert fresh.dictionaries_ready
+    x = torch.rand(2, 8, 3, 64, 64)
+    torch.testing.assert_close(fresh.eval()(x)["logits"], model.eval()(x)["logits"])
+
+
+def test_learned_dictionary_needs_no_fitting() -> None:
+    cfg = preset("tiny").model
+    cfg.ich.dictionary = cfg.ivc.dictionary = "learned"
+    model = build_model(cfg, ["a", "b"])
+    assert model.dictionaries_ready
+    assert model(torch.rand(1, 8, 3, 64, 64))["logits"].shape == (1, 2)
+
+
+def test_wrong_input_shape_is_a_clear_error(tiny_model) -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"expects frames \[B,F,3,H,W\]"):
+        model(torch.rand(2, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"TimeSformer expects frames \[B,8,3,64,64\]"):
+        model(torch.rand(2, 5, 3, 64, 64))
+
+
+def test_text_parameter_is_initialised_from_clip_text_embeddings(tiny_model) -> None:
+    model = tiny_model()
+    want = model.clip.encode_text(model.classes + model.actions)
+    torch.testing.assert_close(model.text.detach(), want)
+    torch.testing.assert_close(model.text.norm(dim=-1), torch.ones(len(want)))
+
+
+def test_clip_loads_local_weights(tmp_path) -> None:
+    source = open_clip.create_model("pcmci-tiny-clip")
+    path = tmp_path / "tiny_clip.pt"
+    torch.save(source.state_dict(), path)
+    clip = FrozenCLIP(ClipConfig(name="pcmci-tiny-clip", pretrained=str(path)))
+    for (name, a), b in zip(source.state_dict().items(), clip.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_clip_absent_weights_warn_once_and_use_random_init(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        clip = FrozenCLIP(ClipConfig(name="ViT-B-32", pretrained="openai", cache_dir="/nonexistent-cache"))
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "RANDOM CLIP weights" in warnings[0].getMessage()
+    assert clip.embed_dim == 512
+
+
+def test_clip_unknown_tag_and_model_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unknown open_clip pretrained tag 'nope'"):
+        FrozenCLIP(ClipConfig(name="ViT-B-32", pretrained="nope"))
+    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Q-99'"):
+        FrozenCLIP(ClipConfig(name="ViT-Q-99"))
+
+
+def test_clip_embeddings_are_normalised_and_frozen() -> None:
+    clip = FrozenCLIP(ClipConfig())
+    clip.train()
+    assert not clip.model.training
+    vp = clip.encode_frames(torch.rand(2, 3, 3, 64, 64))
+    assert vp.shape == (2, 3, 64)
+    torch.testing.assert_close(vp.norm(dim=-1), torch.ones(2, 3))
+    assert clip.encode_text(["a", "b"]) is clip.encode_text(["a", "b"])
+
+
+def test_timesformer_inflates_a_timm_vit_checkpoint(tmp_path) -> None:
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2,
+                                                           num_heads=2, num_classes=5)
+    path = tmp_path / "vit.pt"
+    torch.save(vit.state_dict(), path)
+    cfg = TimeSformerConfig(img_size=32, patch_size=16, frames=4, width=32, depth=2, heads=2, pretrained=str(path))
+    model = TimeSformer(cfg, out_dim=16)
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight, vit.blocks[1].attn.qkv.weight)
+    torch.testing.assert_close(model.blocks[1].temporal_attn.qkv.weight, vit.blocks[1].attn.qkv.weight)
+    torch.testing.assert_close(model.pos_embed, vit.pos_embed)
+    assert model.blocks[0].temporal_fc.weight.abs().sum() == 0
+    assert model(torch.rand(2, 4, 3, 32, 32)).shape == (2, 4, 16)
+
+
+def test_timesformer_rejects_a_mismatched_checkpoint(tmp_path) -> None:
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=16, embed_dim=48, depth=1, num_heads=2)
+    torch.save(vit.state_dict(), tmp_path / "vit.pt")
+    cfg = TimeSformerConfig(img_size=32, frames=4, width=32, depth=1, heads=2, pretrained=str(tmp_path / "vit.pt"))
+    with pytest.raises(ValueError, match="has shape"):
+        TimeSformer(cfg, out_dim=16)
+
+
+def test_config_errors_name_the_cause(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        load_config("tiny", ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown stage name\(s\) \['icx'\]"):
+        load_config("tiny", ["model.stages=[ich,icx]"])
+    with pytest.raises(ConfigError, match="expects an integer"):
+        load_config("tiny", ["optim.epochs=many"])
+    with pytest.raises(ConfigError, match="unknown preset|neither a preset"):
+        load_config("nonexistent-preset")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: tiny\nmodel:\n  head:\n    layerz: 3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.head.layerz'"):
+        load_config(bad)
+
+
+def test_config_yaml_and_overrides_compose(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: tiny\noptim:\n  lr: 0.01\nmodel:\n  stages: [ivc, ich]\n")
+    cfg = load_config(path, ["optim.epochs=3", "model.ich.ot_grad=false"])
+    assert cfg.optim.lr == 0.01 and cfg.optim.epochs == 3
+    assert cfg.model.stages == ["ivc", "ich"] and cfg.model.ich.ot_grad is False
+    assert load_config("paper").model.timesformer.width == 768
