@@ -17,8 +17,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthesize data, train full model + baseline, evaluate ID/OOD, write a report")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds; >1 reports mean ± std")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs per model")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs per model")
     p.add_argument("--confound", type=float, default=0.9, help="confounder/label correlation in train and ID test")
+    p.add_argument("--train", type=int, default=240, help="synthetic training videos")
+    p.add_argument("--test", type=int, default=120, help="synthetic test videos: half test_id, half test_ood")
     p.add_argument("--device", default="auto")
 
 
@@ -54,7 +56,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confound", type=float, default=0.9)
     p.add_argument("--codec", choices=["vp9", "h264", "mjpeg"], default="vp9")
     p.add_argument("--train", type=int, default=240, help="training videos")
-    p.add_argument("--test", type=int, default=120, help="videos in each test split")
+    p.add_argument("--test", type=int, default=120, help="test videos in all: half test_id, half test_ood")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels")
 
 
@@ -74,7 +76,7 @@ def _run(args: argparse.Namespace) -> None:
         from .demo import run_demo
 
         report = run_demo(args.out, seeds=args.seeds, epochs=args.epochs, confound=args.confound,
-                          device=args.device, progress=progress)
+                          n_train=args.train, n_test=args.test, device=args.device, progress=progress)
         print((Path(args.out) / "report.md").read_text())
         print(f"report: {args.out}/report.md, {args.out}/report.json (full OOD acc "
               f"{report['full']['ood']['acc']:.4f}, baseline OOD acc {report['baseline']['ood']['acc']:.4f})")

@@ -108,9 +108,9 @@ def test_far_apart_frames_are_reached_by_seeking(videos, monkeypatch):
     targets = []
     original = decode._frames_from
 
-    def record(container, stream, clock, target):
+    def record(container, stream, clock, target, path):
         targets.append(target)
-        return original(container, stream, clock, target)
+        return original(container, stream, clock, target, path)
 
     monkeypatch.setattr(decode, "_frames_from", record)
     decode_frames(videos["vp9"][0], [18, 19, 40, 41, 50, 119])
