@@ -1,7 +1,15 @@
 """Fused ops of pcmci, importable as ``pcmci.kernels``; imports nothing from ``pcmci``.
 
-Each op lives in one file beside its pure-PyTorch reference (the spec)."""
+Each op lives in one file beside its pure-PyTorch reference (the spec) and is registered as a
+``torch.library.triton_op`` (``pcmci::log_sinkhorn``, ``pcmci::relation``): Triton on CUDA, the reference on
+CPU, ``PCMCI_KERNELS=reference|triton`` forces one. ``FVCORE_HANDLES`` maps op names to fvcore handles
+(one multiply-add = one FLOP) for ``FlopCountAnalysis.set_op_handle(**FVCORE_HANDLES)``.
+"""
+from . import relation as _relation
+from . import sinkhorn as _sinkhorn
 from .relation import relation, relation_reference
 from .sinkhorn import log_sinkhorn, log_sinkhorn_reference
 
-__all__ = ["log_sinkhorn", "log_sinkhorn_reference", "relation", "relation_reference"]
+FVCORE_HANDLES = {"pcmci::log_sinkhorn": _sinkhorn.fvcore_handle, "pcmci::relation": _relation.fvcore_handle}
+
+__all__ = ["FVCORE_HANDLES", "log_sinkhorn", "log_sinkhorn_reference", "relation", "relation_reference"]

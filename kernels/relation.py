@@ -2,15 +2,37 @@
 
 ``relation(q[B,K,N,d], k[B,K,N,d], v[B,K,N,e], prior[K], mask=None, return_maps=False) -> out[B,N,e]``
 with ``out = sum_k prior_k softmax(q_k k_k^T / sqrt(d)) v_k``; ``mask[B,N]`` marks valid keys (True = real).
+A query row with no valid key gets a zero output (and zero map row).
+
+Triton (CUDA): one forward kernel fused across the K bases (grid: query blocks x B); each program runs an
+online softmax over key tiles per base and accumulates ``prior_k · O_k`` in registers, so no ``B×K×N×e``
+tensor reaches HBM; it stores the per-base log-sum-exp ``[B,K,N]``. The backward recomputes the maps
+(FlashAttention-style): one kernel gives ``dq`` and the row terms ``rowdot = dout·O_k`` (whose sum is
+``d prior``), a second gives ``dk`` and ``dv``.
+
+Dispatch (the op's body): Triton on CUDA, the reference math elsewhere; ``PCMCI_KERNELS=reference|triton``
+forces one.
+
+FLOPs: ``B·K·N·N·(d+e) + B·K·N·e`` multiply-adds forward (``q k^T``, ``P v``, the prior-weighted sum),
+twice that backward; ``fvcore_handle`` counts one multiply-add as one FLOP (fvcore's convention), the
+``torch.utils.flop_counter`` formulas count two (torch's).
 """
 from __future__ import annotations
 
 import math
+from typing import Any, Optional
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
+from torch.library import triton_op, wrap_triton
+from torch.utils.flop_counter import register_flop_formula
+
+from ._common import acc_dtype, jit_shape, safe_lse, use_triton
 
 
+# ----------------------------------------------------------------------------------------- reference (spec)
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None) -> None:
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"relation: q and k must both be [B,K,N,d], got {tuple(q.shape)} and {tuple(k.shape)}")
@@ -18,8 +40,46 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor |
         raise ValueError(f"relation: v must be [B,K,N,e] matching q {tuple(q.shape)}, got {tuple(v.shape)}")
     if prior.shape != (q.shape[1],):
         raise ValueError(f"relation: prior must be [K={q.shape[1]}], got {tuple(prior.shape)}")
-    if mask is not None and mask.shape != (q.shape[0], q.shape[2]):
-        raise ValueError(f"relation: mask must be [B,N]={(q.shape[0], q.shape[2])}, got {tuple(mask.shape)}")
+    if mask is not None and (mask.shape != (q.shape[0], q.shape[2]) or mask.dtype != torch.bool):
+        raise ValueError(f"relation: mask must be bool [B,N]={(q.shape[0], q.shape[2])}, got {tuple(mask.shape)}")
+
+
+def _scores(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
+    """Scaled scores ``[B,K,N,N]`` in the accumulation dtype, -inf at masked keys."""
+    dt = acc_dtype(q)
+    s = torch.einsum("bknd,bkmd->bknm", q.to(dt), k.to(dt)) / math.sqrt(q.shape[-1])
+    return s if mask is None else s.masked_fill(~mask[:, None, None, :], float("-inf"))
+
+
+def _torch_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``out[B,N,e]`` (v dtype) and the per-base log-sum-exp ``[B,K,N]`` (accumulation dtype)."""
+    s = _scores(q, k, mask)
+    lse = safe_lse(s, -1)
+    maps = torch.exp(s - lse[..., None])
+    out = torch.einsum("k,bknm,bkme->bne", prior.to(s.dtype), maps, v.to(s.dtype))
+    return out.to(v.dtype), lse
+
+
+def _torch_backward(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None, lse: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. (q, k, v, prior) by recomputing the maps from the stored log-sum-exp."""
+    s = _scores(q, k, mask)
+    dt = s.dtype
+    p = torch.exp(s - lse[..., None])
+    vv, pr = v.to(dt), prior.to(dt)[None, :, None, None]
+    rowdot = torch.einsum("bknm,bkme,bne->bkn", p, vv, dout.to(dt))
+    dok = pr * dout.to(dt)[:, None]
+    dv = torch.einsum("bknm,bkne->bkme", p, dok)
+    ds = p * (torch.einsum("bkne,bkme->bknm", dok, vv) - pr * rowdot[..., None]) / math.sqrt(q.shape[-1])
+    dq = torch.einsum("bknm,bkmd->bknd", ds, k.to(dt))
+    dk = torch.einsum("bknm,bknd->bkmd", ds, q.to(dt))
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), rowdot.sum((0, 2)).to(prior.dtype)
+
+
+def _maps(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
+    s = _scores(q, k, mask)
+    return torch.exp(s - safe_lse(s, -1)[..., None]).to(q.dtype)
 
 
 def relation_reference(
@@ -27,16 +87,236 @@ def relation_reference(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Reference relation product; returns ``out[B,N,e]`` (and the maps ``G[B,K,N,N]`` if asked)."""
     _check_inputs(q, k, v, prior, mask)
-    scores = torch.einsum("bknd,bkmd->bknm", q.float(), k.float()) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-    maps = scores.softmax(-1)
-    out = torch.einsum("k,bknm,bkme->bne", prior.float(), maps, v.float()).to(v.dtype)
-    return (out, maps.to(q.dtype)) if return_maps else out
+    out = _torch_forward(q, k, v, prior, mask)[0]
+    return (out, _maps(q, k, mask)) if return_maps else out
+
+
+# ---------------------------------------------------------------------------------------------- Triton
+@triton.jit
+def _key_valid(M, b, rn, N, HAS_MASK: tl.constexpr):
+    valid = rn < N
+    if HAS_MASK:
+        valid = valid & (tl.load(M + b * N + rn, mask=valid, other=0) != 0)
+    return valid
+
+
+@triton.jit
+def _tile(X, bk, rows, N, width, BW: tl.constexpr):
+    """Rows ``rows`` of ``X[bk]`` ([N, width], zero-padded to BW columns)."""
+    cols = tl.arange(0, BW)
+    return tl.load(X + (bk * N + rows[:, None]) * width + cols[None, :],
+                   mask=(rows[:, None] < N) & (cols[None, :] < width), other=0.0)
+
+
+@triton.jit
+def _relation_fwd(Q, Kt, V, PRIOR, M, OUT, LSE, N, NB, d, e, scale,
+                  HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                  BE: tl.constexpr, PREC: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    acc = tl.zeros([BM, BE], tl.float32)
+    for kb in range(NB):
+        bk = b * NB + kb
+        q = _tile(Q, bk, rm, N, d, BD)
+        m_i = tl.full([BM], float("-inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        o = tl.zeros([BM, BE], tl.float32)
+        for n0 in range(0, N, BN):
+            rn = n0 + tl.arange(0, BN)
+            kt = _tile(Kt, bk, rn, N, d, BD)
+            vt = _tile(V, bk, rn, N, e, BE)
+            s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
+            s = tl.where(_key_valid(M, b, rn, N, HAS_MASK)[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            o = o * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+            m_i = m_new
+        l_safe = tl.maximum(l_i, 1.1754943508222875e-38)
+        acc += tl.load(PRIOR + kb).to(tl.float32) * o / l_safe[:, None]
+        lse = tl.log(l_safe) + tl.where(m_i == float("-inf"), 0.0, m_i)
+        tl.store(LSE + bk * N + rm, lse, mask=rm < N)
+    re = tl.arange(0, BE)
+    tl.store(OUT + (b * N + rm[:, None]) * e + re[None, :], acc.to(OUT.dtype.element_ty),
+             mask=(rm[:, None] < N) & (re[None, :] < e))
+
+
+@triton.jit
+def _relation_bwd_dq(Q, Kt, V, PRIOR, M, DOUT, LSE, DQ, ROWDOT, N, NB, d, e, scale,
+                     HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                     BE: tl.constexpr, PREC: tl.constexpr):
+    """Per (query block, b·K): ``rowdot = dout·O_k`` (recomputing ``O_k``), then ``dq``."""
+    bk = tl.program_id(1).to(tl.int64)
+    b = bk // NB
+    pk = tl.load(PRIOR + bk % NB).to(tl.float32)
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    q = _tile(Q, bk, rm, N, d, BD)
+    lse = tl.load(LSE + bk * N + rm, mask=rm < N, other=0.0)
+    dout = _tile(DOUT, b, rm, N, e, BE).to(tl.float32)
+    o = tl.zeros([BM, BE], tl.float32)
+    for n0 in range(0, N, BN):
+        rn = n0 + tl.arange(0, BN)
+        vt = _tile(V, bk, rn, N, e, BE)
+        s = tl.dot(q, tl.trans(_tile(Kt, bk, rn, N, d, BD)), input_precision=PREC) * scale
+        p = tl.where(_key_valid(M, b, rn, N, HAS_MASK)[None, :], tl.exp(s - lse[:, None]), 0.0)
+        o += tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
+    rowdot = tl.sum(o * dout, 1)
+    tl.store(ROWDOT + bk * N + rm, rowdot, mask=rm < N)
+    dok = (pk * dout).to(V.dtype.element_ty)
+    dq = tl.zeros([BM, BD], tl.float32)
+    for n0 in range(0, N, BN):
+        rn = n0 + tl.arange(0, BN)
+        kt = _tile(Kt, bk, rn, N, d, BD)
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
+        p = tl.where(_key_valid(M, b, rn, N, HAS_MASK)[None, :], tl.exp(s - lse[:, None]), 0.0)
+        dp = tl.dot(dok, tl.trans(_tile(V, bk, rn, N, e, BE)), input_precision=PREC)
+        ds = p * (dp - pk * rowdot[:, None])
+        dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
+    rd = tl.arange(0, BD)
+    tl.store(DQ + (bk * N + rm[:, None]) * d + rd[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=(rm[:, None] < N) & (rd[None, :] < d))
+
+
+@triton.jit
+def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, e, scale,
+                       HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                       BE: tl.constexpr, PREC: tl.constexpr):
+    """Per (key block, b·K): ``dk``, ``dv``, looping over query blocks."""
+    bk = tl.program_id(1).to(tl.int64)
+    b = bk // NB
+    pk = tl.load(PRIOR + bk % NB).to(tl.float32)
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    kt = _tile(Kt, bk, rn, N, d, BD)
+    vt = _tile(V, bk, rn, N, e, BE)
+    key_ok = _key_valid(M, b, rn, N, HAS_MASK)
+    dk = tl.zeros([BN, BD], tl.float32)
+    dv = tl.zeros([BN, BE], tl.float32)
+    for m0 in range(0, N, BM):
+        rm = m0 + tl.arange(0, BM)
+        q = _tile(Q, bk, rm, N, d, BD)
+        lse = tl.load(LSE + bk * N + rm, mask=rm < N, other=0.0)
+        rowdot = tl.load(ROWDOT + bk * N + rm, mask=rm < N, other=0.0)
+        dok = (pk * _tile(DOUT, b, rm, N, e, BE).to(tl.float32)).to(vt.dtype)
+        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
+        p = tl.where(key_ok[None, :] & (rm[:, None] < N), tl.exp(s - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p.to(vt.dtype)), dok, input_precision=PREC)
+        ds = p * (tl.dot(dok, tl.trans(vt), input_precision=PREC) - pk * rowdot[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    rd = tl.arange(0, BD)
+    re = tl.arange(0, BE)
+    tl.store(DK + (bk * N + rn[:, None]) * d + rd[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=(rn[:, None] < N) & (rd[None, :] < d))
+    tl.store(DV + (bk * N + rn[:, None]) * e + re[None, :], dv.to(DV.dtype.element_ty),
+             mask=(rn[:, None] < N) & (re[None, :] < e))
+
+
+def _config(q: Tensor, v: Tensor, mask: Tensor | None) -> dict[str, Any]:
+    """Block sizes (tl.dot needs >= 16) and dot precision shared by the three kernels."""
+    N = q.shape[2]
+    block = 16 if N <= 16 else 32 if N <= 32 else 64
+    fp32 = q.dtype == torch.float32
+    prec = "tf32" if fp32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return dict(HAS_MASK=mask is not None, BM=block, BN=block, BD=max(16, triton.next_power_of_2(q.shape[3])),
+                BE=max(16, triton.next_power_of_2(v.shape[3])), PREC=prec, num_warps=4)
+
+
+def _contig(*xs: Tensor) -> list[Tensor]:
+    return [x.contiguous() for x in xs]
+
+
+def triton_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Launch the fused forward: ``out[B,N,e]`` (v dtype) and ``lse[B,K,N]`` (fp32)."""
+    B, K, N, d = q.shape
+    q, k, v, prior = _contig(q, k, v, prior)
+    m = q if mask is None else mask.contiguous().view(torch.uint8)
+    out = v.new_empty((B, N, v.shape[3]))
+    lse = q.new_empty((B, K, N), dtype=torch.float32)
+    cfg = _config(q, v, mask)
+    wrap_triton(_relation_fwd)[(triton.cdiv(N, cfg["BM"]), B)](
+        q, k, v, prior, m, out, lse, N, K, d, v.shape[3], 1.0 / math.sqrt(d), **cfg)
+    return out, lse
+
+
+def triton_backward(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None, lse: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Launch the recomputing backward: gradients w.r.t. (q, k, v, prior)."""
+    B, K, N, d = q.shape
+    dout, q, k, v, prior, lse = _contig(dout, q, k, v, prior, lse)
+    m = q if mask is None else mask.contiguous().view(torch.uint8)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    rowdot = torch.empty_like(lse)
+    cfg = _config(q, v, mask)
+    args = (N, K, d, v.shape[3], 1.0 / math.sqrt(d))
+    wrap_triton(_relation_bwd_dq)[(triton.cdiv(N, cfg["BM"]), B * K)](
+        q, k, v, prior, m, dout, lse, dq, rowdot, *args, **cfg)
+    wrap_triton(_relation_bwd_dkdv)[(triton.cdiv(N, cfg["BN"]), B * K)](
+        q, k, v, prior, m, dout, lse, rowdot, dk, dv, *args, **cfg)
+    return dq, dk, dv, rowdot.sum((0, 2)).to(prior.dtype)
+
+
+# ------------------------------------------------------------------------------------ torch.library op
+@triton_op("pcmci::relation", mutates_args=())
+def _relation_op(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """(out, lse); Triton on CUDA (or forced), the reference math otherwise."""
+    if use_triton(q):
+        return triton_forward(q, k, v, prior, mask)
+    return _torch_forward(q, k, v, prior, mask)
+
+
+@triton_op("pcmci::relation_backward", mutates_args=())
+def _relation_backward_op(
+    dout: Tensor, q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Optional[Tensor], lse: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. (q, k, v, prior) of ``pcmci::relation``'s output."""
+    if use_triton(q):
+        return triton_backward(dout, q, k, v, prior, mask, lse)
+    return _torch_backward(dout, q, k, v, prior, mask, lse)
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    q, k, v, prior, mask = inputs
+    ctx.save_for_backward(q, k, v, prior, mask, output[1])
+
+
+def _backward(ctx: Any, dout: Tensor, _dlse: Tensor) -> tuple:
+    q, k, v, prior, mask, lse = ctx.saved_tensors
+    return (*torch.ops.pcmci.relation_backward(dout, q, k, v, prior, mask, lse), None)
+
+
+_relation_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _macs(q_shape: Any, v_shape: Any) -> int:
+    B, K, N, d = q_shape
+    e = v_shape[3]
+    return B * K * N * (N * (d + e) + e)
+
+
+@register_flop_formula(torch.ops.pcmci.relation)
+def _flops(q_shape: Any, k_shape: Any, v_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return 2 * _macs(q_shape, v_shape)
+
+
+@register_flop_formula(torch.ops.pcmci.relation_backward)
+def _flops_backward(dout_shape: Any, q_shape: Any, k_shape: Any, v_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return 4 * _macs(q_shape, v_shape)
+
+
+def fvcore_handle(inputs: list, outputs: list) -> int:
+    """fvcore handle for ``pcmci::relation`` (one multiply-add = one FLOP)."""
+    return _macs(jit_shape(inputs[0]), jit_shape(inputs[2]))
 
 
 def relation(
     q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None = None, return_maps: bool = False
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """K-base relation product ``[B,N,e]``; the op the model calls (see module docstring)."""
-    return relation_reference(q, k, v, prior, mask, return_maps)
+    """K-base relation product ``out[B,N,e]`` (see module docstring); differentiable in q, k, v, prior.
+
+    ``return_maps=True`` also returns the maps ``G[B,K,N,N]`` (computed separately, for inspection).
+    """
+    _check_inputs(q, k, v, prior, mask)
+    out = torch.ops.pcmci.relation(q, k, v, prior, mask)[0]
+    return (out, _maps(q, k, mask)) if return_maps else out

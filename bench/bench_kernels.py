@@ -1,0 +1,157 @@
+"""Kernel microbenchmarks (pytest-benchmark) at the DESIGN §4 shapes.
+
+Implementations per group: ``fused`` (the registered op: Triton on CUDA; on CPU it dispatches to the
+reference ops with the replay backward), ``reference`` (eager pure-PyTorch spec, autograd backward),
+``compiled`` (``torch.compile`` of the reference, dynamic shapes: one compile per pass), ``pot`` (POT's
+log-domain solver looped over the batch; Sinkhorn forward only). Passes: ``fwd`` and ``fwdbwd``.
+On CUDA ``extra_info`` holds peak memory and, for the fused kernels, % of the bandwidth/exp roofline.
+
+    python -m pytest bench/bench_kernels.py --benchmark-json=bench/results/cpu-DATE-kernels.json
+
+Without CUDA only the CPU cases run (the batched reference vs POT bar, plus small compile/relation cases).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from pcmci.kernels import log_sinkhorn, log_sinkhorn_reference, relation, relation_reference
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+ITERS, EPS = 50, 0.1
+FULL = CUDA or os.environ.get("PCMCI_BENCH_FULL") == "1"  # the DESIGN §4 grid; CPU default: the bar's cases
+SINKHORN_CASES = (
+    [(B, R, S) for B in (8, 64, 256) for R, S in ((10, 8), (48, 16), (200, 64), (200, 2048))]
+    if FULL else [(64, 48, 16)]
+)
+RELATION_CASES = [(B, N) for B in (8, 64) for N in (16, 64, 256, 1568)] if FULL else [(8, 64)]
+K_BASES, HEAD_DIM = 8, 64
+# Nominal peaks for the roofline column: HBM bytes/s, exp/s (SMs x 16 MUFU/clk x boost clock), dense bf16 FLOP/s.
+PEAKS = {"H100": (3.35e12, 132 * 16 * 1.98e9, 989e12), "H200": (4.8e12, 132 * 16 * 1.98e9, 989e12)}
+
+_compiled: dict[str, Callable] = {}
+
+
+def _compile(name: str, fn: Callable) -> Callable:
+    if name not in _compiled:
+        _compiled[name] = torch.compile(fn, dynamic=True)
+    return _compiled[name]
+
+
+def _sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def _run(benchmark, fn: Callable[[], object], rounds: int = 5 if CUDA else 10) -> None:
+    """Warm up (compiles, autotune), then time ``fn`` with device sync; records peak memory on CUDA."""
+    try:
+        fn()
+        _sync()
+        if CUDA:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            _sync()
+            benchmark.extra_info["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        pytest.skip("out of memory")
+
+    def timed() -> None:
+        fn()
+        _sync()
+
+    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1, iterations=1)
+
+
+def _roofline(benchmark, nbytes: float, nexp: float, nflops: float = 0.0) -> None:
+    """Record the fused kernel's % of the max(bandwidth, exp, tensor-core) roofline (CUDA only)."""
+    name = torch.cuda.get_device_name() if CUDA else ""
+    peak = next((v for k, v in PEAKS.items() if k in name), None)
+    if peak and benchmark.stats:
+        bound = max(nbytes / peak[0], nexp / peak[1], nflops / peak[2])
+        benchmark.extra_info["roofline_pct"] = 100 * bound / benchmark.stats.stats.min
+
+
+def _sinkhorn_work(B: int, R: int, S: int, backward: bool, itemsize: int) -> tuple[float, float]:
+    """(HBM bytes, exps) of the fused Sinkhorn: on chip the cost is read once per launch, streamed once per
+    half-iteration; the backward replays ~2 exps per entry per iteration (streamed: ~4)."""
+    sk = importlib.import_module("pcmci.kernels.sinkhorn")
+    onchip = sk._blocks(R, S, None)[0]
+    size, T = B * R * S * itemsize, ITERS
+    nbytes, nexp = size * (2 if onchip else 2 * T + 2), B * R * S * (2 * T + 1)
+    if backward:
+        nbytes += size * (3 if onchip else 2 * T + 7)
+        nexp += B * R * S * (2 * T + 1 if onchip else 4 * T + 3)
+    return nbytes, nexp
+
+
+def _pot_loop(cost: torch.Tensor) -> Callable[[], object]:
+    ot = pytest.importorskip("ot")
+    B, R, S = cost.shape
+    if CUDA:  # POT's torch backend on the same device
+        a, b, c = torch.full((R,), 1 / R, device=DEVICE), torch.full((S,), 1 / S, device=DEVICE), cost
+    else:
+        a, b, c = np.full(R, 1 / R), np.full(S, 1 / S), cost.double().numpy()
+    return lambda: [ot.sinkhorn(a, b, c[i], EPS, method="sinkhorn_log", numItermax=ITERS, stopThr=0.0)
+                    for i in range(B)]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("impl", ["fused", "reference", "compiled", "pot"])
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwdbwd"])
+@pytest.mark.parametrize("B,R,S", SINKHORN_CASES, ids=[f"B{b}-{r}x{s}" for b, r, s in SINKHORN_CASES])
+def test_sinkhorn(benchmark, B: int, R: int, S: int, backward: bool, impl: str) -> None:
+    benchmark.group = f"sinkhorn-{'fwdbwd' if backward else 'fwd'}-B{B}-{R}x{S}"
+    if impl == "pot" and backward:
+        pytest.skip("POT: forward only")
+    if impl == "compiled" and not CUDA and backward:
+        pytest.skip("CPU: compiling 50 unrolled iterations with backward takes minutes")
+    cost = torch.rand(B, R, S, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
+    if impl == "pot":
+        _run(benchmark, _pot_loop(cost), rounds=2 if B * R * S > 1e6 else 3)
+        return
+    fn = {"fused": log_sinkhorn, "reference": log_sinkhorn_reference,
+          "compiled": _compile(f"sinkhorn-{backward}", log_sinkhorn_reference)}[impl]
+    cost.requires_grad_(backward)
+
+    def step() -> None:
+        plan = fn(cost, EPS, ITERS)
+        if backward:
+            plan.backward(torch.ones_like(plan))
+
+    _run(benchmark, step)
+    if impl == "fused":
+        _roofline(benchmark, *_sinkhorn_work(B, R, S, backward, cost.element_size()))
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference", "compiled"])
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwdbwd"])
+@pytest.mark.parametrize("B,N", RELATION_CASES, ids=[f"B{b}-N{n}" for b, n in RELATION_CASES])
+def test_relation(benchmark, B: int, N: int, backward: bool, impl: str) -> None:
+    benchmark.group = f"relation-{'fwdbwd' if backward else 'fwd'}-B{B}-N{N}"
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    g = torch.Generator(DEVICE).manual_seed(0)
+    q, k, v = (torch.randn(B, K_BASES, N, HEAD_DIM, device=DEVICE, generator=g, dtype=dtype).requires_grad_(backward)
+               for _ in range(3))
+    prior = torch.full((K_BASES,), 1 / K_BASES, device=DEVICE, requires_grad=backward)
+    fn = {"fused": relation, "reference": relation_reference,
+          "compiled": _compile(f"relation-{backward}", relation_reference)}[impl]
+
+    def step() -> None:
+        out = fn(q, k, v, prior)
+        if backward:
+            out.backward(torch.ones_like(out))
+
+    _run(benchmark, step)
+    if impl == "fused":  # matmuls of N*N*d: 2 forward, 9 more backward; exps: 1 forward, 3 more backward
+        nbytes = q.element_size() * 4 * B * K_BASES * N * HEAD_DIM * (3 if backward else 1)
+        _roofline(benchmark, nbytes, B * K_BASES * N * N * (4 if backward else 1),
+                  2 * B * K_BASES * N * N * HEAD_DIM * (11 if backward else 2))
