@@ -7,9 +7,9 @@ CPU, ``PCMCI_KERNELS=reference|triton`` forces one. ``FVCORE_HANDLES`` maps op n
 """
 from . import relation as _relation
 from . import sinkhorn as _sinkhorn
-from .relation import relation, relation_reference
+from .relation import relation, relation_maps, relation_reference
 from .sinkhorn import log_sinkhorn, log_sinkhorn_reference
 
 FVCORE_HANDLES = {"pcmci::log_sinkhorn": _sinkhorn.fvcore_handle, "pcmci::relation": _relation.fvcore_handle}
 
-__all__ = ["FVCORE_HANDLES", "log_sinkhorn", "log_sinkhorn_reference", "relation", "relation_reference"]
+__all__ = ["FVCORE_HANDLES", "log_sinkhorn", "log_sinkhorn_reference", "relation", "relation_maps", "relation_reference"]

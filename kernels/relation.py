@@ -310,6 +310,13 @@ def fvcore_handle(inputs: list, outputs: list) -> int:
     return _macs(jit_shape(inputs[0]), jit_shape(inputs[2]))
 
 
+def relation_maps(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The relation bases alone, ``G[B,K,N,N] = softmax(q k^T / sqrt(d))`` (masked keys get 0)."""
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f"relation_maps: q and k must both be [B,K,N,d], got {tuple(q.shape)} and {tuple(k.shape)}")
+    return _maps(q, k, mask)
+
+
 def relation(
     q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None = None, return_maps: bool = False
 ) -> Tensor | tuple[Tensor, Tensor]:

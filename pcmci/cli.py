@@ -1,4 +1,4 @@
-"""Command line: ``pcmci demo|train|eval|predict|synth``.
+"""Command line: ``pcmci demo|train|eval|predict|synth|profile|data``.
 
 Expected failures (bad config, missing or undecodable video, missing checkpoint) print one line
 ``pcmci: error: <cause>`` and exit 1; ``--debug`` shows the traceback instead.
@@ -60,12 +60,43 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64, help="frame size in pixels")
 
 
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="dataset tools: pcmci data inspect --dataset NAME --root DIR")
+    tools = p.add_subparsers(dest="tool", required=True)
+    q = tools.add_parser("inspect", help="counts per split/class, missing and undecodable files, stats, sample grid")
+    q.add_argument("--dataset", choices=["manifest", "breakfast", "coin", "charades"], required=True)
+    q.add_argument("--root", required=True, help="dataset folder (manifest: the CSV, or the folder holding manifest.csv)")
+    q.add_argument("--split", help="only this split (default: all)")
+    q.add_argument("--video-template", default="", help="video path template under ROOT (default: the dataset's)")
+    q.add_argument("--annotations", default="", help="COIN.json / the Charades CSV folder (default: under ROOT)")
+    q.add_argument("--grid", default="runs/inspect/grid.png", help="sample-frame grid PNG ('' to skip)")
+    q.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="params, FLOPs (fvcore, cross-checked), latency, memory -> profile.md/.json")
+    p.add_argument("config", nargs="?", help="preset name or YAML file (default: tiny; or use --preset)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.stages=[ich,ivc]")
+    p.add_argument("--preset", help="preset name (tiny, paper, breakfast, coin, charades)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--batch", type=int, default=1, help="clips per timed forward / train step")
+    p.add_argument("--views", type=int, help="test views per video counted in FLOPs (default: data.test_views)")
+    p.add_argument("--classes", type=int, default=10, help="class texts (default: Breakfast's 10 activities)")
+    p.add_argument("--actions", type=int, default=48, help="atomic-action texts (default: Breakfast's 48)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions (medians are reported)")
+    p.add_argument("--no-train", dest="train", action="store_false", help="skip the training-step timing")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time a torch.compile'd training step (default: on CUDA only)")
+    p.add_argument("--out", default="runs/profile", help="output folder (default: runs/profile)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcmci", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_synth):
+    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_synth, _add_profile, _add_data):
         add(sub)
     return parser
 
@@ -107,6 +138,32 @@ def _run(args: argparse.Namespace) -> None:
         path = synthesize(args.out, seed=args.seed, n_train=args.train, n_test=args.test, confound=args.confound,
                           codec=args.codec, size=args.size, progress=progress)
         print(f"manifest: {path}")
+    elif args.command == "data":
+        from .config import DataConfig
+        from .data.inspect import inspect_dataset, render
+
+        root = Path(args.root)
+        manifest = root / "manifest.csv" if args.dataset == "manifest" and root.is_dir() else root
+        data = DataConfig(dataset=args.dataset, root=str(root), manifest=str(manifest),
+                          video_template=args.video_template, annotations=args.annotations)
+        report = inspect_dataset(data, args.split, Path(args.grid) if args.grid else None, progress=progress)
+        print(json.dumps(report) if args.json else render(report))
+    elif args.command == "profile":
+        import torch
+
+        from .config import ConfigError, load_config
+        from .profiling import ProfileOptions, run_profile
+
+        if args.preset and args.config:
+            raise ConfigError("give either --preset NAME or CONFIG, not both")
+        source = args.preset or args.config or "tiny"
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        options = ProfileOptions(device=device, batch=args.batch, views=args.views, classes=args.classes,
+                                 actions=args.actions, warmup=args.warmup, repeats=args.repeats, train=args.train,
+                                 compile=args.compile)
+        paths = run_profile(load_config(source, args.overrides), options, args.out, name=Path(str(source)).stem)
+        print(paths["markdown"].read_text())
+        print("report: " + ", ".join(str(p) for p in paths.values()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

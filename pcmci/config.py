@@ -93,6 +93,13 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """``dataset`` picks the adapter: ``manifest`` reads ``manifest``; breakfast/coin/charades read ``root`` in
+    their public layout (``video_template`` / ``annotations`` override the default paths, "" = default)."""
+
+    dataset: str = "manifest"
+    root: str = ""
+    video_template: str = ""
+    annotations: str = ""
     manifest: str = ""
     labels: str | None = None
     train_split: str = "train"
@@ -102,6 +109,11 @@ class DataConfig:
     backend: str = "pyav"
     num_workers: int = 0
     dictionary_batches: int = 4
+    test_views: int = 1  # clips per test video (temporal clips x spatial crops), scores averaged
+    test_crops: int = 1  # spatial crops per temporal clip; temporal clips = test_views // test_crops
+    skip_bad_videos: bool = False  # skip (count, list at epoch end) videos that fail to decode, instead of stopping
+    decode_timeout: float = 60.0  # seconds per video before a decode counts as failed; 0 = no watchdog
+    pad_short_videos: bool = False  # a video with fewer than `frames` frames: repeat frames in order (else an error)
 
 
 @dataclass
@@ -141,31 +153,45 @@ def _tiny() -> Config:
 
 
 def _paper() -> Config:
-    """The paper's budget: CLIP ViT-B/16 frozen, TimeSformer-B/16 on 8x224x224, D=512, K=8."""
+    """The paper's budget: CLIP ViT-B/16 frozen, TimeSformer-B/16 on 8x224x224, D=512, K=8, 2 test views.
+
+    211M params = TimeSformer-B (121.7M) + CLIP ViT-B/16 image tower (86.2M) + the stages and head (10.4M with
+    one ICI layer, one head layer, MLP ratio 2); the CLIP text tower is precomputed and not counted.
+    650 GFLOPs per video = 2 views x (TimeSformer 196.1G + 8 CLIP frames x 17.6G + stages 1.0G), 1 FLOP = 1 MAC.
+    """
     cfg = Config()
     cfg.model.clip = ClipConfig(name="ViT-B-16", pretrained="openai")
     cfg.model.timesformer = TimeSformerConfig(img_size=224, patch_size=16, frames=8, width=768, depth=12, heads=12)
-    cfg.model.ici = ICIConfig(layers=2, mlp_ratio=4.0)
-    cfg.model.head = HeadConfig(layers=2, heads=8, mlp_ratio=4.0)
+    cfg.model.ici = ICIConfig(layers=1, mlp_ratio=2.0)
+    cfg.model.head = HeadConfig(layers=1, heads=8, mlp_ratio=2.0)
     cfg.data.image_size = 224
+    cfg.data.test_views = 2
     cfg.optim = OptimConfig(name="adam", lr=1e-5, weight_decay=0.0, epochs=100, warmup_epochs=0.0, batch_size=8)
     return cfg
 
 
 def _breakfast() -> Config:
     cfg = _paper()
+    cfg.data.dataset = "breakfast"
     cfg.data.eval_splits = ["test"]
+    return cfg
+
+
+def _coin() -> Config:
+    cfg = _breakfast()
+    cfg.data.dataset = "coin"
     return cfg
 
 
 def _charades() -> Config:
     cfg = _paper()
     cfg.model.multilabel = True
+    cfg.data.dataset = "charades"
     cfg.data.eval_splits = ["test"]
     return cfg
 
 
-PRESETS = {"tiny": _tiny, "paper": _paper, "breakfast": _breakfast, "coin": _breakfast, "charades": _charades}
+PRESETS = {"tiny": _tiny, "paper": _paper, "breakfast": _breakfast, "coin": _coin, "charades": _charades}
 
 
 def preset(name: str) -> Config:
@@ -242,6 +268,7 @@ def validate(cfg: Config) -> Config:
         "model.ivc.dictionary": (cfg.model.ivc.dictionary, ("kmeans", "learned")),
         "optim.name": (cfg.optim.name, ("adamw", "adam")),
         "data.backend": (cfg.data.backend, ("auto", "pyav", "dali")),
+        "data.dataset": (cfg.data.dataset, ("manifest", "breakfast", "coin", "charades")),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:
@@ -254,6 +281,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"data.image_size={cfg.data.image_size} must equal model.timesformer.img_size={cfg.model.timesformer.img_size}"
         )
+    if cfg.data.test_crops < 1 or cfg.data.test_views < 1 or cfg.data.test_views % cfg.data.test_crops:
+        raise ConfigError(f"data.test_views={cfg.data.test_views} must be a positive multiple of "
+                          f"data.test_crops={cfg.data.test_crops} (views = temporal clips x spatial crops)")
     if cfg.model.timesformer.img_size % cfg.model.timesformer.patch_size:
         raise ConfigError("model.timesformer.img_size must be a multiple of model.timesformer.patch_size")
     return cfg

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pcmci.data.datasets import LabelSet, ManifestDataset, preprocess, read_manifest
+from pcmci.data.datasets import LabelSet, ManifestDataset, collate_videos, preprocess, read_manifest
+from pcmci.data.sampling import view_indices
 from pcmci.data.decode import VideoDecodeError
 from pcmci.data.synthetic import ACTIONS, ACTIVITIES, synthesize
 
@@ -117,3 +118,36 @@ def test_preprocess_resizes_shorter_side_and_centre_crops():
     video = preprocess(frames, 20)
     assert video.shape == (2, 3, 20, 20) and video.dtype == torch.float32
     assert torch.allclose(video, torch.ones_like(video))
+
+
+def test_skip_bad_videos_are_dropped_and_listed_by_collate(tmp_path, manifest):
+    rows = manifest.read_text().splitlines()
+    good = [f"{manifest.parent / r.split(',')[0]},{r.split(',')[1]}" for r in rows[1:3]]
+    (tmp_path / "bad.webm").write_bytes(b"not a video at all" * 20)
+    text = "path,label\n" + "\n".join([good[0], f"{tmp_path / 'bad.webm'},make tea", "gone.webm,make tea", good[1]])
+    ds = ManifestDataset(write(tmp_path / "m.csv", text + "\n"), None, frames=4, image_size=32, skip_bad=True)
+    batch = collate_videos([ds[i] for i in range(4)])
+    assert batch["video"].shape == (2, 4, 3, 32, 32) and batch["index"].tolist() == [0, 3]
+    assert [b.split(": ", 1)[1].split(":")[0] for b in batch["bad"]] == ["not a video / corrupt", "file not found"]
+    assert collate_videos([ds[2]]) == {"bad": [f"{tmp_path / 'gone.webm'}: file not found"]}
+
+
+def test_multi_view_items_stack_clips_then_crops(manifest):
+    ds = ManifestDataset(manifest, "test_id", frames=4, image_size=32, test_views=(2, 3))
+    single = ManifestDataset(manifest, "test_id", frames=4, image_size=32)
+    item = ds[0]
+    assert ds.views == 6 and item["video"].shape == (6, 4, 3, 32, 32)
+    clips = view_indices(ds.plan(0).info.num_frames, 4, 2)
+    assert single.plan(0).clips[0] != clips[0] and clips[0] != clips[1]
+    assert torch.equal(item["video"][1], item["video"][0])  # square frames: all crops are the centre
+    assert not torch.equal(item["video"][0], item["video"][3])  # a different temporal clip
+    assert ManifestDataset(manifest, "train", frames=4, image_size=32, train=True, test_views=(2, 3))[0][
+        "video"].shape == (4, 3, 32, 32)
+
+
+def test_short_videos_raise_skip_or_pad(manifest):
+    with pytest.raises(VideoDecodeError, match="fewer than the 64 requested"):
+        ManifestDataset(manifest, "test_id", frames=64, image_size=16)[0]
+    assert "fewer than the 64" in ManifestDataset(manifest, "test_id", frames=64, image_size=16, skip_bad=True)[0]["bad"]
+    padded = ManifestDataset(manifest, "test_id", frames=64, image_size=16, pad_short=True, test_views=(2, 1))
+    assert padded[0]["video"].shape == (2, 64, 3, 16, 16)

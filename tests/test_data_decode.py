@@ -1,3 +1,5 @@
+import logging
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -88,18 +90,114 @@ def test_corrupt_file(tmp_path):
         decode_frames(path, [0])
 
 
-def test_too_short_video(tmp_path):
+def test_too_short_video_is_padded_by_the_rule(tmp_path):
     path = tmp_path / "short.webm"
-    write_video(path, 5)
-    with pytest.raises(VideoDecodeError, match="has 5 frames, fewer than the 8 requested"):
+    full = write_video(path, 5)
+    with pytest.raises(VideoDecodeError, match="has 5 frames, fewer than the 8 requested .*pad_short_videos"):
         sample_clip(path, 8, train=False)
+    frames, _ = sample_clip(path, 8, train=False, pad=True)
+    np.testing.assert_array_equal(frames, full[[0, 0, 1, 2, 2, 3, 4, 4]])
     with pytest.raises(VideoDecodeError, match="has 5 frames, fewer than the 7 requested"):
         decode_frames(path, [0, 6])
 
 
+@pytest.mark.parametrize("suffix", [".webm", ".mp4"])
+def test_truncated_file_raises(tmp_path, suffix):
+    path = tmp_path / f"cut{suffix}"
+    codec = "libvpx-vp9" if suffix == ".webm" else "libx264"
+    write_video(path, 120, codec)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(VideoDecodeError, match=str(path)):
+        decode_frames(path, [5, 110])
+
+
 def test_unknown_backend_names_the_valid_ones(videos):
-    with pytest.raises(ValueError, match="valid backends: pyav"):
-        decode_frames(videos["vp9"][0], [0], backend="dali")
+    with pytest.raises(ValueError, match="valid backends: auto, pyav, dali"):
+        decode_frames(videos["vp9"][0], [0], backend="nvdec")
+
+
+def write_timed(path: Path, pts: list[int], codec: str, time_base: Fraction) -> np.ndarray:
+    """A video whose frame i has presentation time ``pts[i] * time_base``; returns its frames decoded in order."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(8))
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = time_base
+        stream.options = {"g": "10", **({"deadline": "realtime", "cpu-used": "8"} if codec == "libvpx-vp9" else {})}
+        for i, t in enumerate(pts):
+            img = np.full((32, 48, 3), 3 * i % 256, np.uint8)
+            img[:, i % 48] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = t, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("codec,suffix", [("libvpx-vp9", ".webm"), ("libx264", ".mkv")])
+@pytest.mark.parametrize(
+    "kind,pts",
+    [
+        ("vfr", [0, 1, 2, 3, 6, 7, 8, 20, 21, 22, 23, 24, 25, 40, 41, 42, 43, 44, 45, 46]),
+        ("late start", list(range(400, 460))),
+    ],
+)
+def test_variable_rate_and_late_start_decode_exactly(tmp_path, codec, suffix, kind, pts):
+    if kind == "vfr":
+        pts = sorted({p + 50 * k for k in range(3) for p in pts})  # 60 frames, gaps of 1 to 12 ticks
+    full = write_timed(tmp_path / f"v{suffix}", pts, codec, Fraction(1, 8))
+    path = tmp_path / f"v{suffix}"
+    info = probe(path)
+    assert info.num_frames == len(pts) == len(full) and info.cfr == (kind != "vfr")
+    for indices in ([3, 25, 40, 59], [59], [0, 7, 8, 9, 30], list(range(0, 60, 7))):
+        np.testing.assert_array_equal(decode_frames(path, indices)[0], full[indices])
+
+
+def test_open_gop_h264(tmp_path):
+    path = tmp_path / "open.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.options = {"x264-params": "open-gop=1:keyint=12:min-keyint=12:bframes=3:b-pyramid=none:scenecut=0"}
+        for i in range(96):
+            img = np.full((32, 48, 3), 2 * i, np.uint8)
+            img[:, i % 48] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        full = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert len(full) == 96
+    for indices in ([10, 11, 12, 13, 35, 36], [22, 23, 24, 47, 48, 71, 95], list(range(5, 96, 11))):
+        np.testing.assert_array_equal(decode_frames(path, indices)[0], full[indices])
+
+
+def test_bytes_source(videos):
+    path, full = videos["h264"]
+    frames, info = decode_frames(path.read_bytes(), [4, 90])
+    np.testing.assert_array_equal(frames, full[[4, 90]])
+    assert info.path.startswith("<") and info.num_frames == 120
+
+
+def test_hanging_decode_times_out(videos, monkeypatch):
+    from pcmci.data import decode
+
+    monkeypatch.setitem(decode._BACKENDS, "pyav", lambda source, indices, info: time.sleep(3))
+    tic = time.perf_counter()
+    with pytest.raises(VideoDecodeError, match="decode timed out after 0.2 s"):
+        decode_frames(videos["vp9"][0], [0], timeout=0.2)
+    assert time.perf_counter() - tic < 1.5
+
+
+def test_backend_choice_is_logged_once_per_codec(caplog):
+    from pcmci.data import decode
+
+    caplog.set_level(logging.INFO, logger="pcmci.data.decode")
+    decode._announced.clear()
+    assert [decode.choose_backend(b, c) for b, c in [("dali", "vp9"), ("dali", "h264"), ("dali", "h264"),
+                                                     ("auto", "vp9"), ("pyav", "mjpeg")]] == [
+        "dali", "pyav", "pyav", "pyav", "pyav"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4 and "DALI-CPU cannot decode h264" in messages[1]
 
 
 def test_far_apart_frames_are_reached_by_seeking(videos, monkeypatch):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pcmci.data.sampling import segment_indices
+from pcmci.data.sampling import crop_offsets, segment_indices, view_indices
 
 
 def test_eval_picks_segment_centres():
@@ -22,6 +22,32 @@ def test_train_offsets_stay_in_their_segment_and_follow_the_generator():
     assert len(seen) > 40
 
 
-def test_too_short_video_raises():
+def test_short_video_padding_rule_repeats_frames_in_order():
+    assert segment_indices(5, 8, train=False, pad=True) == [0, 0, 1, 2, 2, 3, 4, 4]
+    generator = torch.Generator().manual_seed(0)
+    assert segment_indices(5, 8, train=True, generator=generator, pad=True) == [0, 0, 1, 2, 2, 3, 4, 4]
+    assert segment_indices(1, 4, train=False, pad=True) == [0, 0, 0, 0]
+    assert view_indices(5, 8, 3, pad=True) == [[0, 0, 1, 2, 2, 3, 4, 4]] * 3
+
+
+def test_short_or_empty_video_raises_without_padding():
     with pytest.raises(ValueError, match="has 3 frames, fewer than the 8 requested"):
         segment_indices(3, 8, train=False)
+    with pytest.raises(ValueError, match="has 0 frames"):
+        segment_indices(0, 8, train=False, pad=True)
+
+
+def test_view_clips_spread_inside_segments():
+    assert view_indices(32, 8, 1) == [segment_indices(32, 8, train=False)]
+    assert view_indices(32, 4, 2) == [[2, 10, 18, 26], [6, 14, 22, 30]]
+    clips = view_indices(100, 8, 3)
+    bounds = [100 * i // 8 for i in range(9)]
+    for j in range(8):
+        column = [clip[j] for clip in clips]
+        assert bounds[j] <= column[0] < column[1] < column[2] < bounds[j + 1]
+
+
+def test_crop_offsets():
+    assert crop_offsets(80, 20, 1) == [30]
+    assert crop_offsets(80, 20, 3) == [0, 30, 60]
+    assert crop_offsets(20, 20, 3) == [0, 0, 0]

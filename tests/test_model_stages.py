@@ -116,7 +116,7 @@ def test_ici_matches_equation() -> None:
 
 def test_ivc_matches_equation() -> None:
     b, n, l, d, kb = 2, 5, 4, 16, 4
-    ivc = IVC(IVCConfig(bases=kb, dict_size=6), d, heads=2, mlp_ratio=2.0).double()
+    ivc = IVC(IVCConfig(bases=kb, dict_size=6, align_weight=0.5), d, heads=2, mlp_ratio=2.0).double()
     fit_dictionary(ivc, d, 6)
     with torch.no_grad():
         ivc.m_omega.normal_()

@@ -1,16 +1,32 @@
-"""Data path: segment sampling, video decoding, manifest datasets and the synthetic benchmark."""
+"""Data path: segment sampling, video decoding (PyAV / DALI), dataset adapters and the synthetic benchmark."""
 
-from pcmci.data.datasets import LabelSet, ManifestDataset, ManifestRow, preprocess, read_manifest
+from pcmci.data.datasets import (
+    LabelSet,
+    ManifestDataset,
+    ManifestRow,
+    VideoDataset,
+    VideoRecord,
+    VideoSet,
+    build_dataset,
+    collate_videos,
+    preprocess,
+    read_manifest,
+)
 from pcmci.data.decode import VideoDecodeError, VideoInfo, decode_frames, probe, sample_clip
-from pcmci.data.sampling import segment_indices
+from pcmci.data.sampling import segment_indices, view_indices
 from pcmci.data.synthetic import synthesize
 
 __all__ = [
     "LabelSet",
     "ManifestDataset",
     "ManifestRow",
+    "VideoDataset",
     "VideoDecodeError",
     "VideoInfo",
+    "VideoRecord",
+    "VideoSet",
+    "build_dataset",
+    "collate_videos",
     "decode_frames",
     "preprocess",
     "probe",
@@ -18,4 +34,5 @@ __all__ = [
     "sample_clip",
     "segment_indices",
     "synthesize",
+    "view_indices",
 ]

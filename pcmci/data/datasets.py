@@ -1,4 +1,9 @@
-"""Label sets, the generic CSV manifest (``path,label[,split][,steps]``) and its video dataset."""
+"""Video datasets: label sets, the generic CSV manifest, one ``VideoDataset`` for every format, and the factory.
+
+Every adapter (the manifest here, Breakfast / COIN / Charades in ``formats.py``) returns a ``VideoSet``
+(labels + records); ``VideoDataset`` samples, decodes and preprocesses it. ``build_dataset`` picks
+the adapter named by ``data.dataset``.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,27 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
-from pcmci.data.decode import VideoInfo, probe, sample_clip
+from pcmci.data.decode import (
+    DECODE_TIMEOUT,
+    VideoDecodeError,
+    VideoInfo,
+    check_length,
+    decode_frames,
+    probe,
+    with_timeout,
+)
+from pcmci.data.sampling import crop_offsets, segment_indices, view_indices
+
+if TYPE_CHECKING:
+    from pcmci.config import DataConfig
+
 
 
 @dataclass
@@ -36,6 +55,36 @@ class LabelSet:
 
 
 @dataclass
+class VideoRecord:
+    """One video: ``target`` is a class index, or the list of class indices when multi-label."""
+
+    path: Path
+    target: int | list[int]
+    steps: list[int]  # indices into LabelSet.actions
+    split: str | None
+
+
+@dataclass
+class VideoSet:
+    """What an adapter reads: labels and records of every split (``source`` names the annotation file)."""
+
+    labels: LabelSet
+    records: list[VideoRecord]
+    source: str
+    multilabel: bool = False
+
+    def split(self, name: str | None) -> VideoSet:
+        """The records of split ``name`` (all for None); ``ValueError`` listing the splits when empty."""
+        if name is None:
+            return self
+        records = [r for r in self.records if r.split == name]
+        if not records:
+            available = sorted({r.split for r in self.records if r.split is not None})
+            raise ValueError(f"{self.source}: split {name!r} has no rows; available splits: {available or 'none'}")
+        return VideoSet(self.labels, records, self.source, self.multilabel)
+
+
+@dataclass
 class ManifestRow:
     """One manifest line; ``path`` is resolved against the manifest's folder."""
 
@@ -53,7 +102,6 @@ def read_manifest(path: str | Path, labels: LabelSet | None = None) -> list[Mani
     non-empty, every step one of them. Errors raise ``ValueError`` naming the file and line.
     """
     path = Path(path)
-    root = path.parent
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         header = [name.strip() for name in reader.fieldnames or []]
@@ -80,94 +128,169 @@ def read_manifest(path: str | Path, labels: LabelSet | None = None) -> list[Mani
                 if unknown:
                     raise fail(f"unknown step(s) {unknown}")
             split = (record.get("split") or "").strip() or None
-            rows.append(ManifestRow(root / video, label, split, steps, reader.line_num))
+            rows.append(ManifestRow(path.parent / video, label, split, steps, reader.line_num))
     return rows
 
 
-def preprocess(frames: np.ndarray, image_size: int) -> torch.Tensor:
-    """uint8 [F, H, W, 3] -> float32 [F, 3, S, S] in [0, 1]: resize the shorter side to S, centre-crop."""
+def read_manifest_set(manifest: str | Path, labels: LabelSet | None = None) -> VideoSet:
+    """A manifest as a ``VideoSet``; labels from ``labels``, else ``labels.json`` beside it, else the rows."""
+    manifest = Path(manifest)
+    if labels is None:
+        label_file = manifest.parent / "labels.json"
+        if label_file.is_file():
+            labels = LabelSet.load(label_file)
+        else:
+            labels = LabelSet(sorted({row.label for row in read_manifest(manifest)}))
+    classes = {name: i for i, name in enumerate(labels.classes)}
+    actions = {name: i for i, name in enumerate(labels.actions)}
+    records = [
+        VideoRecord(row.path, classes[row.label], [actions[s] for s in row.steps if s in actions], row.split)
+        for row in read_manifest(manifest, labels)
+    ]
+    return VideoSet(labels, records, str(manifest))
+
+
+def preprocess_views(frames: np.ndarray, image_size: int, crops: int = 1) -> torch.Tensor:
+    """uint8 [F, H, W, 3] -> float32 [crops, F, 3, S, S] in [0, 1]: shorter side resized to S, then
+    ``crops`` S x S windows spread along the longer side (one crop: centred)."""
     video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
     h, w = video.shape[-2:]
     scale = image_size / min(h, w)
     size = (max(image_size, round(h * scale)), max(image_size, round(w * scale)))
     if size != (h, w):
         video = F.interpolate(video, size=size, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-    return video[:, :, top : top + image_size, left : left + image_size].clamp_(0, 1).contiguous()
+    tops = crop_offsets(size[0], image_size, crops if size[0] > size[1] else 1)
+    lefts = crop_offsets(size[1], image_size, crops if size[0] <= size[1] else 1)
+    windows = [(top, left) for top in tops for left in lefts]
+    return torch.stack([video[:, :, t : t + image_size, x : x + image_size] for t, x in windows]).clamp_(0, 1)
 
 
-class ManifestDataset(Dataset):
-    """Videos of a CSV manifest, segment-sampled to F frames.
+def preprocess(frames: np.ndarray, image_size: int) -> torch.Tensor:
+    """uint8 [F, H, W, 3] -> float32 [F, 3, S, S] in [0, 1]: resize the shorter side to S, centre-crop."""
+    return preprocess_views(frames, image_size)[0]
 
-    Items: ``video`` float32 [F, 3, S, S] in [0, 1], ``label`` int64 [], ``steps`` float32 [A]
-    multi-hot over ``labels.actions``, ``index`` int. Training offsets are a pure function of
-    (seed, epoch, index); call :meth:`set_epoch` each epoch.
+
+@dataclass
+class ClipPlan:
+    """What to decode for one item: ``clips`` lists the frame indices of each temporal clip."""
+
+    path: Path
+    info: VideoInfo
+    clips: list[list[int]]
+
+
+class VideoDataset(Dataset):
+    """Segment-sampled clips of a ``VideoSet``.
+
+    Items: ``video`` float32 [F, 3, S, S] in [0, 1] — [V, F, 3, S, S] in evaluation when
+    ``views = clips x crops > 1`` (clip-major) —, ``label`` int64 [] (float32 multi-hot [C] when
+    multi-label), ``steps`` float32 [A] multi-hot over ``labels.actions``, ``index`` int. With
+    ``skip_bad`` a video that raises ``VideoDecodeError`` gives ``{"index", "bad": "<path>: <cause>"}``
+    instead (dropped and listed by :func:`collate_videos`). A video shorter than F frames is such an
+    error unless ``pad_short`` (frames repeated, see ``segment_indices``). Training offsets are a pure
+    function of (seed, epoch, index); call :meth:`set_epoch` each epoch.
     """
 
-    def __init__(
-        self,
-        manifest: str | Path,
-        split: str | None,
-        labels: LabelSet | None = None,
-        frames: int = 8,
-        image_size: int = 64,
-        train: bool = False,
-        seed: int = 0,
-        backend: str = "pyav",
-    ) -> None:
-        manifest = Path(manifest)
-        if labels is None:
-            label_file = manifest.parent / "labels.json"
-            if label_file.is_file():
-                labels = LabelSet.load(label_file)
-            else:
-                labels = LabelSet(sorted({row.label for row in read_manifest(manifest)}))
-        rows = read_manifest(manifest, labels)
-        if split is not None:
-            available = sorted({row.split for row in rows if row.split is not None})
-            rows = [row for row in rows if row.split == split]
-            if not rows:
-                raise ValueError(
-                    f"{manifest}: split {split!r} has no rows; available splits: {available or 'none'}"
-                )
-        self.manifest = manifest
-        self.labels = labels
-        self.rows = rows
-        self.frames = frames
-        self.image_size = image_size
-        self.train = train
-        self.seed = seed
-        self.backend = backend
+    def __init__(self, videos: VideoSet, frames: int = 8, image_size: int = 64, train: bool = False,
+                 seed: int = 0, backend: str = "pyav", test_views: tuple[int, int] = (1, 1),
+                 skip_bad: bool = False, timeout: float = DECODE_TIMEOUT, pad_short: bool = False) -> None:
+        self.videos, self.labels, self.records = videos, videos.labels, videos.records
+        self.multilabel = videos.multilabel
+        self.frames, self.image_size, self.train, self.seed = frames, image_size, train, seed
+        self.backend, self.skip_bad, self.timeout, self.pad_short = backend, skip_bad, timeout, pad_short
+        self.clips, self.crops = (1, 1) if train else tuple(test_views)
         self.epoch = 0
-        self._class_index = {name: i for i, name in enumerate(labels.classes)}
-        self._action_index = {name: i for i, name in enumerate(labels.actions)}
         self._info: dict[int, VideoInfo] = {}
+
+    @property
+    def views(self) -> int:
+        return self.clips * self.crops
 
     def set_epoch(self, epoch: int) -> None:
         """Select the training offsets of ``epoch`` (deterministic from seed, epoch and index)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        row = self.rows[index]
+    def plan(self, index: int) -> ClipPlan:
+        """Probe (cached) and sample the frame indices of item ``index``."""
+        path = self.records[index].path
         if index not in self._info:
-            self._info[index] = probe(row.path)
-        generator = None
-        if self.train:
-            state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2)
-            generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        frames, _ = sample_clip(
-            row.path, self.frames, self.train, generator, self.backend, self._info[index]
-        )
+            self._info[index] = with_timeout(self.timeout, path, lambda: probe(path))
+        info = self._info[index]
+        check_length(path, info, self.frames, self.pad_short)
+        if not self.train:
+            return ClipPlan(path, info, view_indices(info.num_frames, self.frames, self.clips, self.pad_short))
+        state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2)
+        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        return ClipPlan(path, info, [segment_indices(info.num_frames, self.frames, True, generator, self.pad_short)])
+
+    def targets(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(label: int64 [] or float32 multi-hot [C], steps: float32 multi-hot [A]) of item ``index``."""
+        record = self.records[index]
+        if self.multilabel:
+            label = torch.zeros(len(self.labels.classes), dtype=torch.float32)
+            label[record.target] = 1.0
+        else:
+            label = torch.tensor(record.target, dtype=torch.int64)
         steps = torch.zeros(len(self.labels.actions), dtype=torch.float32)
-        for step in row.steps:
-            if step in self._action_index:
-                steps[self._action_index[step]] = 1.0
-        return {
-            "video": preprocess(frames, self.image_size),
-            "label": torch.tensor(self._class_index[row.label], dtype=torch.int64),
-            "steps": steps,
-            "index": index,
-        }
+        steps[record.steps] = 1.0
+        return label, steps
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            plan = self.plan(index)
+            wanted = sorted({i for clip in plan.clips for i in clip})
+            frames, _ = decode_frames(plan.path, wanted, self.backend, plan.info, self.timeout)
+        except VideoDecodeError as err:
+            if not self.skip_bad:
+                raise
+            return {"index": index, "bad": f"{err.path}: {err.cause}"}
+        position = {frame: row for row, frame in enumerate(wanted)}
+        views = [preprocess_views(frames[[position[i] for i in clip]], self.image_size, self.crops)
+                 for clip in plan.clips]
+        video = torch.cat(views)
+        label, steps = self.targets(index)
+        return {"video": video if self.views > 1 else video[0], "label": label, "steps": steps, "index": index}
+
+
+class ManifestDataset(VideoDataset):
+    """Videos of a CSV manifest (``path,label[,split][,steps]``); see :class:`VideoDataset` for items."""
+
+    def __init__(self, manifest: str | Path, split: str | None, labels: LabelSet | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(read_manifest_set(manifest, labels).split(split), **kwargs)
+
+
+def collate_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack good items; ``bad`` lists the skipped ones. A batch whose items all failed has no ``video``."""
+    good = [item for item in items if "bad" not in item]
+    batch = default_collate(good) if good else {}
+    batch["bad"] = [item["bad"] for item in items if "bad" in item]
+    return batch
+
+
+def read_video_set(data: DataConfig, labels: LabelSet | None = None) -> VideoSet:
+    """The adapter named by ``data.dataset`` applied to ``data.root`` (or ``data.manifest``), all splits."""
+    from pcmci.data import formats
+
+    if data.dataset == "manifest":
+        if not data.manifest:
+            raise ValueError("data.manifest is not set: pass data.manifest=path/to/manifest.csv")
+        return read_manifest_set(data.manifest, labels or (LabelSet.load(data.labels) if data.labels else None))
+    if data.dataset not in formats.READERS:
+        valid = ", ".join(["manifest", *formats.READERS])
+        raise ValueError(f"unknown data.dataset {data.dataset!r}; valid datasets: {valid}")
+    if not data.root:
+        raise ValueError(f"data.root is not set: pass data.root=path/to/{data.dataset}")
+    return formats.READERS[data.dataset](Path(data.root), data.video_template or None, data.annotations or None)
+
+
+def build_dataset(data: DataConfig, split: str | None, train: bool, seed: int = 0,
+                  labels: LabelSet | None = None) -> VideoDataset:
+    """The ``VideoDataset`` of ``split`` for ``data`` (``DataConfig``): adapter, sampling, views, bad videos."""
+    return VideoDataset(read_video_set(data, labels).split(split), frames=data.frames, image_size=data.image_size,
+                        train=train, seed=seed, backend=data.backend,
+                        test_views=(data.test_views // data.test_crops, data.test_crops),
+                        skip_bad=data.skip_bad_videos, timeout=data.decode_timeout, pad_short=data.pad_short_videos)

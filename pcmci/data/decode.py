@@ -2,16 +2,24 @@
 
 The PyAV backend seeks to the keyframe at or before each wanted frame and decodes only from there,
 so sampling F frames from a minutes-long video costs about F short GOP decodes, not the whole video.
+Frame i is the i-th frame in presentation order. Constant-rate streams map pts <-> index
+arithmetically (any start timestamp); variable-rate streams, detected when probing or while
+decoding, use the exact pts table of the demuxed packets. Every decode runs under a watchdog.
 """
 
 from __future__ import annotations
 
+import bisect
+import io
+import logging
 import math
+import os
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import av
 import numpy as np
@@ -19,23 +27,28 @@ import torch
 
 from pcmci.data.sampling import segment_indices
 
-DECODE_THREADS = 2  # per open video; keeps DataLoader workers from oversubscribing small CPUs
+log = logging.getLogger(__name__)
+
+Source = str | Path | bytes
+DECODE_THREADS = 2  # per open video at most; fewer when DataLoader workers already fill the cores
 THREADED_MIN_PIXELS = 128 * 128  # smaller frames decode faster on one thread (threading overhead)
 SEEK_GAP = 16  # decode forward instead of seeking when the next wanted frame is at most this far ahead
+DECODE_TIMEOUT = 60.0  # seconds; 0 disables the watchdog
+DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})  # what DALI 2.4 decodes without a GPU
 
 
 class VideoDecodeError(RuntimeError):
     """A video that cannot give the requested frames; ``path`` and ``cause`` name what and why."""
 
-    def __init__(self, path: str | Path, cause: str) -> None:
-        self.path = str(path)
+    def __init__(self, path: Source, cause: str) -> None:
+        self.path = _name(path)
         self.cause = cause
-        super().__init__(f"cannot decode {path}: {cause}")
+        super().__init__(f"cannot decode {self.path}: {cause}")
 
 
 @dataclass
 class VideoInfo:
-    """Stream facts of the first video stream (``duration`` in seconds)."""
+    """Stream facts of the first video stream (``duration`` in seconds; ``cfr``: constant frame rate)."""
 
     path: str
     num_frames: int
@@ -44,39 +57,68 @@ class VideoInfo:
     width: int
     height: int
     codec: str
+    cfr: bool = True
 
 
-DecodeFn = Callable[[str, Sequence[int], VideoInfo], np.ndarray]
+DecodeFn = Callable[[Source, Sequence[int], VideoInfo], np.ndarray]
+T = TypeVar("T")
 
 
-def _open(path: str | Path) -> av.container.InputContainer:
-    file = Path(path)
-    if not file.is_file():
-        raise VideoDecodeError(path, "file not found")
-    if file.stat().st_size == 0:
-        raise VideoDecodeError(path, "empty file")
+def _name(source: Source) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
+
+
+def _open(source: Source) -> av.container.InputContainer:
+    if not isinstance(source, bytes):
+        file = Path(source)
+        if not file.is_file():
+            raise VideoDecodeError(source, "file not found")
+        if file.stat().st_size == 0:
+            raise VideoDecodeError(source, "empty file")
+    elif not source:
+        raise VideoDecodeError(source, "empty file")
     try:
-        container = av.open(str(file))
+        container = av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except av.error.FFmpegError as err:
-        raise VideoDecodeError(path, f"not a video / corrupt: {err}") from err
+        raise VideoDecodeError(source, f"not a video / corrupt: {err}") from err
     if not container.streams.video:
         container.close()
-        raise VideoDecodeError(path, "not a video / corrupt: no video stream")
+        raise VideoDecodeError(source, "not a video / corrupt: no video stream")
     return container
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Stream facts of ``path``; frames counted from the header, else by demuxing (no decoding)."""
-    with _open(path) as container:
+def _packet_pts(container: av.container.InputContainer, source: Source, rewind: bool = False) -> list[int]:
+    """Sorted presentation timestamps of all video packets (demuxing only, no decoding)."""
+    stream = container.streams.video[0]
+    try:
+        if rewind:
+            container.seek(stream.start_time or 0, stream=stream)
+        return sorted(p.pts for p in container.demux(stream) if p.size and p.pts is not None)
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(source, f"not a video / corrupt: {err}") from err
+
+
+def probe(source: Source) -> VideoInfo:
+    """Stream facts of ``source``; frames counted from the header, else by demuxing (no decoding).
+
+    The rate is taken as variable (``cfr=False``) when demuxed timestamps stray from the average
+    rate by half a frame, or when the header's base and average rates differ by over 1%.
+    """
+    with _open(source) as container:
         stream = container.streams.video[0]
-        try:
-            num_frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
-        except av.error.FFmpegError as err:
-            raise VideoDecodeError(path, f"not a video / corrupt: {err}") from err
-        if num_frames == 0:
-            raise VideoDecodeError(path, "not a video / corrupt: no video frames")
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
+        clock = _Clock.of(stream)
+        if stream.frames:
+            num_frames = stream.frames
+            base = stream.base_rate
+            cfr = clock is not None and not (base and abs(float(base) - fps) > 0.01 * fps)
+        else:
+            pts = _packet_pts(container, source)
+            num_frames = len(pts)
+            cfr = clock is not None and all(abs(clock.index(p) - i) < 0.5 for i, p in enumerate(pts))
+        if num_frames == 0:
+            raise VideoDecodeError(source, "not a video / corrupt: no video frames")
         if stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)
         elif container.duration:
@@ -84,7 +126,7 @@ def probe(path: str | Path) -> VideoInfo:
         else:
             duration = num_frames / fps if fps else 0.0
         ctx = stream.codec_context
-        return VideoInfo(str(path), num_frames, fps, duration, ctx.width, ctx.height, ctx.name)
+        return VideoInfo(_name(source), num_frames, fps, duration, ctx.width, ctx.height, ctx.name, cfr)
 
 
 @dataclass(frozen=True)
@@ -101,100 +143,205 @@ class _Clock:
             return None
         return cls(stream.start_time or 0, 1 / (Fraction(rate) * stream.time_base))
 
-    def pts(self, index: float) -> int:
-        return self.start + math.floor(max(index, 0) * self.step)
+    def seek_pts(self, index: int) -> int:
+        return self.start + math.floor(max(index - 0.5, 0) * self.step)
 
-    def index(self, pts: int) -> int:
-        return round((pts - self.start) / self.step)
+    def index(self, pts: int) -> float:
+        return float((pts - self.start) / self.step)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Frame index <-> pts from the sorted packet timestamps (variable frame rate)."""
+
+    pts: list[int]
+
+    def seek_pts(self, index: int) -> int:
+        return self.pts[index]
+
+    def index(self, pts: int) -> float:
+        return float(bisect.bisect_left(self.pts, pts))
+
+
+class _Irregular(Exception):
+    """Decoded timestamps do not follow the constant-rate clock: switch to the pts table."""
 
 
 def _frames_from(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,
-    clock: _Clock,
+    clock: _Clock | _Table,
     target: int,
-    path: str,
+    source: Source,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """(index, frame) pairs decoded from the keyframe at or before frame ``target`` onwards."""
-    for offset in (clock.pts(target - 0.5), None):  # None: the seek overshot, restart at the start
-        container.seek(clock.start if offset is None else offset, stream=stream)
+    for offset in (clock.seek_pts(target), clock.seek_pts(0)):  # the second: the seek overshot, restart
+        container.seek(offset, stream=stream)
         frames = container.decode(stream)
         first = next(frames, None)
-        if first is None or first.pts is None or clock.index(first.pts) <= target:
+        if first is None or first.pts is None or round(clock.index(first.pts)) <= target:
             break
+    previous = None
     for frame in chain([first] if first is not None else [], frames):
         if frame.pts is None:
-            raise VideoDecodeError(path, "not a video / corrupt: frame without timestamp")
-        yield clock.index(frame.pts), frame
+            raise VideoDecodeError(source, "not a video / corrupt: frame without timestamp")
+        exact = clock.index(frame.pts)
+        index = round(exact)
+        if isinstance(clock, _Clock) and (abs(exact - index) > 0.25 or previous not in (None, index - 1)):
+            raise _Irregular
+        previous = index
+        yield index, frame
 
 
-def _decode_pyav(path: str, indices: Sequence[int], info: VideoInfo) -> np.ndarray:
-    """uint8 [len(indices), H, W, 3] RGB; each index gets the first frame at or after it."""
+def _decode_with(
+    container: av.container.InputContainer, clock: _Clock | _Table, wanted: list[int], source: Source
+) -> dict[int, np.ndarray]:
+    """Frames ``wanted`` (sorted, unique) as RGB arrays; each index gets the first frame at or after it."""
+    stream = container.streams.video[0]
+    frames: Iterator[tuple[int, av.VideoFrame]] = iter(())
+    current: tuple[int, np.ndarray] | None = None
+    decoded = 0
+    got = {}
+    for target in wanted:
+        if current is None or current[0] < target:
+            if current is None or target - current[0] > SEEK_GAP:
+                frames = _frames_from(container, stream, clock, target, source)
+            for index, frame in frames:
+                decoded = max(decoded, index + 1)
+                if index >= target:
+                    current = (index, frame.to_ndarray(format="rgb24"))
+                    break
+            else:
+                raise VideoDecodeError(source, f"has {decoded} frames, fewer than the {wanted[-1] + 1} requested")
+        got[target] = current[1]
+    return got
+
+
+def _decode_threads(info: VideoInfo) -> int:
+    """Decoder threads: 1 for small frames, else the cores per DataLoader worker, at most DECODE_THREADS."""
+    if info.width * info.height < THREADED_MIN_PIXELS:
+        return 1
+    worker = torch.utils.data.get_worker_info()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(DECODE_THREADS, cores // (worker.num_workers if worker else 1)))
+
+
+def _decode_pyav(source: Source, indices: Sequence[int], info: VideoInfo) -> np.ndarray:
+    """uint8 [len(indices), H, W, 3] RGB, seeking to keyframes."""
     wanted = sorted(set(indices))
-    got: dict[int, np.ndarray] = {}
-    with _open(path) as container:
+    with _open(source) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_type = "AUTO"
-        threaded = info.width * info.height >= THREADED_MIN_PIXELS
-        stream.codec_context.thread_count = DECODE_THREADS if threaded else 1
-        clock = _Clock.of(stream)
-        frames: Iterator[tuple[int, av.VideoFrame]] = enumerate(container.decode(stream))
-        current: tuple[int, np.ndarray] | None = None
-        decoded = 0
+        stream.codec_context.thread_count = _decode_threads(info)
         try:
-            for target in wanted:
-                if current is None or current[0] < target:
-                    if clock is not None and (current is None or target - current[0] > SEEK_GAP):
-                        frames = _frames_from(container, stream, clock, target, path)
-                    for index, frame in frames:
-                        decoded = max(decoded, index + 1)
-                        if index >= target:
-                            current = (index, frame.to_ndarray(format="rgb24"))
-                            break
-                    else:
-                        raise VideoDecodeError(
-                            path, f"has {decoded} frames, fewer than the {wanted[-1] + 1} requested"
-                        )
-                got[target] = current[1]
+            clock = _Clock.of(stream) if info.cfr else None
+            try:
+                got = _decode_with(container, clock or _Table(_packet_pts(container, source)), wanted, source)
+            except _Irregular:
+                log.debug("%s: timestamps are not constant-rate; using the packet pts table", _name(source))
+                got = _decode_with(container, _Table(_packet_pts(container, source, rewind=True)), wanted, source)
         except av.error.FFmpegError as err:
-            raise VideoDecodeError(path, f"not a video / corrupt: {err}") from err
+            raise VideoDecodeError(source, f"not a video / corrupt: {err}") from err
     return np.stack([got[i] for i in indices])
 
 
-_BACKENDS: dict[str, DecodeFn] = {"pyav": _decode_pyav}
+def _decode_dali(source: Source, indices: Sequence[int], info: VideoInfo) -> np.ndarray:
+    from pcmci.data.dali import decode_cpu
+
+    return decode_cpu(source, indices, info)
+
+
+_BACKENDS: dict[str, DecodeFn] = {"pyav": _decode_pyav, "dali": _decode_dali}
+_announced: set[tuple[str, str]] = set()
+
+
+def choose_backend(requested: str, codec: str) -> str:
+    """The per-video backend: ``pyav``, or ``dali`` (DALI-CPU) for VP8/VP9/MJPEG when requested.
+
+    ``auto`` decodes per video with PyAV (DALI on GPU runs as a batch loader, see ``pcmci.data.dali``).
+    The choice is logged once per (requested, codec).
+    """
+    if requested not in (*_BACKENDS, "auto"):
+        raise ValueError(f"unknown decode backend {requested!r}; valid backends: auto, {', '.join(_BACKENDS)}")
+    chosen = "dali" if requested == "dali" and codec in DALI_CPU_CODECS else "pyav"
+    if (requested, codec) not in _announced:
+        _announced.add((requested, codec))
+        why = "" if chosen == requested else f" (DALI-CPU cannot decode {codec})" if requested == "dali" else ""
+        log.info("data: backend=%s decodes %s videos with %s%s", requested, codec, chosen, why)
+    return chosen
+
+
+def with_timeout(timeout: float, source: Source, fn: Callable[[], T]) -> T:
+    """``fn()`` in a watchdog thread; ``VideoDecodeError`` if it has not returned after ``timeout`` s."""
+    if not timeout:
+        return fn()
+    result: dict[str, T | BaseException] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as err:  # re-raised in the caller's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=run, name="pcmci-decode", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise VideoDecodeError(source, f"decode timed out after {timeout:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def decode_frames(
-    path: str | Path, indices: Sequence[int], backend: str = "pyav", info: VideoInfo | None = None
+    source: Source,
+    indices: Sequence[int],
+    backend: str = "pyav",
+    info: VideoInfo | None = None,
+    timeout: float = DECODE_TIMEOUT,
 ) -> tuple[np.ndarray, VideoInfo]:
-    """Decode frames ``indices`` of ``path`` -> (uint8 [len(indices), H, W, 3] RGB, its VideoInfo).
+    """Decode frames ``indices`` of a file or encoded bytes -> (uint8 [len(indices), H, W, 3] RGB, VideoInfo).
 
     ``info`` (from :func:`probe`) skips probing again. Raises ``VideoDecodeError`` when the video is
-    missing, empty, corrupt or shorter than ``max(indices) + 1`` frames; ``ValueError`` for an
-    unknown ``backend``.
+    missing, empty, corrupt, shorter than ``max(indices) + 1`` frames or slower than ``timeout``
+    seconds; ``ValueError`` for an unknown ``backend`` or bad indices.
     """
-    if backend not in _BACKENDS:
-        raise ValueError(f"unknown decode backend {backend!r}; valid backends: {', '.join(_BACKENDS)}")
+    if backend not in (*_BACKENDS, "auto"):
+        raise ValueError(f"unknown decode backend {backend!r}; valid backends: auto, {', '.join(_BACKENDS)}")
     if len(indices) == 0 or min(indices) < 0:
-        raise ValueError(f"indices must be a non-empty sequence of frame numbers >= 0, got {indices}")
-    info = info or probe(path)
-    if max(indices) >= info.num_frames:
-        raise VideoDecodeError(
-            path, f"has {info.num_frames} frames, fewer than the {max(indices) + 1} requested"
-        )
-    return _BACKENDS[backend](str(path), indices, info), info
+        raise ValueError(f"indices must be a non-empty sequence of frame numbers >= 0, got {list(indices)}")
+
+    def run() -> tuple[np.ndarray, VideoInfo]:
+        facts = info or probe(source)
+        if max(indices) >= facts.num_frames:
+            raise VideoDecodeError(
+                source, f"has {facts.num_frames} frames, fewer than the {max(indices) + 1} requested"
+            )
+        return _BACKENDS[choose_backend(backend, facts.codec)](source, indices, facts), facts
+
+    return with_timeout(timeout, source, run)
 
 
 def sample_clip(
-    path: str | Path,
+    source: Source,
     frames: int,
     train: bool,
     generator: torch.Generator | None = None,
     backend: str = "pyav",
     info: VideoInfo | None = None,
+    timeout: float = DECODE_TIMEOUT,
+    pad: bool = False,
 ) -> tuple[np.ndarray, VideoInfo]:
-    """Segment-sample ``frames`` frames of ``path`` -> (uint8 [frames, H, W, 3] RGB, its VideoInfo)."""
-    info = info or probe(path)
-    if info.num_frames < frames:
-        raise VideoDecodeError(path, f"has {info.num_frames} frames, fewer than the {frames} requested")
-    return decode_frames(path, segment_indices(info.num_frames, frames, train, generator), backend, info)
+    """Segment-sample ``frames`` frames -> (uint8 [frames, H, W, 3] RGB, VideoInfo). A video shorter than
+    ``frames`` raises ``VideoDecodeError``, or with ``pad`` follows :func:`~pcmci.data.sampling.segment_indices`."""
+    info = info or with_timeout(timeout, source, lambda: probe(source))
+    check_length(source, info, frames, pad)
+    indices = segment_indices(info.num_frames, frames, train, generator, pad)
+    return decode_frames(source, indices, backend, info, timeout)
+
+
+def check_length(source: Source, info: VideoInfo, frames: int, pad: bool) -> None:
+    """``VideoDecodeError`` when the video has fewer than ``frames`` frames and may not be padded."""
+    if info.num_frames < frames and not pad:
+        raise VideoDecodeError(source, f"has {info.num_frames} frames, fewer than the {frames} requested "
+                                       "(data.pad_short_videos=true repeats frames instead)")

@@ -13,6 +13,7 @@ import csv
 import json
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterable
 
 import av
 import numpy as np
@@ -148,17 +149,21 @@ def _render(
     return np.clip(video, 0, 255).round().astype(np.uint8)
 
 
-def _encode(path: Path, frames: np.ndarray, codec: str, fps: int, gop: int) -> None:
-    """Write uint8 [T, H, W, 3] RGB frames with one encoder thread (deterministic output)."""
+def encode_video(path: str | Path, frames: Iterable[np.ndarray], codec: str = "vp9", fps: int = 8, gop: int = 8) -> None:
+    """Write uint8 [H, W, 3] RGB frames (any iterable, streamed) with one encoder thread (deterministic)."""
     encoder, _ = CODECS[codec]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(encoder, rate=Fraction(fps))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        stream.codec_context.thread_count = 1
-        stream.options = {"g": str(gop), **_ENCODER_OPTIONS[codec]}
+        stream = None
         for frame in frames:
+            if stream is None:
+                stream = container.add_stream(encoder, rate=Fraction(fps))
+                stream.width, stream.height = frame.shape[1], frame.shape[0]
+                stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+                stream.codec_context.thread_count = 1
+                stream.options = {"g": str(gop), **_ENCODER_OPTIONS[codec]}
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        if stream is None:
+            raise ValueError(f"{path}: no frames to encode")
         container.mux(stream.encode())
 
 
@@ -211,7 +216,7 @@ def synthesize(
                 distractor = _confounder(label, confound, split == "test_ood", rng)
                 frames = _render(label, style, distractor, frames_per_action, size, rng)
                 rel = f"videos/{split}_{i:04d}.{CODECS[codec][1]}"
-                _encode(out / rel, frames, codec, fps, gop=frames_per_action)
+                encode_video(out / rel, frames, codec, fps, gop=frames_per_action)
                 rows.append([rel, classes[label], split, ";".join(ACTIVITIES[classes[label]])])
                 videos.append(
                     {"path": rel, "split": split, "label": label, "background": style,

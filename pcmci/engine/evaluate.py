@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, from_dict
+from ..data.loader import make_loader
 from ..model import PCMCI, build_model
 from .checkpoint import load_checkpoint
 from .metrics import confusion_matrix, mean_average_precision, per_class_ap, topk_accuracy
@@ -31,21 +32,48 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[PCMCI, Con
 
 
 @torch.no_grad()
-def predict(model: PCMCI, loader: DataLoader, device: torch.device, desc: str = "eval",
-            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """-> (class probabilities ``[n,C]``, labels ``[n]``) over a loader."""
+def predict(model: PCMCI, loader: Iterable[dict[str, Any]], device: torch.device, desc: str = "eval",
+            progress: bool = True, skipped: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """-> (class probabilities ``[n,C]``, labels ``[n]`` or multi-hot ``[n,C]``) over a loader.
+
+    Multi-view items ``video[B,V,F,3,S,S]`` get the mean of their V views' probabilities. Videos the
+    loader skipped (``batch["bad"]``) are appended to ``skipped``.
+    """
     model.eval()
     scores, labels = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress):
-        logits = model(batch["video"].to(device))["logits"].float()
+        if skipped is not None:
+            skipped += batch.get("bad", [])
+        if "video" not in batch:
+            continue
+        video = batch["video"].to(device)
+        views = video.shape[1] if video.ndim == 6 else 1
+        logits = model(video.flatten(0, 1) if views > 1 else video)["logits"].float()
         probs = torch.sigmoid(logits) if model.cfg.multilabel else torch.softmax(logits, dim=-1)
-        scores.append(probs.cpu().numpy())
-        labels.append(batch["label"].numpy())
+        scores.append(probs.unflatten(0, (-1, views)).mean(1).cpu().numpy())
+        labels.append(batch["label"].cpu().numpy())
+    if not scores:
+        raise ValueError(f"{desc}: no video could be decoded")
     return np.concatenate(scores), np.concatenate(labels)
 
 
 def split_metrics(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Top-1/top-5 accuracy, mAP, per-class accuracy and AP, confusion matrix (rows = truth)."""
+    """Top-1/top-5 accuracy, mAP, per-class accuracy and AP, confusion matrix (rows = truth).
+
+    Multi-hot ``labels[n,C]``: top-k counts a hit when any of the k best classes is a positive; per-class
+    accuracy and the confusion matrix are single-label notions and are left out (NaN / absent).
+    """
+    if labels.ndim == 2:
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        ap = per_class_ap(scores, labels)
+        return {
+            "videos": int(len(labels)),
+            "acc": float(np.take_along_axis(labels, top[:, :1], 1).any(1).mean()),
+            "top5": float(np.take_along_axis(labels, top, 1).any(1).mean()),
+            "map": mean_average_precision(scores, labels),
+            "per_class": [{"class": name, "videos": int(labels[:, c].sum()), "acc": float("nan"), "ap": float(ap[c])}
+                          for c, name in enumerate(classes)],
+        }
     pred = scores.argmax(1)
     ap = per_class_ap(scores, labels)
     per_class = [
@@ -90,12 +118,16 @@ def evaluate(checkpoint: str | Path, splits: list[str] | None = None, out_dir: s
         dataset = make_dataset(cfg, split, train=False, labels=None)
         if dataset.labels.classes != model.classes:
             raise ValueError(f"{split}: dataset classes {dataset.labels.classes} differ from the model's {model.classes}")
-        loader = DataLoader(dataset, batch_size=batch_size or cfg.optim.batch_size, num_workers=cfg.data.num_workers)
-        scores, labels = predict(model, loader, dev, desc=f"eval {split}", progress=progress)
-        metrics = split_metrics(scores, labels, model.classes)
+        loader = make_loader(dataset, batch_size or cfg.optim.batch_size, dev, num_workers=cfg.data.num_workers)
+        skipped: list[str] = []
+        scores, labels = predict(model, loader, dev, desc=f"eval {split}", progress=progress, skipped=skipped)
+        metrics = {**split_metrics(scores, labels, model.classes), "views": dataset.views, "skipped": sorted(skipped)}
+        if skipped:
+            log.warning("%s: skipped %d undecodable video(s):\n  %s", split, len(skipped), "\n  ".join(sorted(skipped)))
         (out / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
         (out / f"eval_{split}.md").write_text(per_class_markdown(metrics, split))
-        plot_confusion(np.array(metrics["confusion"]), model.classes, out / f"confusion_{split}.png", split)
+        if "confusion" in metrics:
+            plot_confusion(np.array(metrics["confusion"]), model.classes, out / f"confusion_{split}.png", split)
         log.info("%s: acc %.4f top5 %.4f mAP %.4f", split, metrics["acc"], metrics["top5"], metrics["map"])
         results[split] = metrics
     return results

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..config import Config, from_dict, to_dict
-from ..data.datasets import LabelSet, ManifestDataset
+from ..data.datasets import LabelSet, VideoDataset, build_dataset, collate_videos
+from ..data.loader import make_loader
 from ..model import PCMCI, build_model
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -46,19 +47,9 @@ def load_labels(cfg: Config) -> LabelSet | None:
     return LabelSet.load(cfg.data.labels) if cfg.data.labels else None
 
 
-def make_dataset(cfg: Config, split: str, train: bool, labels: LabelSet | None) -> ManifestDataset:
-    if not cfg.data.manifest:
-        raise ValueError("data.manifest is not set: pass data.manifest=path/to/manifest.csv")
-    return ManifestDataset(
-        cfg.data.manifest,
-        split,
-        labels=labels,
-        frames=cfg.data.frames,
-        image_size=cfg.data.image_size,
-        train=train,
-        seed=cfg.run.seed,
-        backend=cfg.data.backend,
-    )
+def make_dataset(cfg: Config, split: str, train: bool, labels: LabelSet | None) -> VideoDataset:
+    """The ``data.dataset`` adapter's ``split`` (manifest, breakfast, coin or charades)."""
+    return build_dataset(cfg.data, split, train, seed=cfg.run.seed, labels=labels)
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Any:
@@ -79,14 +70,16 @@ def make_optimizer(cfg: Config, model: PCMCI) -> torch.optim.Optimizer:
     return kind(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
 
 
-def build_dictionaries(cfg: Config, model: PCMCI, dataset: ManifestDataset, device: torch.device) -> None:
+def build_dictionaries(cfg: Config, model: PCMCI, dataset: VideoDataset, device: torch.device) -> None:
     """Fit the k-means strata on the first ``data.dictionary_batches`` batches (centre-sampled clips)."""
     if model.dictionaries_ready:
         return
-    count = min(len(dataset.rows), cfg.data.dictionary_batches * cfg.optim.batch_size)
+    count = min(len(dataset), cfg.data.dictionary_batches * cfg.optim.batch_size)
     centre = make_dataset(cfg, cfg.data.train_split, train=False, labels=dataset.labels)
-    loader = DataLoader(Subset(centre, range(count)), batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers)
-    batches = [b["video"].to(device) for b in tqdm(loader, desc="dictionaries", disable=not cfg.run.progress)]
+    loader = DataLoader(Subset(centre, range(count)), batch_size=cfg.optim.batch_size,
+                        num_workers=cfg.data.num_workers, collate_fn=collate_videos)
+    batches = [b["video"].to(device) for b in tqdm(loader, desc="dictionaries", disable=not cfg.run.progress)
+               if "video" in b]
     used = model.build_dictionaries(batches, seed=cfg.run.seed)
     log.info("fitted confounder dictionaries on %s feature vectors", used)
 
@@ -129,19 +122,15 @@ def train(cfg: Config, resume: bool = False) -> Path:
 
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.optim.epochs):
-        dataset.set_epoch(epoch)
-        order = torch.Generator().manual_seed(cfg.run.seed * 100003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=cfg.optim.batch_size,
-            sampler=torch.utils.data.RandomSampler(dataset, generator=order),
-            num_workers=cfg.data.num_workers,
-            pin_memory=device.type == "cuda",
-        )
+        loader = make_loader(dataset, cfg.optim.batch_size, device, shuffle=True, epoch=epoch,
+                             num_workers=cfg.data.num_workers)
         model.train()
-        tic, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        tic, seen, loss_sum, correct, bad = time.perf_counter(), 0, 0.0, 0, []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not cfg.run.progress)
         for batch in bar:
+            bad += batch["bad"]
+            if "video" not in batch:
+                continue
             frames, target = batch["video"].to(device), batch["label"].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(frames)
@@ -164,7 +153,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{loss.item():.3f}")
         summary = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                   "seconds": time.perf_counter() - tic}
+                   "seconds": time.perf_counter() - tic, "skipped_videos": len(bad)}
+        if bad:
+            log.warning("epoch %d: skipped %d undecodable video(s):\n  %s", epoch, len(bad), "\n  ".join(sorted(bad)))
         with metrics_path.open("a") as f:
             f.write(json.dumps(summary) + "\n")
         log.info("epoch %d: loss %.4f acc %.3f", epoch, summary["train_loss"], summary["train_acc"])

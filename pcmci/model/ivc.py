@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import IVCConfig
-from ..kernels import relation
+from ..kernels import relation_maps
 from .dictionary import ConfounderDictionary, nwgm_attention
 from .ici import RelationLayer
 
@@ -48,20 +48,21 @@ class IVC(nn.Module):
     def transported_maps(self, v1: Tensor, m: Tensor) -> Tensor:
         """``G^{M->V}[B,K,N,N] = rownorm(Pi G^M_k Pi^T)`` with ``Pi = softmax_L(V1 M^T / sqrt(D))``."""
         split = self.video_relation.split
-        prior = torch.softmax(self.m_omega, dim=0)
-        q, k = split(self.m_u(m)), split(self.m_u_prime(m))
-        _, g_m = relation(q, k, k, prior, return_maps=True)
+        g_m = relation_maps(split(self.m_u(m)), split(self.m_u_prime(m)))
         pi = torch.softmax(v1 @ m.transpose(1, 2) / math.sqrt(m.shape[-1]), dim=-1)[:, None]
         g = pi @ g_m @ pi.transpose(-1, -2)
         return g / g.sum(-1, keepdim=True).clamp_min(1e-12)
 
     def relate(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        """Hierarchical relation encoder: ``V -> V'[B,N,D]`` and the alignment loss."""
-        v1, g_v = self.video_relation(v, return_maps=True)
+        """Hierarchical relation encoder: ``V -> V'[B,N,D]`` and the alignment loss (0 unless ``align_weight``)."""
+        if self.cfg.align_weight > 0:
+            v1, g_v = self.video_relation(v, return_maps=True)
+        else:
+            v1, g_v = self.video_relation(v), None
         g_mv = self.transported_maps(v1, m)
         prior = torch.softmax(self.m_omega, dim=0)
         r = torch.einsum("k,bknm,bkme->bne", prior, g_mv, self.video_relation.split(self.v_w(v1)))
-        align = ((g_v - g_mv) ** 2).sum((-1, -2)).mean() / v.shape[1] ** 2
+        align = v.new_zeros(()) if g_v is None else ((g_v - g_mv) ** 2).sum((-1, -2)).mean() / v.shape[1] ** 2
         return self.norm_relate(v1 + self.w_o(r)), align
 
     def intervene(self, v_prime: Tensor, m: Tensor) -> Tensor:

@@ -1,0 +1,165 @@
+"""NVIDIA DALI decoding (extra ``dali``): a per-video DALI-CPU backend and a sharded batch loader.
+
+``decode_cpu`` serves the ``dali`` entry of the decode-backend registry (VP8/VP9/MJPEG on CPU).
+``DaliLoader`` runs one pipeline per process that decodes the sampled frames (NVDEC through the
+``mixed`` backend on GPU: H.264/HEVC/VP9/AV1/...; libavcodec on CPU), resizes the shorter side,
+centre-crops and scales to [0, 1] on the same device, and hands batches to PyTorch without copies
+through the DALI PyTorch plugin. Each DDP rank reads its own shard of the (epoch-shuffled) indices.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pcmci.data.decode import Source, VideoDecodeError, VideoInfo
+
+if TYPE_CHECKING:
+    from pcmci.data.datasets import VideoDataset
+
+
+def available() -> bool:
+    """Whether ``nvidia.dali`` imports."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require() -> None:
+    if not available():
+        raise RuntimeError("data.backend=dali needs NVIDIA DALI: pip install 'pcmci[dali]'")
+
+
+def _encoded(source: Source) -> np.ndarray:
+    if isinstance(source, bytes):
+        return np.frombuffer(source, dtype=np.uint8)
+    return np.fromfile(Path(source), dtype=np.uint8)
+
+
+def _cause(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "DALI: " + (lines[-1] if lines else type(err).__name__)
+
+
+def _pipeline(batch_size: int, device: str, size: int | None, threads: int, device_id: int | None) -> Any:
+    """Pipeline: encoded bytes ``enc`` + frame indices ``idx`` -> uint8 [F,H,W,3], or float [F,3,S,S] in [0,1]."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=1,
+                  exec_dynamic=True)
+    def pipe() -> Any:
+        encoded = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
+        indices = fn.external_source(name="idx", dtype=types.INT32, ndim=1)
+        frames = fn.decoders.video(encoded, device="mixed" if device == "gpu" else "cpu", frames=indices)
+        if size is None:
+            return frames
+        frames = fn.resize(frames, resize_shorter=size, antialias=True)
+        return fn.crop_mirror_normalize(frames, crop=(size, size), dtype=types.FLOAT, mean=[0.0], std=[255.0],
+                                        output_layout="FCHW")
+
+    built = pipe()
+    built.build()
+    return built
+
+
+@lru_cache(maxsize=1)
+def _cpu_decoder() -> tuple[Any, threading.Lock]:
+    return _pipeline(1, "cpu", None, 1, None), threading.Lock()
+
+
+def decode_cpu(source: Source, indices: Sequence[int], info: VideoInfo) -> np.ndarray:
+    """uint8 [len(indices), H, W, 3] RGB decoded by DALI-CPU (one cached pipeline per process)."""
+    _require()
+    pipe, lock = _cpu_decoder()
+    with lock:
+        pipe.feed_input("enc", [_encoded(source)])
+        pipe.feed_input("idx", [np.asarray(indices, dtype=np.int32)])
+        try:
+            (out,) = pipe.run()
+        except RuntimeError as err:
+            raise VideoDecodeError(source, _cause(err)) from err
+        frames = np.array(out[0])
+    if frames.shape != (len(indices), info.height, info.width, 3):
+        raise VideoDecodeError(source, f"DALI returned frames of shape {frames.shape}")
+    return frames
+
+
+def _to_torch(tensors: Any, device: torch.device) -> torch.Tensor:
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    dense = tensors.as_tensor()
+    out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device) if device.type == "cuda" else None)
+    return out
+
+
+class DaliLoader:
+    """Batches ``{"video": float [B,F,3,S,S] in [0,1] on the device, "label", "steps", "index", "bad"}``.
+
+    Shard ``rank`` of ``world`` sees positions ``rank::world`` of the epoch order (seeded shuffle when
+    ``shuffle``); ``set_epoch`` selects both the order and the training offsets. Videos that fail to
+    probe are skipped and listed in ``bad`` when the dataset has ``skip_bad``, else raise.
+    """
+
+    def __init__(self, dataset: VideoDataset, batch_size: int, device: str = "gpu", shuffle: bool = False,
+                 rank: int = 0, world: int = 1, threads: int = 2) -> None:
+        _require()
+        if dataset.views > 1:
+            raise ValueError("DaliLoader decodes one view per video; use the PyTorch loader for multi-view tests")
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.rank, self.world, self.epoch = rank, world, 0
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device == "gpu" else torch.device("cpu")
+        device_id = self.device.index if device == "gpu" else None
+        self.pipe = _pipeline(batch_size, device, dataset.image_size, threads, device_id)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def _order(self) -> list[int]:
+        n = len(self.dataset)
+        if not self.shuffle:
+            return list(range(n))[self.rank :: self.world]
+        generator = torch.Generator().manual_seed(self.dataset.seed * 100003 + self.epoch)
+        return torch.randperm(n, generator=generator).tolist()[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return -(-len(self._order()) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        order = self._order()
+        for start in range(0, len(order), self.batch_size):
+            good, encoded, indices, bad = [], [], [], []
+            for index in order[start : start + self.batch_size]:
+                try:
+                    plan = self.dataset.plan(index)
+                    encoded.append(_encoded(plan.path))
+                except (VideoDecodeError, OSError) as err:
+                    if not self.dataset.skip_bad:
+                        raise
+                    bad.append(f"{self.dataset.records[index].path}: {err}")
+                    continue
+                good.append(index)
+                indices.append(np.asarray(plan.clips[0], dtype=np.int32))
+            batch: dict[str, Any] = {"bad": bad, "index": torch.tensor(good, dtype=torch.int64)}
+            if good:
+                self.pipe.feed_input("enc", encoded)
+                self.pipe.feed_input("idx", indices)
+                try:
+                    (out,) = self.pipe.run()
+                except RuntimeError as err:
+                    paths = ", ".join(str(self.dataset.records[i].path) for i in good)
+                    raise VideoDecodeError(paths, _cause(err)) from err
+                batch["video"] = _to_torch(out, self.device)
+                targets = [self.dataset.targets(i) for i in good]
+                batch["label"] = torch.stack([label for label, _ in targets])
+                batch["steps"] = torch.stack([steps for _, steps in targets])
+            yield batch

@@ -1,0 +1,196 @@
+"""Breakfast, COIN and Charades read in their public formats, as distributed, into a ``VideoSet``.
+
+Each reader is ``read_<name>(root, video_template=None, annotations=None) -> VideoSet`` over all
+splits (``train`` / ``test``); the templates' ``{fields}`` are filled from the annotations.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+from pcmci.data.datasets import LabelSet, VideoRecord, VideoSet
+
+BREAKFAST_TEMPLATE = "{person}/{camera}/{person}_{activity}.avi"
+BREAKFAST_ACTIVITIES = {
+    "cereals": "make cereals", "coffee": "make coffee", "friedegg": "fry egg", "juice": "make juice",
+    "milk": "make milk", "pancake": "make pancake", "salat": "make salad", "sandwich": "make sandwich",
+    "scrambledegg": "make scrambled egg", "tea": "make tea",
+}
+BREAKFAST_ACTIONS = [
+    "SIL", "pour_cereals", "pour_milk", "stir_cereals", "take_bowl", "pour_coffee", "take_cup",
+    "spoon_sugar", "stir_coffee", "pour_sugar", "pour_oil", "crack_egg", "add_saltnpepper", "fry_egg",
+    "take_plate", "put_egg2plate", "take_eggs", "butter_pan", "take_knife", "cut_orange", "squeeze_orange",
+    "pour_juice", "take_glass", "take_squeezer", "spoon_powder", "stir_milk", "spoon_flour", "stir_dough",
+    "pour_dough2pan", "fry_pancake", "put_pancake2plate", "pour_flour", "cut_fruit", "put_fruit2bowl",
+    "peel_fruit", "stir_fruit", "cut_bun", "smear_butter", "take_topping", "put_toppingOnTop",
+    "put_bunTogether", "take_butter", "stir_egg", "pour_egg2pan", "stirfry_egg", "add_teabag",
+    "pour_water", "stir_tea",
+]
+_ACTION_TEXT = {"SIL": "background", "add_saltnpepper": "add salt and pepper", "stirfry_egg": "stir-fry egg"}
+BREAKFAST_TRAIN, BREAKFAST_TEST = range(3, 47), range(47, 55)  # persons P03-P46 / P47-P54
+COIN_TEMPLATE = "videos/{id}.mp4"
+COIN_SUBSETS = {"training": "train", "validation": "test", "testing": "test"}
+CHARADES_TEMPLATE = "videos/{id}.mp4"
+
+
+def action_text(name: str) -> str:
+    """Breakfast action id -> label text: ``put_egg2plate`` -> ``put egg to plate``."""
+    if name in _ACTION_TEXT:
+        return _ACTION_TEXT[name]
+    return re.sub(r"(?<=[a-z])([A-Z])", r" \1", name.replace("2", " to ").replace("_", " ")).lower()
+
+
+def _template_regex(template: str, fields: dict[str, str]) -> re.Pattern[str]:
+    """Regex of a path template; a field used twice must match the same text."""
+    parts, seen = [], set()
+    for literal, name in re.findall(r"([^{]*)(?:\{(\w+)\})?", template):
+        parts.append(re.escape(literal))
+        if name:
+            parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>{fields[name]})")
+            seen.add(name)
+    return re.compile("".join(parts))
+
+
+def _breakfast_labels(video: Path) -> Path | None:
+    """The coarse ``.labels`` file beside ``video``: ``P03_cereals.avi.labels``, else ``P03_cereals.labels``."""
+    for candidate in (video.with_name(video.name + ".labels"), video.with_suffix(".labels")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_segments(path: Path) -> list[int]:
+    """Action indices of a ``.labels`` file (lines ``55-233 pour_cereals``), in order of first appearance."""
+    index = {name: i for i, name in enumerate(BREAKFAST_ACTIONS)}
+    found: list[int] = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"\s*(\d+)-(\d+)\s+(\S+)\s*", line)
+        if not match or int(match[1]) > int(match[2]):
+            raise ValueError(f"{path}:{number}: expected 'START-END action', got {line!r}")
+        if match[3] not in index:
+            raise ValueError(f"{path}:{number}: unknown Breakfast action {match[3]!r}")
+        if index[match[3]] not in found:
+            found.append(index[match[3]])
+    return found
+
+
+def read_breakfast(root: Path, video_template: str | None = None, annotations: str | None = None) -> VideoSet:
+    """Breakfast: videos ``P03/cam01/P03_cereals.avi`` with coarse ``.labels`` beside them.
+
+    Class = the activity in the file name (10), split by person (P03-P46 train, P47-P54 test),
+    auxiliary texts = the 48 atomic actions, steps = the actions present in the ``.labels`` file.
+    A ``.labels`` file without its video gives a record whose file is missing.
+    """
+    if annotations:
+        raise ValueError("data.annotations is not used by breakfast (the .labels files sit beside the videos)")
+    template = video_template or BREAKFAST_TEMPLATE
+    fields = {"person": r"P\d+", "camera": r"[^/]+", "activity": "|".join(BREAKFAST_ACTIVITIES)}
+    pattern, wildcard = _template_regex(template, fields), re.sub(r"\{\w+\}", "*", template)
+    candidates = set(root.glob(wildcard))
+    candidates |= {p.with_name(p.name[: -len(".labels")]) for p in root.glob(wildcard + ".labels")}
+    candidates |= {p.with_suffix(Path(template).suffix) for p in root.glob(str(Path(wildcard).with_suffix(".labels")))}
+    activities = list(BREAKFAST_ACTIVITIES)
+    records = []
+    for video in sorted(candidates):
+        match = pattern.fullmatch(video.relative_to(root).as_posix())
+        if not match:
+            continue
+        person = int(match["person"][1:])
+        split = "train" if person in BREAKFAST_TRAIN else "test" if person in BREAKFAST_TEST else None
+        labels = _breakfast_labels(video)
+        steps = _read_segments(labels) if labels else []
+        records.append(VideoRecord(video, activities.index(match["activity"]), steps, split))
+    if not records:
+        raise ValueError(f"no Breakfast videos matching {template!r} under {root}")
+    labels = LabelSet(list(BREAKFAST_ACTIVITIES.values()), [action_text(a) for a in BREAKFAST_ACTIONS])
+    return VideoSet(labels, records, str(root))
+
+
+def read_coin(root: Path, video_template: str | None = None, annotations: str | None = None) -> VideoSet:
+    """COIN: ``COIN.json`` (``database`` -> id -> ``recipe_type``, ``class``, ``subset``, ``annotation``).
+
+    Classes are the tasks ordered by ``recipe_type``; auxiliary texts the step labels ordered by step
+    ``id``; ``training`` -> train, ``validation`` and ``testing`` -> test. Template fields: ``{id}``,
+    ``{recipe_type}``, ``{class}``, ``{subset}``.
+    """
+    path = Path(annotations) if annotations else root / "COIN.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"COIN annotations not found: {path}")
+    database = json.loads(path.read_text()).get("database")
+    if not isinstance(database, dict):
+        raise ValueError(f"{path}: expected a top-level 'database' mapping")
+    tasks: dict[int, str] = {}
+    steps: dict[int, str] = {}
+    for vid, entry in database.items():
+        try:
+            named = [(tasks, int(entry["recipe_type"]), entry["class"])]
+            named += [(steps, int(s["id"]), s["label"]) for s in entry.get("annotation", [])]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: video {vid!r}: malformed entry ({err!r})") from err
+        for table, key, name in named:
+            if table.setdefault(key, name) != name:
+                raise ValueError(f"{path}: video {vid!r}: id {key} is both {table[key]!r} and {name!r}")
+    class_index = {key: i for i, key in enumerate(sorted(tasks))}
+    step_index = {key: i for i, key in enumerate(sorted(steps))}
+    template = video_template or COIN_TEMPLATE
+    records = []
+    for vid, entry in sorted(database.items()):
+        if entry.get("subset") not in COIN_SUBSETS:
+            raise ValueError(f"{path}: video {vid!r}: subset {entry.get('subset')!r} not in {list(COIN_SUBSETS)}")
+        recipe = int(entry["recipe_type"])
+        video = root / template.format(**{"id": vid, "recipe_type": recipe, "class": entry["class"],
+                                          "subset": entry["subset"]})
+        present = sorted({step_index[int(s["id"])] for s in entry.get("annotation", [])})
+        records.append(VideoRecord(video, class_index[recipe], present, COIN_SUBSETS[entry["subset"]]))
+    labels = LabelSet([tasks[k] for k in sorted(tasks)], [steps[k] for k in sorted(steps)])
+    return VideoSet(labels, records, str(path))
+
+
+def read_charades(root: Path, video_template: str | None = None, annotations: str | None = None) -> VideoSet:
+    """Charades: ``Charades_v1_{train,test}.csv`` (``actions`` = ``cNNN start end;...``) and
+    ``Charades_v1_classes.txt`` (``c000 Holding some clothes``); multi-label over the 157 classes.
+
+    ``annotations`` is the folder of those files (default ``root``); template field ``{id}``.
+    """
+    folder = Path(annotations) if annotations else root
+    class_file = folder / "Charades_v1_classes.txt"
+    if not class_file.is_file():
+        raise FileNotFoundError(f"Charades classes not found: {class_file}")
+    codes, classes = {}, []
+    for number, line in enumerate(class_file.read_text().splitlines(), 1):
+        if line.strip():
+            code, _, name = line.strip().partition(" ")
+            if not re.fullmatch(r"c\d{3}", code) or not name:
+                raise ValueError(f"{class_file}:{number}: expected 'cNNN class name', got {line!r}")
+            codes[code] = len(classes)
+            classes.append(name.strip())
+    template = video_template or CHARADES_TEMPLATE
+    records = []
+    for split in ("train", "test"):
+        table = folder / f"Charades_v1_{split}.csv"
+        if not table.is_file():
+            raise FileNotFoundError(f"Charades annotations not found: {table}")
+        with table.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if not {"id", "actions"} <= set(reader.fieldnames or []):
+                raise ValueError(f"{table}:1: missing the 'id' and 'actions' columns")
+            for row in reader:
+                target = set()
+                for action in filter(None, (a.strip() for a in row["actions"].split(";"))):
+                    code = action.split()[0]
+                    if code not in codes or len(action.split()) != 3:
+                        raise ValueError(f"{table}:{reader.line_num}: bad action {action!r}")
+                    target.add(codes[code])
+                records.append(VideoRecord(root / template.format(id=row["id"]), sorted(target), [], split))
+    return VideoSet(LabelSet(classes), records, str(folder), multilabel=True)
+
+
+READERS: dict[str, Callable[[Path, str | None, str | None], VideoSet]] = {
+    "breakfast": read_breakfast, "coin": read_coin, "charades": read_charades,
+}

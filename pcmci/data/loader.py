@@ -1,0 +1,47 @@
+"""One place that turns a ``VideoDataset`` into batches: DALI on GPU (``auto``/``dali``), else a PyTorch
+``DataLoader`` over per-video decoding (PyAV, or DALI-CPU for VP8/VP9/MJPEG with ``dali``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from pcmci.data import dali
+from pcmci.data.datasets import VideoDataset, collate_videos
+
+log = logging.getLogger(__name__)
+_announced: set[str] = set()
+
+
+def uses_dali_gpu(backend: str, device: torch.device, views: int = 1) -> bool:
+    """Whether batches come from the DALI GPU pipeline (NVDEC): ``auto``/``dali`` with CUDA, DALI and one view."""
+    return backend in ("auto", "dali") and device.type == "cuda" and views == 1 and dali.available()
+
+
+def make_loader(dataset: VideoDataset, batch_size: int, device: torch.device, shuffle: bool = False,
+                epoch: int = 0, num_workers: int = 0) -> Iterable[dict[str, Any]]:
+    """Batches ``{"video", "label", "steps", "index", "bad"}`` of ``dataset`` for ``epoch``.
+
+    Shuffled orders are a pure function of (dataset seed, epoch); under ``torch.distributed`` the DALI
+    loader reads this rank's shard. ``video`` is absent from a batch whose videos were all skipped.
+    """
+    dataset.set_epoch(epoch)
+    gpu = uses_dali_gpu(dataset.backend, device, dataset.views)
+    choice = "DALI (NVDEC, GPU)" if gpu else "DALI-CPU / PyAV per video" if dataset.backend == "dali" else "PyAV"
+    if choice not in _announced:
+        _announced.add(choice)
+        log.info("data: backend=%s on %s -> decoding with %s", dataset.backend, device.type, choice)
+    if gpu:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+        loader = dali.DaliLoader(dataset, batch_size, "gpu", shuffle, rank, world)
+        loader.set_epoch(epoch)
+        return loader
+    order = torch.Generator().manual_seed(dataset.seed * 100003 + epoch)
+    return DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=order) if shuffle else None,
+                      num_workers=num_workers, collate_fn=collate_videos,
+                      pin_memory=device.type == "cuda")

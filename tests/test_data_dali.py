@@ -1,0 +1,87 @@
+"""DALI-CPU decoding against PyAV, backend fallback, and the sharded DALI loader (CPU pipeline)."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali")
+
+from pcmci.data.dali import DaliLoader  # noqa: E402
+from pcmci.data.datasets import ManifestDataset, read_manifest  # noqa: E402
+from pcmci.data.decode import decode_frames, probe  # noqa: E402
+from pcmci.data.synthetic import CODECS, encode_video, synthesize  # noqa: E402
+
+# DALI and PyAV convert YUV 4:2:0 to RGB with different chroma upsampling. Bounds on the mean absolute
+# difference (grey levels of 255) for the same frame: the synthetic activity videos < 3 (measured ~1.6-1.9);
+# worst case, 8x8 blocks of random colour (a chroma edge every 8 px) < 12 (measured ~8), while
+# neighbouring frames of that video differ by > 60 (measured ~82) — the bound tells frames apart.
+MAD_BOUND = 3.0
+MAD_BOUND_BLOCKS, MAD_NEIGHBOURS = 12.0, 60.0
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dali")
+    return {codec: synthesize(root / codec, n_train=4, n_test=2, codec=codec, progress=False)
+            for codec in ("vp9", "mjpeg", "h264")}
+
+
+def mad(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+@pytest.mark.parametrize("codec", ["vp9", "mjpeg"])
+def test_dali_cpu_matches_pyav(sets, codec, tmp_path):
+    for row in read_manifest(sets[codec])[:3]:
+        info = probe(row.path)
+        indices = [3, 4, 17, info.num_frames - 1, 9, 9]
+        ours, _ = decode_frames(row.path, indices, "pyav", info)
+        dali, _ = decode_frames(row.path, indices, "dali", info)
+        assert dali.shape == ours.shape and dali.dtype == np.uint8
+        assert mad(dali, ours) < MAD_BOUND
+    rng = np.random.default_rng(0)
+    blocks = [np.kron(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8)) for _ in range(40)]
+    path = tmp_path / f"blocks.{CODECS[codec][1]}"
+    encode_video(path, blocks, codec, fps=8, gop=10)
+    indices = [0, 5, 13, 39, 22, 22]
+    dali, _ = decode_frames(path, indices, "dali")
+    ours, _ = decode_frames(path, indices, "pyav")
+    neighbours, _ = decode_frames(path, [i + 1 for i in indices[:3]], "pyav")
+    assert mad(dali, ours) < MAD_BOUND_BLOCKS and mad(dali[:3], neighbours) > MAD_NEIGHBOURS
+
+
+def test_dali_backend_falls_back_to_pyav_for_h264(sets):
+    path = read_manifest(sets["h264"])[0].path
+    a, _ = decode_frames(path, [1, 20], "dali")
+    b, _ = decode_frames(path, [1, 20], "pyav")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_dali_loader_cpu_batches_match_the_dataset_and_shard(sets):
+    dataset = ManifestDataset(sets["vp9"], "train", frames=8, image_size=64)
+    loader = DaliLoader(dataset, batch_size=3, device="cpu")
+    batches = list(loader)
+    assert len(loader) == len(batches) == 2
+    video = torch.cat([b["video"] for b in batches])
+    assert video.shape == (4, 8, 3, 64, 64) and video.dtype == torch.float32 and 0 <= video.min() <= video.max() <= 1
+    reference = torch.stack([dataset[i]["video"] for i in range(4)])
+    assert (video - reference).abs().mean() * 255 < MAD_BOUND
+    assert torch.equal(torch.cat([b["label"] for b in batches]), torch.stack([dataset[i]["label"] for i in range(4)]))
+    assert torch.cat([b["index"] for b in batches]).tolist() == [0, 1, 2, 3]
+
+    train = ManifestDataset(sets["vp9"], "train", frames=8, image_size=64, train=True, seed=3)
+    shards = [DaliLoader(train, 2, "cpu", shuffle=True, rank=r, world=2) for r in (0, 1)]
+    seen = []
+    for shard in shards:
+        shard.set_epoch(1)
+        seen.append([i for b in shard for i in b["index"].tolist()])
+    assert sorted(seen[0] + seen[1]) == [0, 1, 2, 3] and not set(seen[0]) & set(seen[1])
+
+
+def test_dali_loader_skips_bad_videos(tmp_path, sets):
+    rows = sets["vp9"].read_text().splitlines()
+    good = [f"{sets['vp9'].parent / r.split(',')[0]},{r.split(',')[1]}" for r in rows[1:3]]
+    (tmp_path / "m.csv").write_text("path,label\n" + "\n".join([good[0], "gone.webm,make tea", good[1]]) + "\n")
+    dataset = ManifestDataset(tmp_path / "m.csv", None, frames=4, image_size=32, skip_bad=True)
+    (batch,) = list(DaliLoader(dataset, batch_size=3, device="cpu"))
+    assert batch["video"].shape == (2, 4, 3, 32, 32) and batch["index"].tolist() == [0, 2]
+    assert len(batch["bad"]) == 1 and "gone.webm" in batch["bad"][0] and "file not found" in batch["bad"][0]

@@ -1,0 +1,170 @@
+"""Profiler: exact FLOP count of the tiny preset against a hand count, handles vs torch's counter, the report
+files and keys, the cross-check failure path, and the paper preset's parameter budget."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pcmci.cli import main
+from pcmci.config import preset
+from pcmci.model import build_model
+from pcmci.profiling import profiler
+from pcmci.profiling.analytic import clip_visual_macs, timesformer_macs
+from pcmci.profiling.flops import fvcore_count, is_matmul_like, torch_count
+
+C, A = 3, 2  # class and atomic-action texts of the tiny profile: L = 5 label texts
+
+
+def _ln(*shape: int) -> int:
+    return 5 * math.prod(shape)  # fvcore: affine LayerNorm = 5 FLOPs per element
+
+
+def _linear(rows: int, n_in: int, n_out: int) -> int:
+    return rows * n_in * n_out
+
+
+def _hand_count() -> dict[str, int]:
+    """MACs of one tiny clip (8 frames of 64^2, D=64, K=8 bases of width 8), written out op by op."""
+    L, N, D, M = C + A, 8, 64, 32  # label texts, video tokens, joint dim, k-means strata (ICH and IVC)
+    # CLIP image tower per frame: 16 patches + cls = 17 tokens, width 64, 2 layers, MLP 256
+    block = 2 * _ln(17, 64) + 4 * _linear(17, 64, 64) + 2 * 17 * 17 * 64 + 2 * _linear(17, 64, 256)
+    clip = 8 * (16 * 3 * 16 * 16 * 64 + 2 * _ln(17, 64) + 2 * block + 64 * 64)
+    # TimeSformer: 8 frames x 16 patches = 128 tokens (+ cls), width 64, 2 divided space-time blocks
+    temporal = _ln(128, 64) + 3 * _linear(128, 64, 64) + 16 * 2 * 8 * 8 * 64 + 2 * _linear(128, 64, 64)
+    spatial = _ln(129, 64) + 4 * _linear(8 * 17, 64, 64) + 8 * 2 * 17 * 17 * 64
+    mlp = _ln(129, 64) + 2 * _linear(129, 64, 256)
+    video = 128 * 3 * 16 * 16 * 64 + 2 * (temporal + spatial + mlp) + _ln(129, 64) + _linear(8, 64, D)
+    # ICH: S = T VP^T, Sinkhorn (50 iterations, 2 per iteration + plan), O VP, W_H, NWGM over 32 strata, W_o, LN
+    ich = (L * D * N + L * N * (2 * 50 + 1) + L * N * D + _linear(L, D, D) + _linear(L, D, D)
+           + 2 * _linear(M, D, D) + 2 * L * D * M + _linear(L, 2 * D, D) + _ln(L, D))
+    # relation layer on X[n,D]: U, U', W; the fused op K*n*(n*(d+e)+e); W_O (d->D); LN; FFN 64->128->64; LN
+    def relation_layer(n: int) -> int:
+        return 3 * _linear(n, D, D) + 8 * n * (n * 16 + 8) + _linear(n, 8, D) + 2 * _ln(n, D) + 2 * _linear(n, D, 128)
+
+    ici = relation_layer(L)
+    transported = 2 * _linear(L, D, D) + 8 * L * L * 8 + N * D * L + 8 * N * L * L + 8 * N * L * N
+    # (no G^V maps: they are computed only for the alignment loss, off by default)
+    relate = relation_layer(N) + transported + _linear(N, D, D) + 8 * N * N * 8 + _linear(N, 8, D) + _ln(N, D)
+    mediator = _linear(N, D, D) + _linear(L, D, 2 * D) + N * L * 2 * D + _linear(N, D, D)
+    ivc = relate + mediator + _linear(N, D, D) + 2 * _linear(M, D, D) + 2 * N * D * M + _linear(N, 2 * D, D) + _ln(N, D)
+    cross = _linear(C, D, D) + _linear(N, D, 2 * D) + C * N * 2 * D + _linear(C, D, D)
+    head = _ln(N, D) + 3 * _ln(C, D) + cross + 2 * _linear(C, D, 128)
+    return {"clip_visual": clip, "timesformer": video, "ich": ich, "ici": ici, "ivc": ivc, "head": head}
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("profile")
+    rc = main(["--quiet", "profile", "--preset", "tiny", "--device", "cpu", "--classes", str(C), "--actions", str(A),
+               "--warmup", "0", "--repeats", "1", "--out", str(out)])
+    assert rc == 0
+    return json.loads((out / "profile.json").read_text()), out
+
+
+def test_tiny_flops_equal_hand_count(tiny_report: tuple[dict[str, Any], Path]) -> None:
+    flops = tiny_report[0]["flops"]
+    hand = _hand_count()
+    assert flops["by_stage"] == hand
+    assert flops["total"] == sum(hand.values()) == 47_689_800
+    assert flops["by_module"]["other"] == 0 and flops["by_module"]["clip_text"] == 0
+
+
+def test_no_skipped_matmul_and_cross_checks_pass(tiny_report: tuple[dict[str, Any], Path]) -> None:
+    report = tiny_report[0]
+    assert report["flops"]["skipped_matmul"] == []
+    assert not any(is_matmul_like(s["op"]) for s in report["flops"]["skipped"])
+    assert {"aten::gelu", "aten::softmax"} <= {s["op"] for s in report["flops"]["skipped"]}
+    check = report["cross_check"]
+    assert check["ok"]
+    rows = {r["what"]: r for r in check["rows"]}
+    assert rows["timesformer vs closed form"]["rel_diff"] == 0 and rows["clip_visual vs closed form"]["rel_diff"] == 0
+    assert rows["timesformer vs FlopCounterMode/2"]["rel_diff"] == 0
+    assert rows["clip_visual vs FlopCounterMode/2"]["rel_diff"] == 0
+
+
+def test_report_files_and_keys(tiny_report: tuple[dict[str, Any], Path]) -> None:
+    report, out = tiny_report
+    keys = {"name", "config", "inputs", "params", "flops", "cross_check", "budget", "comparison", "latency"}
+    assert keys <= set(report)
+    params = report["params"]
+    assert set(params["by_module"]) == {"clip_visual", "clip_text", "timesformer", "label_texts", "ich", "ici", "ivc",
+                                        "head"}
+    assert params["total"] == sum(m["params"] for m in params["by_module"].values() if m["counted"])
+    assert params["all"] == params["total"] + params["excluded"]["clip_text"]
+    assert params["frozen"] == params["by_module"]["clip_visual"]["params"]
+    assert params["by_module"]["label_texts"]["params"] == (C + A) * 64
+    assert {"total", "per_view", "views", "by_module", "by_stage", "by_operator", "skipped", "skipped_matmul"} <= set(
+        report["flops"])
+    lat = report["latency"]
+    assert set(lat["inference"]["stages_ms"]) == {"clip_visual", "timesformer", "ich", "ici", "ivc", "head"}
+    assert lat["inference"]["clips_per_s"] > 0 and lat["train_step"]["eager"]["clips_per_s"] > 0
+    assert [r["source"] for r in report["comparison"]] == ["measured", "published", "published", "published"]
+    assert report["budget"]["params"]["paper"] == 211e6 and report["budget"]["flops"]["paper"] == 650e9
+    md = (out / "profile.md").read_text()
+    assert "Comparison with published figures" in md and "1 FLOP = 1 multiply-add" in md
+    for png in ("modules.png", "stages.png", "comparison.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cross_check_failure_is_loud(tiny_report: tuple[dict[str, Any], Path], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = json.loads(json.dumps(tiny_report[0]))
+    broken["cross_check"]["rows"][0].update(rel_diff=0.1, ok=False)
+    broken["cross_check"]["ok"] = False
+    monkeypatch.setattr(profiler, "profile_model", lambda *a, **k: broken)
+    with pytest.raises(RuntimeError, match="cross-check disagrees by more than 2%"):
+        profiler.run_profile(preset("tiny"), profiler.ProfileOptions(), tmp_path)
+    assert "**FAIL**" in (tmp_path / "profile.md").read_text()
+
+
+class _Ops(nn.Module):
+    """Broadcast matmul, a 3-operand einsum, SDPA and both nn.MultiheadAttention paths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        pi = torch.softmax(x @ y.transpose(1, 2), -1)[:, None]  # [B,1,N,L]
+        t = pi @ g  # broadcast over the K maps: [B,K,N,L]
+        r = torch.einsum("k,bknl,bkle->bne", p, t, y.view(2, 5, 4, 4).transpose(1, 2))
+        a = F.scaled_dot_product_attention(x.view(2, 6, 2, 8).transpose(1, 2), y.view(2, 5, 2, 8).transpose(1, 2),
+                                           y.view(2, 5, 2, 8).transpose(1, 2))
+        s = self.self_attn(x, x, x, need_weights=False)[0]
+        c = self.cross_attn(x, y, y, need_weights=False)[0]
+        return r.sum() + a.sum() + s.sum() + c.sum()
+
+
+def test_handles_match_torch_counter() -> None:
+    model = _Ops().eval()
+    inputs = (torch.rand(2, 6, 16), torch.rand(2, 5, 16), torch.rand(2, 4, 5, 5), torch.rand(4))
+    count = fvcore_count(model, inputs)
+    ops = count.by_operator
+    assert ops["matmul"] == 2 * 6 * 16 * 5 + 2 * 4 * 6 * 5 * 5
+    assert ops["einsum"] == 4 * 2 * 6 * 5 * 4
+    assert ops["scaled_dot_product_attention"] == 2 * (2 * 6 * 5 * 2 * 16)  # the direct call and cross_attn
+    assert ops["_native_multi_head_attention"] == 2 * (4 * 6 * 16 * 16 + 2 * 6 * 6 * 16)
+    assert count.skipped_matmul == []
+    assert count.torch_comparable == torch_count(model, inputs)[""]
+
+
+def test_paper_preset_parameter_budget() -> None:
+    cfg = preset("paper")
+    params = profiler.param_report(build_model(cfg.model, [f"activity {i}" for i in range(10)],
+                                               [f"action {i}" for i in range(48)]))
+    assert abs(params["total"] / 211e6 - 1) <= 0.05
+    assert params["by_module"]["clip_visual"]["params"] == 86_192_640
+    assert params["excluded"]["clip_text"] == pytest.approx(63.4e6, rel=0.01)
+    assert params["by_module"]["timesformer"]["params"] == pytest.approx(121.4e6, rel=0.01)
+    per_view = timesformer_macs(cfg.model.timesformer, 512) + clip_visual_macs(224, 16, 768, 12, 4.0, 512, images=8)
+    assert timesformer_macs(cfg.model.timesformer, 512) == pytest.approx(196e9, rel=0.01)
+    assert clip_visual_macs(224, 16, 768, 12, 4.0, 512) == pytest.approx(17.6e9, rel=0.01)
+    assert abs(cfg.data.test_views * per_view / 650e9 - 1) <= 0.05
