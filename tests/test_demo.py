@@ -21,4 +21,6 @@ def test_demo_writes_report_json_markdown_and_plots(tmp_path, capsys) -> None:
     assert "| model | ID acc | OOD acc | ID mAP | OOD mAP |" in md and "±" in md
     for png in ("training_curves.png", "id_ood_acc.png", "id_ood_map.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert report["profile"]["params"] > 1e5 and report["profile"]["flops_per_clip"] > 1e6
+    assert (out / "profile" / "profile.json").is_file() and "profile/profile.md" in md
     assert "report:" in capsys.readouterr().out
