@@ -17,7 +17,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthesize data, train full model + baseline, evaluate ID/OOD, write a report")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds; >1 reports mean ± std")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs per model")
+    p.add_argument("--epochs", type=int, default=50, help="training epochs per model")
     p.add_argument("--confound", type=float, default=0.9, help="confounder/label correlation in train and ID test")
     p.add_argument("--train", type=int, default=240, help="synthetic training videos")
     p.add_argument("--test", type=int, default=120, help="synthetic test videos: half test_id, half test_ood")

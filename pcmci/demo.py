@@ -42,7 +42,7 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
 
 
-def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int = 15, confound: float = 0.9,
+def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int = 50, confound: float = 0.9,
              n_train: int = 240, n_test: int = 120, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns the report dict (also written to ``out/report.json``)."""
     out = Path(out)

@@ -98,7 +98,7 @@ class FrozenCLIP(nn.Module):
             log.warning("CLIP %s: no pretrained weights requested (clip.pretrained unset); using RANDOM weights", cfg.name)
         with _quiet_root_logger():
             self.model = open_clip.create_model(cfg.name, pretrained=weights, pretrained_text=False)
-        self.tokenizer = open_clip.get_tokenizer(cfg.name)
+            self.tokenizer = open_clip.get_tokenizer(cfg.name)
         self.prompt = cfg.prompt
         self.image_size = int(self.model.visual.image_size[0])
         self.embed_dim = int(self.model.text_projection.shape[-1])
