@@ -87,8 +87,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             + (", ".join(skipped) if skipped else "none") + ".", "", _table(["op", "calls", "est. FLOPs", "share"],
                               [[s["op"], s["calls"], _si(s["est_flops"]), _pct(s["share"])] for s in flops["skipped"]])]
     out += ["", f"## Cross-checks (tolerance {_pct(check['tolerance'])}): {'pass' if check['ok'] else '**FAIL**'}", "",
-            "Stage rows are advisory: FlopCounterMode runs eagerly and also counts ops whose results are never "
-            "used, which the JIT trace fvcore reads drops.", "",
+            "FlopCounterMode runs eagerly and would also count ops whose results are never used (the JIT trace "
+            "fvcore reads drops them), so a stage row that disagrees points at dead compute.", "",
             _table(["check", "fvcore", "reference", "diff", "ok"],
                    [[r["what"], _si(r["fvcore"]), _si(r["reference"]), _pct(r["rel_diff"]),
                      "yes" if r["ok"] else "**no**"] for r in check["rows"]])]
