@@ -92,17 +92,27 @@ def test_train_eval_and_resume_reproduce_the_uninterrupted_run(synthetic_set: Pa
     saves = []
     real_save = train_module.save_checkpoint
 
-    def crash_after_first_epoch(path, state):
+    def crash_mid_second_epoch(path, state):
         real_save(path, state)
         saves.append(state["epoch"])
-        raise KeyboardInterrupt("simulated crash")
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", crash_after_first_epoch)
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash in the second step of epoch 1, after one logged step")
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_mid_second_epoch)
     part = tiny_cfg(synthetic_set, tmp_path / "part")
     with pytest.raises(KeyboardInterrupt):
         train(part)
     monkeypatch.undo()
     assert saves == [0] and load_checkpoint(tmp_path / "part" / "checkpoint.pt")["epoch"] == 0
+    assert read_metrics(tmp_path / "part" / "metrics.jsonl")[0][-1]["epoch"] == 1
     train(part, resume=True)
     steps_part, epochs_part = read_metrics(tmp_path / "part" / "metrics.jsonl")
     assert [r["step"] for r in steps_part] == [r["step"] for r in steps_full]

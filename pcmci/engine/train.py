@@ -115,6 +115,9 @@ def train(cfg: Config, resume: bool = False) -> Path:
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         start_epoch = state["epoch"] + 1
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.is_file() else [])
+                if line.strip() and json.loads(line)["epoch"] < start_epoch]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
         log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
     else:
         build_dictionaries(cfg, model, dataset, device)
