@@ -144,6 +144,13 @@ def _relation_fwd(Q, Kt, V, PRIOR, M, OUT, LSE, N, NB, d, e, scale,
 
 
 @triton.jit
+def _probs(q, kt, lse, valid, scale, PREC: tl.constexpr):
+    """Recomputed softmax tile ``exp(q kt^T * scale - lse)`` with invalid entries set to 0."""
+    s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
+    return tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
+
+
+@triton.jit
 def _relation_bwd_dq(Q, Kt, V, PRIOR, M, DOUT, LSE, DQ, ROWDOT, N, NB, d, e, scale,
                      HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
                      BE: tl.constexpr, PREC: tl.constexpr):
@@ -159,8 +166,7 @@ def _relation_bwd_dq(Q, Kt, V, PRIOR, M, DOUT, LSE, DQ, ROWDOT, N, NB, d, e, sca
     for n0 in range(0, N, BN):
         rn = n0 + tl.arange(0, BN)
         vt = _tile(V, bk, rn, N, e, BE)
-        s = tl.dot(q, tl.trans(_tile(Kt, bk, rn, N, d, BD)), input_precision=PREC) * scale
-        p = tl.where(_key_valid(M, b, rn, N, HAS_MASK)[None, :], tl.exp(s - lse[:, None]), 0.0)
+        p = _probs(q, _tile(Kt, bk, rn, N, d, BD), lse, _key_valid(M, b, rn, N, HAS_MASK)[None, :], scale, PREC)
         o += tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
     rowdot = tl.sum(o * dout, 1)
     tl.store(ROWDOT + bk * N + rm, rowdot, mask=rm < N)
@@ -169,8 +175,7 @@ def _relation_bwd_dq(Q, Kt, V, PRIOR, M, DOUT, LSE, DQ, ROWDOT, N, NB, d, e, sca
     for n0 in range(0, N, BN):
         rn = n0 + tl.arange(0, BN)
         kt = _tile(Kt, bk, rn, N, d, BD)
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
-        p = tl.where(_key_valid(M, b, rn, N, HAS_MASK)[None, :], tl.exp(s - lse[:, None]), 0.0)
+        p = _probs(q, kt, lse, _key_valid(M, b, rn, N, HAS_MASK)[None, :], scale, PREC)
         dp = tl.dot(dok, tl.trans(_tile(V, bk, rn, N, e, BE)), input_precision=PREC)
         ds = p * (dp - pk * rowdot[:, None])
         dq += tl.dot(ds.to(kt.dtype), kt, input_precision=PREC)
@@ -199,8 +204,7 @@ def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, 
         lse = tl.load(LSE + bk * N + rm, mask=rm < N, other=0.0)
         rowdot = tl.load(ROWDOT + bk * N + rm, mask=rm < N, other=0.0)
         dok = (pk * _tile(DOUT, b, rm, N, e, BE).to(tl.float32)).to(vt.dtype)
-        s = tl.dot(q, tl.trans(kt), input_precision=PREC) * scale
-        p = tl.where(key_ok[None, :] & (rm[:, None] < N), tl.exp(s - lse[:, None]), 0.0)
+        p = _probs(q, kt, lse, key_ok[None, :] & (rm[:, None] < N), scale, PREC)
         dv += tl.dot(tl.trans(p.to(vt.dtype)), dok, input_precision=PREC)
         ds = p * (tl.dot(dok, tl.trans(vt), input_precision=PREC) - pk * rowdot[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)

@@ -17,7 +17,7 @@ from .config import STAGE_NAMES, preset
 from .data.synthetic import synthesize
 from .engine.evaluate import evaluate
 from .engine.plots import plot_grouped_bars, plot_training_curves
-from .engine.train import train
+from .engine.train import resolve_device, train
 from .profiling import ProfileOptions, run_profile
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,7 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int = 50, co
                       for v, sp in raw.items()}
     report["setup"] = {
         "seeds": seeds, "epochs": epochs, "confound": confound, "preset": "tiny", "manifest": str(manifest),
-        "device": str(torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))),
+        "device": str(resolve_device(device)),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "torch": torch.__version__, "seconds": round(time.perf_counter() - tic, 1),
     }

@@ -49,7 +49,7 @@ def predict(model: PCMCI, loader: Iterable[dict[str, Any]], device: torch.device
         video = batch["video"].to(device)
         views = video.shape[1] if video.ndim == 6 else 1
         logits = model(video.flatten(0, 1) if views > 1 else video)["logits"].float()
-        probs = torch.sigmoid(logits) if model.cfg.multilabel else torch.softmax(logits, dim=-1)
+        probs = model.probabilities(logits)
         scores.append(probs.unflatten(0, (-1, views)).mean(1).cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
     if not scores:

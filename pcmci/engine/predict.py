@@ -19,6 +19,6 @@ def predict_video(checkpoint: str | Path, video: str | Path, topk: int = 5,
     model, cfg = load_model(checkpoint, dev)
     frames, _ = sample_clip(video, cfg.data.frames, train=False, backend=cfg.data.backend)
     logits = model(preprocess(frames, cfg.data.image_size)[None].to(dev))["logits"][0].float()
-    probs = torch.sigmoid(logits) if cfg.model.multilabel else torch.softmax(logits, dim=-1)
+    probs = model.probabilities(logits)
     top = probs.topk(min(topk, len(model.classes)))
     return [(model.classes[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]

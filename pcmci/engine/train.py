@@ -130,37 +130,37 @@ def train(cfg: Config, resume: bool = False) -> Path:
         model.train()
         tic, seen, loss_sum, correct, bad = time.perf_counter(), 0, 0.0, 0, []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not cfg.run.progress)
-        for batch in bar:
-            bad += batch["bad"]
-            if "video" not in batch:
-                continue
-            frames, target = batch["video"].to(device), batch["label"].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = model(frames)
-                loss = model.loss(out, target, batch["steps"].to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            n = frames.shape[0]
-            seen, loss_sum = seen + n, loss_sum + loss.item() * n
-            if not cfg.model.multilabel:
-                correct += int((out["logits"].argmax(-1) == target).sum())
-            record = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm)}
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        summary = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                   "seconds": time.perf_counter() - tic, "skipped_videos": len(bad)}
+        with metrics_path.open("a") as metrics_file:
+            for batch in bar:
+                bad += batch["bad"]
+                if "video" not in batch:
+                    continue
+                frames, target = batch["video"].to(device), batch["label"].to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = model(frames)
+                    loss = model.loss(out, target, batch["steps"].to(device))
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"non-finite loss {loss_value} at epoch {epoch} step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                n = frames.shape[0]
+                seen, loss_sum = seen + n, loss_sum + loss_value * n
+                if not cfg.model.multilabel:
+                    correct += int((out["logits"].argmax(-1) == target).sum())
+                record = {"step": step, "epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                          "grad_norm": float(grad_norm)}
+                metrics_file.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{loss_value:.3f}")
+            summary = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+                       "seconds": time.perf_counter() - tic, "skipped_videos": len(bad)}
+            metrics_file.write(json.dumps(summary) + "\n")
         if bad:
             log.warning("epoch %d: skipped %d undecodable video(s):\n  %s", epoch, len(bad), "\n  ".join(sorted(bad)))
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(summary) + "\n")
         log.info("epoch %d: loss %.4f acc %.3f", epoch, summary["train_loss"], summary["train_acc"])
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(),

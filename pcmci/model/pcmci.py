@@ -68,6 +68,10 @@ class PCMCI(nn.Module):
         c = len(self.classes)
         return {"logits": scores[:, :c], "aux_logits": scores[:, c:], "align_loss": align}
 
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Class scores ``[B,C]``: softmax for single-label, per-class sigmoid for multi-label."""
+        return torch.sigmoid(logits) if self.cfg.multilabel else torch.softmax(logits, dim=-1)
+
     def loss(self, out: dict[str, Tensor], target: Tensor, steps: Tensor | None = None) -> Tensor:
         """Classification loss (CE, or BCE when multi-label) + optional atomic-action BCE and alignment terms.
 
