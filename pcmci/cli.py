@@ -1,4 +1,4 @@
-"""Command line: ``pcmci demo|train|eval|predict|synth|profile|data``.
+"""Command line: ``pcmci demo|train|eval|predict|synth|profile|data|weights|convert``.
 
 Expected failures (bad config, missing or undecodable video, missing checkpoint) print one line
 ``pcmci: error: <cause>`` and exit 1; ``--debug`` shows the traceback instead.
@@ -47,6 +47,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("video")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--labels", help="labels.json the caller expects; stop naming any difference from the checkpoint's")
+    p.add_argument("--json", action="store_true", help="print the predictions as one JSON object")
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -91,12 +93,28 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/profile", help="output folder (default: runs/profile)")
 
 
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="pretrained weights: pcmci weights check CONFIG [key=value ...]")
+    tools = p.add_subparsers(dest="tool", required=True)
+    q = tools.add_parser("check", help="resolve every weight file of a config: source, shape check, parameters")
+    q.add_argument("config", help="preset name or YAML file")
+    q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.timesformer.pretrained=DIR")
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="foreign weights -> a pcmci file: pcmci convert timesformer SRC --out FILE")
+    p.add_argument("kind", choices=["timesformer"])
+    p.add_argument("src", help="HF TimeSformer model directory (config.json + model.safetensors/pytorch_model.bin)")
+    p.add_argument("--out", required=True, help="file to write (for model.timesformer.pretrained)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcmci", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_synth, _add_profile, _add_data):
+    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_synth, _add_profile, _add_data,
+                _add_weights, _add_convert):
         add(sub)
     return parser
 
@@ -130,8 +148,29 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "predict":
         from .engine.predict import predict_video
 
-        for label, prob in predict_video(args.checkpoint, args.video, args.topk, args.device):
-            print(f"{prob:.4f}  {label}")
+        top = predict_video(args.checkpoint, args.video, args.topk, args.device, args.labels)
+        if args.json:
+            print(json.dumps({"checkpoint": args.checkpoint, "video": args.video,
+                              "top": [{"label": label, "prob": prob} for label, prob in top]}))
+        else:
+            print("\n".join(f"{prob:.4f}  {label}" for label, prob in top))
+    elif args.command == "weights":
+        from .config import load_config
+        from .model.weights import check_weights, render_check, require_weights
+
+        cfg = load_config(args.config, args.overrides)
+        rows = check_weights(cfg.model)
+        print(render_check(rows))
+        failed = [f"{r['tower']} ({r['shape_check']})" for r in rows if r["shape_check"].startswith("FAILED")]
+        if failed:
+            raise ValueError(f"weights that do not fit: {'; '.join(failed)}")
+        require_weights(cfg.model)
+    elif args.command == "convert":
+        from .model.weights import convert_timesformer
+
+        out, fields = convert_timesformer(args.src, args.out)
+        shape = " ".join(f"model.timesformer.{k}={v:g}" for k, v in fields.items())
+        print(f"wrote {out}; train with model.timesformer.pretrained={out} {shape}")
     elif args.command == "synth":
         from .data.synthetic import synthesize
 

@@ -33,7 +33,8 @@ class ClipConfig:
 
 @dataclass
 class TimeSformerConfig:
-    """Divided space-time ViT (timm blocks); ``pretrained`` is a local timm-ViT checkpoint path."""
+    """Divided space-time ViT (timm blocks); ``pretrained`` is a HF TimeSformer directory / ``model.safetensors`` /
+    ``pytorch_model.bin``, a ``pcmci convert timesformer`` file, or a timm ViT checkpoint (inflated)."""
 
     img_size: int = 64
     patch_size: int = 16
@@ -89,6 +90,7 @@ class ModelConfig:
     ivc: IVCConfig = field(default_factory=IVCConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     multilabel: bool = False
+    allow_random_init: bool = True  # false: `pcmci train` stops when a tower's pretrained weights are missing
 
 
 @dataclass
@@ -161,6 +163,7 @@ def _paper() -> Config:
     """
     cfg = Config()
     cfg.model.clip = ClipConfig(name="ViT-B-16", pretrained="openai")
+    cfg.model.allow_random_init = False
     cfg.model.timesformer = TimeSformerConfig(img_size=224, patch_size=16, frames=8, width=768, depth=12, heads=12)
     cfg.model.ici = ICIConfig(layers=1, mlp_ratio=2.0)
     cfg.model.head = HeadConfig(layers=1, heads=8, mlp_ratio=2.0)

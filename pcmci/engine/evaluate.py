@@ -31,6 +31,22 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[PCMCI, Con
     return model.to(device).eval(), cfg
 
 
+def check_labels(trained: list[str], given: list[str], where: str) -> None:
+    """``ValueError`` naming how the classes ``given`` by ``where`` differ from the checkpoint's ``trained`` ones."""
+    if given == trained:
+        return
+    new, gone = [c for c in given if c not in trained], [c for c in trained if c not in given]
+    if new or gone:
+        detail = f"{len(new)} unknown to the checkpoint {new[:5]}, {len(gone)} of its classes absent {gone[:5]}"
+    elif len(given) != len(trained):
+        detail = f"{len(given)} class entries against the checkpoint's {len(trained)} (a class listed twice)"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(trained, given)) if a != b)
+        detail = f"the same classes in another order (index {i}: checkpoint {trained[i]!r}, {where} {given[i]!r})"
+    raise ValueError(f"{where} has other labels than the checkpoint ({len(trained)} classes): {detail}; "
+                     "evaluate with the label set the model was trained on")
+
+
 @torch.no_grad()
 def predict(model: PCMCI, loader: Iterable[dict[str, Any]], device: torch.device, desc: str = "eval",
             progress: bool = True, skipped: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -116,8 +132,8 @@ def evaluate(checkpoint: str | Path, splits: list[str] | None = None, out_dir: s
     results = {}
     for split in splits or cfg.data.eval_splits:
         dataset = make_dataset(cfg, split, train=False, labels=None)
-        if dataset.labels.classes != model.classes:
-            raise ValueError(f"{split}: dataset classes {dataset.labels.classes} differ from the model's {model.classes}")
+        check_labels(model.classes, dataset.labels.classes,
+                     f"the {split!r} split of {cfg.data.manifest or cfg.data.root or cfg.data.dataset}")
         loader = make_loader(dataset, batch_size or cfg.optim.batch_size, dev, num_workers=cfg.data.num_workers)
         skipped: list[str] = []
         scores, labels = predict(model, loader, dev, desc=f"eval {split}", progress=progress, skipped=skipped)

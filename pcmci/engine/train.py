@@ -23,6 +23,7 @@ from ..config import Config, from_dict, to_dict
 from ..data.datasets import LabelSet, VideoDataset, build_dataset, collate_videos
 from ..data.loader import make_loader
 from ..model import PCMCI, build_model
+from ..model.weights import require_weights
 from .checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ def build_dictionaries(cfg: Config, model: PCMCI, dataset: VideoDataset, device:
 
 def train(cfg: Config, resume: bool = False) -> Path:
     """Train ``cfg``; returns the checkpoint path (``run.out_dir/checkpoint.pt``)."""
+    if not resume:
+        require_weights(cfg.model)  # model.allow_random_init=false: missing pretrained weights stop here
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"

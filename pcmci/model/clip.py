@@ -1,8 +1,9 @@
 """Frozen open_clip wrapper: label texts -> T init ``[L,D]``, frames -> visual prompts VP ``[B,F,D]``.
 
-Pretrained weights resolve in one place (``resolve_pretrained``): a local checkpoint path, or an open_clip
+Pretrained weights resolve in one place (``locate_weights``): a local checkpoint path, or an open_clip
 tag looked up in the local Hugging Face / open_clip cache only. Nothing is downloaded at run time; when the
-weights are absent the tower keeps its random init and one warning says so.
+weights are absent the tower keeps its random init and one warning says where it looked (``pcmci train``
+refuses that unless ``model.allow_random_init``, see ``pcmci.model.weights``).
 """
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.constants import HF_HUB_CACHE
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from torch import Tensor, nn
 
 from ..config import ClipConfig
@@ -23,56 +28,60 @@ log = logging.getLogger(__name__)
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
 
 
-def _cached_tag_file(name: str, tag: str, cache_dir: str | None) -> str | None:
-    """Path of an already-cached file for open_clip tag ``tag`` of model ``name``, else None."""
-    cfg = open_clip.get_pretrained_cfg(name, tag)
-    if not cfg:
-        known = open_clip.list_pretrained_tags_by_model(name)
-        raise ValueError(f"unknown open_clip pretrained tag {tag!r} for {name!r}; known tags: {known}")
+@dataclass(frozen=True)
+class ClipWeights:
+    """Where ``clip.pretrained`` resolved: ``path`` (None when not found), ``source`` (how it was found, or every
+    place looked), ``tag`` (whether ``pretrained`` is an open_clip tag), ``quick_gelu`` (the tag's activation;
+    OpenAI weights need QuickGELU)."""
+
+    path: str | None
+    source: str
+    tag: bool = False
+    quick_gelu: bool = False
+
+
+def _tag_lookups(cfg: dict[str, str], cache_dir: str | None) -> list[tuple[str, str | None]]:
+    """(place looked, the file found there or None) for an open_clip tag's weights, in open_clip's own order."""
+    found: list[tuple[str, str | None]] = []
     if cfg.get("file"):
-        return cfg["file"] if Path(cfg["file"]).is_file() else None
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, filename = os.path.split(hub)
-        filename = filename or "open_clip_pytorch_model.bin"
-        for candidate in (filename.replace(".bin", ".safetensors"), filename):
-            hit = try_to_load_from_cache(repo, candidate, cache_dir=cache_dir)
-            if isinstance(hit, str):
-                return hit
-    url = cfg.get("url", "")
-    if url:
-        root = Path(cache_dir or Path.home() / ".cache" / "clip")
-        target = root / os.path.basename(url.split("?")[0])
-        return str(target) if target.is_file() else None
-    return None
+        found.append((cfg["file"], cfg["file"] if Path(cfg["file"]).is_file() else None))
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])
+        names = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME] if filename in ("", HF_WEIGHTS_NAME) else [filename]
+        for name in names:
+            hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
+            found.append((f"HF cache {cache_dir or HF_HUB_CACHE}: {repo}/{name}", hit if isinstance(hit, str) else None))
+    if cfg.get("url"):
+        target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(cfg["url"].split("?")[0])
+        found.append((str(target), str(target) if target.is_file() else None))
+    return found
 
 
-def resolve_pretrained(name: str, pretrained: str | None, cache_dir: str | None = None) -> str | None:
-    """A local weights file for ``pretrained`` (path or tag), or None (random init) with one warning."""
+def locate_weights(name: str, pretrained: str | None, cache_dir: str | None = None) -> ClipWeights:
+    """Resolve ``pretrained`` (a local file, or an open_clip tag looked up in the local caches only)."""
     if not pretrained:
-        return None
+        return ClipWeights(None, "model.clip.pretrained is unset")
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return str(path)
+        return ClipWeights(str(path), f"local file {path}")
     if path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pretrained:
-        log.warning("CLIP weights %s not found; using RANDOM CLIP weights (results will not match the paper)", path)
-        return None
-    hit = _cached_tag_file(name, pretrained, cache_dir)
-    if hit is None:
-        log.warning(
-            "CLIP weights %s/%s are not in the local cache and downloads are disabled; using RANDOM CLIP weights. "
-            "Pass clip.pretrained=/path/to/open_clip_model.safetensors to load real weights.",
-            name,
-            pretrained,
-        )
-    return hit
+        return ClipWeights(None, f"looked for the file {path}: not there")
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        known = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(f"unknown open_clip pretrained tag {pretrained!r} for {name!r}; known tags: {known}")
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    places = _tag_lookups(cfg, cache_dir)
+    for place, hit in places:
+        if hit is not None:
+            return ClipWeights(hit, f"open_clip tag {name}/{pretrained} from {place}", True, quick_gelu)
+    looked = "; ".join(place for place, _ in places) or "nowhere (the tag names no file)"
+    return ClipWeights(None, f"open_clip tag {name}/{pretrained} is not cached; looked in {looked}", True, quick_gelu)
 
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """Silence open_clip's own root-logger messages: ``resolve_pretrained`` already said what matters."""
+    """Silence open_clip's own root-logger messages: ``locate_weights`` already said what matters."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
@@ -93,11 +102,13 @@ class FrozenCLIP(nn.Module):
         super().__init__()
         if cfg.name not in open_clip.list_models():
             raise ValueError(f"unknown open_clip model {cfg.name!r}; e.g. ViT-B-16, ViT-B-32, pcmci-tiny-clip")
-        weights = resolve_pretrained(cfg.name, cfg.pretrained, cfg.cache_dir)
-        if weights is None and not cfg.pretrained:
-            log.warning("CLIP %s: no pretrained weights requested (clip.pretrained unset); using RANDOM weights", cfg.name)
+        weights = locate_weights(cfg.name, cfg.pretrained, cfg.cache_dir)
+        if weights.path is None:
+            log.warning("CLIP %s: %s; using RANDOM CLIP weights (set model.clip.pretrained to a local file or a "
+                        "cached open_clip tag for real weights)", cfg.name, weights.source)
         with _quiet_root_logger():
-            self.model = open_clip.create_model(cfg.name, pretrained=weights, pretrained_text=False)
+            self.model = open_clip.create_model(cfg.name, pretrained=weights.path, pretrained_text=False,
+                                                force_quick_gelu=weights.quick_gelu)
             self.tokenizer = open_clip.get_tokenizer(cfg.name)
         self.prompt = cfg.prompt
         self.image_size = int(self.model.visual.image_size[0])

@@ -6,17 +6,17 @@ joint dim D and given a temporal position embedding.
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+from functools import partial
 
 import torch
 from timm.layers import Attention, DropPath, Mlp, PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
 from ..config import TimeSformerConfig
+from .convert import load_timesformer_weights
 
-log = logging.getLogger(__name__)
 IMAGENET_HALF = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # as timm's ViT and HF's TimeSformer
 
 
 class DividedSTBlock(nn.Module):
@@ -25,12 +25,12 @@ class DividedSTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float, frames: int, patches: int) -> None:
         super().__init__()
         self.frames, self.patches = frames, patches
-        self.temporal_norm1 = nn.LayerNorm(dim)
+        self.temporal_norm1 = LayerNorm(dim)
         self.temporal_attn = Attention(dim, heads, qkv_bias=True)
         self.temporal_fc = nn.Linear(dim, dim)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.attn = Attention(dim, heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         nn.init.zeros_(self.temporal_fc.weight)
@@ -74,7 +74,7 @@ class TimeSformer(nn.Module):
         self.blocks = nn.ModuleList(
             DividedSTBlock(cfg.width, cfg.heads, cfg.mlp_ratio, r, cfg.frames, patches) for r in rates
         )
-        self.norm = nn.LayerNorm(cfg.width)
+        self.norm = LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, out_dim)
         self.temporal_pos = nn.Parameter(torch.zeros(1, cfg.frames, out_dim))
         mean, std = IMAGENET_HALF
@@ -83,9 +83,10 @@ class TimeSformer(nn.Module):
         for p in (self.cls_token, self.pos_embed, self.time_embed, self.temporal_pos):
             trunc_normal_(p, std=0.02)
         if cfg.pretrained:
-            load_vit_checkpoint(self, cfg.pretrained)
+            load_timesformer_weights(self, cfg.pretrained, cfg)
 
-    def forward(self, frames: Tensor) -> Tensor:
+    def tokens(self, frames: Tensor) -> Tensor:
+        """``frames[B,F,3,H,W]`` in [0,1] -> final-norm tokens ``[B,1+F*P,W]`` (class token, then frame-major patches)."""
         b, f, c, h, w = frames.shape
         if (f, c, h, w) != (self.cfg.frames, 3, self.cfg.img_size, self.cfg.img_size):
             raise ValueError(
@@ -98,37 +99,8 @@ class TimeSformer(nn.Module):
         x = torch.cat([cls, x], dim=1)
         for block in self.blocks:
             x = block(x)
-        tokens = self.norm(x)[:, 1:].view(b, f, -1, self.cfg.width).mean(2)
-        return self.proj(tokens) + self.temporal_pos
+        return self.norm(x)
 
-
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: TimeSformer) -> dict[str, Tensor]:
-    """Map a timm ViT state dict onto a TimeSformer: spatial weights copied, temporal attention inflated
-    from the spatial attention (as in the TimeSformer paper), ``temporal_fc`` left at zero."""
-    state_dict = state_dict.get("model", state_dict)
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith(("head", "fc_norm", "pre_logits")):
-            continue
-        out[key] = value
-        if key.startswith("blocks.") and (".attn." in key or ".norm1." in key):
-            out[key.replace(".attn.", ".temporal_attn.").replace(".norm1.", ".temporal_norm1.")] = value.clone()
-    own = model.state_dict()
-    for key, value in out.items():
-        if key in own and own[key].shape != value.shape:
-            raise ValueError(f"checkpoint tensor {key} has shape {tuple(value.shape)}, model needs {tuple(own[key].shape)}")
-    return out
-
-
-def load_vit_checkpoint(model: TimeSformer, path: str) -> None:
-    """Load a local timm ViT checkpoint into ``model``; warn and keep random init when the file is absent."""
-    if not Path(path).is_file():
-        log.warning("TimeSformer weights %s not found; using RANDOM TimeSformer weights", path)
-        return
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(checkpoint_filter_fn(state, model), strict=False)
-    expected_missing = {"time_embed", "proj.weight", "proj.bias", "temporal_pos"}
-    missing = [k for k in missing if k not in expected_missing and ".temporal_fc." not in k]
-    if missing or unexpected:
-        raise ValueError(f"timm ViT checkpoint {path} does not fit: missing {missing}, unexpected {unexpected}")
-    log.info("loaded TimeSformer weights from %s", path)
+    def forward(self, frames: Tensor) -> Tensor:
+        patches = self.tokens(frames)[:, 1:].unflatten(1, (self.cfg.frames, -1))
+        return self.proj(patches.mean(2)) + self.temporal_pos

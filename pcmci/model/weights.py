@@ -1,0 +1,131 @@
+"""The pretrained weight files a model config asks for: where each resolves, the refusal to train on random
+weights, ``pcmci weights check`` and ``pcmci convert timesformer``.
+
+The refusal lives in the training entry point (``require_weights``), not in model construction: profiling,
+tests and evaluation build models whose weights do not matter or come from a checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from ..config import ClipConfig, ModelConfig, TimeSformerConfig
+from .clip import FrozenCLIP, locate_weights
+from .convert import (FORMAT, SHAPE_FIELDS, hf_config, hf_filter_fn, hf_shape_fields, load_converted, read_weights,
+                      source_kind, weights_file)
+from .timesformer import TimeSformer
+
+TIMESFORMER_FIX = ("`hf download facebook/timesformer-base-finetuned-k400 --local-dir weights/timesformer-k400` and set "
+                   "model.timesformer.pretrained=weights/timesformer-k400 (or the file `pcmci convert timesformer` "
+                   "writes from it, or a timm ViT-B/16 checkpoint to inflate)")
+
+
+@dataclass
+class WeightStatus:
+    """One tower's weights: ``path`` is the resolved file (None when missing), ``source`` how it was found or
+    where it was looked for, ``fix`` how to provide it."""
+
+    tower: str
+    key: str
+    requested: str | None
+    path: str | None
+    source: str
+    fix: str
+
+
+def clip_status(cfg: ClipConfig) -> WeightStatus:
+    found = locate_weights(cfg.name, cfg.pretrained, cfg.cache_dir)
+    fix = "set model.clip.pretrained=/path/to/open_clip_model.safetensors"
+    hub = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained).get("hf_hub") if found.tag else None
+    if hub:
+        fix = f"`hf download {hub.rstrip('/')} --include 'open_clip_*'` caches tag {cfg.pretrained!r}, or {fix}"
+    return WeightStatus(f"CLIP {cfg.name}", "model.clip.pretrained", cfg.pretrained, found.path, found.source, fix)
+
+
+def timesformer_status(cfg: TimeSformerConfig) -> WeightStatus:
+    status = WeightStatus("TimeSformer", "model.timesformer.pretrained", cfg.pretrained, None,
+                          "model.timesformer.pretrained is unset", TIMESFORMER_FIX)
+    if cfg.pretrained:
+        try:
+            status.path = str(weights_file(cfg.pretrained))
+            status.source = f"local file {status.path}"
+        except FileNotFoundError as exc:
+            status.source = str(exc)
+    return status
+
+
+def weight_status(cfg: ModelConfig) -> list[WeightStatus]:
+    """Where every pretrained tower of ``cfg`` resolves (nothing is loaded)."""
+    return [clip_status(cfg.clip), timesformer_status(cfg.timesformer)]
+
+
+def require_weights(cfg: ModelConfig) -> None:
+    """Unless ``cfg.allow_random_init``, one ``ValueError`` naming every missing weight file and how to provide it."""
+    if cfg.allow_random_init:
+        return
+    missing = [s for s in weight_status(cfg) if s.path is None]
+    if missing:
+        what = "; ".join(f"{s.tower} ({s.source}): {s.fix}" for s in missing)
+        raise ValueError(f"missing pretrained weights — {what}. `pcmci weights check CONFIG` shows what resolves; "
+                         "model.allow_random_init=true trains from random weights instead")
+
+
+def _loaded(build: Callable[[], torch.nn.Module], found: bool) -> tuple[str, int, torch.nn.Module | None]:
+    """(shape check, parameter count, module) of building one tower, a failure reported in one line."""
+    try:
+        module = build()
+    except (ValueError, RuntimeError) as exc:
+        return "FAILED: " + " ".join(str(exc).split()), 0, None
+    params = sum(p.numel() for p in module.parameters())
+    return ("ok: every tensor loaded" if found else "random init"), params, module
+
+
+def check_weights(cfg: ModelConfig) -> list[dict[str, Any]]:
+    """Resolve and load every tower's weights: one row per tower with its source, shape check and parameters."""
+    clip_state, video_state = weight_status(cfg)
+    shape, params, clip = _loaded(lambda: FrozenCLIP(cfg.clip), clip_state.path is not None)
+    rows = [{**dataclasses.asdict(clip_state), "shape_check": shape, "params": params}]
+    dim = clip.embed_dim if isinstance(clip, FrozenCLIP) else 1
+    shape, params, _ = _loaded(lambda: TimeSformer(cfg.timesformer, dim), video_state.path is not None)
+    if video_state.path and not shape.startswith("FAILED"):
+        shape += " (proj, temporal_pos: new)"
+    rows.append({**dataclasses.asdict(video_state), "shape_check": shape, "params": params})
+    return rows
+
+
+def render_check(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for row in rows:
+        lines += [f"{row['tower']}: {row['key']}={row['requested']}",
+                  f"  source: {row['source']}",
+                  f"  shapes: {row['shape_check']}",
+                  f"  params: {row['params'] / 1e6:.2f} M"]
+    return "\n".join(lines)
+
+
+def convert_timesformer(src: str | Path, out: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Convert a HF TimeSformer (directory, ``model.safetensors`` or ``pytorch_model.bin``) to a pcmci file.
+
+    The architecture comes from ``config.json`` beside the weights; the converted tensors are checked by loading
+    them into a TimeSformer of that shape. Returns (the written file, the ``model.timesformer`` fields to set).
+    """
+    state = read_weights(src)
+    if source_kind(state) != "hf":
+        raise ValueError(f"{weights_file(src)} is not a Hugging Face TimeSformer state dict")
+    config = hf_config(src)
+    if config is None:
+        raise FileNotFoundError(f"no config.json beside {weights_file(src)}: give the HF model directory")
+    fields = hf_shape_fields(config)
+    model = TimeSformer(TimeSformerConfig(**fields), out_dim=1)
+    converted = {k: v.contiguous() for k, v in hf_filter_fn(state, model).items()}
+    load_converted(model, converted, f"HF TimeSformer {weights_file(src)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": FORMAT, "config": {k: fields[k] for k in SHAPE_FIELDS}, "state_dict": converted}, out)
+    return out, fields
