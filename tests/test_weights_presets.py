@@ -58,6 +58,7 @@ def test_weights_check_reports_source_shapes_and_parameters(tmp_path: Path, caps
     fc, new = 2 * (64 * 64 + 64), 64 * 64 + 64 + 8 * 64  # temporal_fc x2 blocks; proj + temporal_pos
     assert rows[1]["params"] == vit_params + temporal + fc + 8 * 64 + new  # + time_embed
     assert all(r["shape_check"].startswith("ok") for r in rows)
+    assert rows[1]["source"] == f"timm ViT {tmp_path / 'vit.pt'}, inflated"
     assert main(["--quiet", "weights", "check", "tiny", *overrides]) == 0
     out = capsys.readouterr().out
     assert f"source: local file {tmp_path / 'clip.pt'}" in out and "params:" in out

@@ -48,9 +48,9 @@ def _tag_lookups(cfg: dict[str, str], cache_dir: str | None) -> list[tuple[str, 
     if cfg.get("hf_hub"):
         repo, filename = os.path.split(cfg["hf_hub"])
         names = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME] if filename in ("", HF_WEIGHTS_NAME) else [filename]
-        for name in names:
-            hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
-            found.append((f"HF cache {cache_dir or HF_HUB_CACHE}: {repo}/{name}", hit if isinstance(hit, str) else None))
+        hits = (try_to_load_from_cache(repo, name, cache_dir=cache_dir) for name in names)
+        hit = next((h for h in hits if isinstance(h, str)), None)
+        found.append((f"HF cache {cache_dir or HF_HUB_CACHE}: {repo}/{' or '.join(names)}", hit))
     if cfg.get("url"):
         target = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(cfg["url"].split("?")[0])
         found.append((str(target), str(target) if target.is_file() else None))

@@ -60,7 +60,10 @@ class DividedSTBlock(nn.Module):
 
 
 class TimeSformer(nn.Module):
-    """``frames[B,F,3,H,W]`` in [0,1] -> V ``[B,F,out_dim]`` (per-frame mean of patch tokens, projected)."""
+    """``frames[B,F,3,H,W]`` in [0,1] -> V ``[B,F,out_dim]`` (per-frame mean of patch tokens, projected).
+
+    ``weights_source`` says what ``cfg.pretrained`` loaded (see ``convert``); None means random init.
+    """
 
     def __init__(self, cfg: TimeSformerConfig, out_dim: int) -> None:
         super().__init__()
@@ -82,8 +85,7 @@ class TimeSformer(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         for p in (self.cls_token, self.pos_embed, self.time_embed, self.temporal_pos):
             trunc_normal_(p, std=0.02)
-        if cfg.pretrained:
-            load_timesformer_weights(self, cfg.pretrained, cfg)
+        self.weights_source = load_timesformer_weights(self, cfg.pretrained, cfg) if cfg.pretrained else None
 
     def tokens(self, frames: Tensor) -> Tensor:
         """``frames[B,F,3,H,W]`` in [0,1] -> final-norm tokens ``[B,1+F*P,W]`` (class token, then frame-major patches)."""

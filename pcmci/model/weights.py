@@ -92,9 +92,9 @@ def check_weights(cfg: ModelConfig) -> list[dict[str, Any]]:
     shape, params, clip = _loaded(lambda: FrozenCLIP(cfg.clip), clip_state.path is not None)
     rows = [{**dataclasses.asdict(clip_state), "shape_check": shape, "params": params}]
     dim = clip.embed_dim if isinstance(clip, FrozenCLIP) else 1
-    shape, params, _ = _loaded(lambda: TimeSformer(cfg.timesformer, dim), video_state.path is not None)
-    if video_state.path and not shape.startswith("FAILED"):
-        shape += " (proj, temporal_pos: new)"
+    shape, params, video = _loaded(lambda: TimeSformer(cfg.timesformer, dim), video_state.path is not None)
+    if isinstance(video, TimeSformer) and video.weights_source:
+        video_state.source, shape = video.weights_source, shape + " (proj, temporal_pos: new)"
     rows.append({**dataclasses.asdict(video_state), "shape_check": shape, "params": params})
     return rows
 
@@ -102,7 +102,7 @@ def check_weights(cfg: ModelConfig) -> list[dict[str, Any]]:
 def render_check(rows: list[dict[str, Any]]) -> str:
     lines = []
     for row in rows:
-        lines += [f"{row['tower']}: {row['key']}={row['requested']}",
+        lines += [f"{row['tower']}: {row['key']}={row['requested'] or '(unset)'}",
                   f"  source: {row['source']}",
                   f"  shapes: {row['shape_check']}",
                   f"  params: {row['params'] / 1e6:.2f} M"]
