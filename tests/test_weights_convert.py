@@ -3,6 +3,7 @@ tokens (every input route: model directory, safetensors, .bin, the classifier va
 inflated timm ViT gives each frame the ViT's own tokens."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -123,3 +124,9 @@ def test_inflated_vit_gives_each_frame_the_vit_tokens(tmp_path: Path, depth: int
             want = vit.forward_features((frames[:, f] - MEAN) / STD)[:, 1:]
             assert want.abs().mean() > 0.1
             assert (tokens[:, f] - want).abs().max().item() < 1e-4
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_naming_them(tmp_path: Path) -> None:
+    torch.save({"model": {"cls_token": torch.zeros(1, 1, 32)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "c.pth")
+    with pytest.raises(ValueError, match="Unsupported global: GLOBAL argparse.Namespace"):
+        read_weights(tmp_path / "c.pth")

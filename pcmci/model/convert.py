@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,12 @@ def read_weights(path: str | Path) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(file)
-    return torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = str(exc).strip().splitlines() or [""]
+        cause = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+        raise ValueError(f"{file} holds more than tensors and plain containers, which are not loaded: {cause}") from exc
 
 
 def hf_config(path: str | Path) -> dict[str, Any] | None:
