@@ -1,4 +1,4 @@
-"""Command line: ``pcmci demo|train|eval|predict|synth|profile|data|weights|convert``.
+"""Command line: ``pcmci demo|train|export|eval|predict|synth|profile|data|weights|convert``.
 
 Expected failures (bad config, missing or undecodable video, missing checkpoint) print one line
 ``pcmci: error: <cause>`` and exit 1; ``--debug`` shows the traceback instead.
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="preset name (tiny, paper, breakfast, coin, charades) or YAML file")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 model.stages=[ich,ivc]")
     p.add_argument("--resume", action="store_true", help="continue from run.out_dir/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over in a run.out_dir that holds a checkpoint")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes (one per GPU; gloo on CPU): relaunches itself under torchrun (DDP)")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="checkpoint -> DIR/model.safetensors + config.json + labels.json")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="output folder (PCMCI.from_pretrained(DIR) loads it)")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -113,13 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_eval, _add_predict, _add_synth, _add_profile, _add_data,
+    for add in (_add_demo, _add_train, _add_export, _add_eval, _add_predict, _add_synth, _add_profile, _add_data,
                 _add_weights, _add_convert):
         add(sub)
     return parser
 
 
-def _run(args: argparse.Namespace) -> None:
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this ``pcmci train`` under ``torchrun --standalone --nproc_per_node N``; its exit code."""
+    import subprocess
+
+    flags = [*(["--debug"] if args.debug else []), *(["--quiet"] if args.quiet else [])]
+    mode = [*(["--resume"] if args.resume else []), *(["--overwrite"] if args.overwrite else [])]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "pcmci", *flags, "train", args.config, *args.overrides, *mode]
+    return subprocess.run(command, check=False).returncode
+
+
+def _run(args: argparse.Namespace) -> int | None:
     progress = not args.quiet
     if args.command == "demo":
         from .demo import run_demo
@@ -131,11 +152,21 @@ def _run(args: argparse.Namespace) -> None:
               f"{report['full']['ood']['acc']:.4f}, baseline OOD acc {report['baseline']['ood']['acc']:.4f})")
     elif args.command == "train":
         from .config import load_config
-        from .engine.train import train
+        from .engine.distributed import launched_by_torchrun
+        from .engine.train import refuse_existing_run, train
 
         cfg = load_config(args.config, args.overrides)
         cfg.run.progress = cfg.run.progress and progress
-        print(f"checkpoint: {train(cfg, resume=args.resume)}")
+        refuse_existing_run(cfg, args.resume, args.overwrite)
+        if args.nproc > 1 and not launched_by_torchrun():
+            return _launch_torchrun(args)
+        checkpoint = train(cfg, resume=args.resume)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"checkpoint: {checkpoint}")
+    elif args.command == "export":
+        from .engine.export import export_checkpoint
+
+        print(f"exported: {', '.join(str(p) for p in export_checkpoint(args.checkpoint, args.out))}")
     elif args.command == "eval":
         from .engine.evaluate import evaluate, per_class_markdown
 
@@ -207,16 +238,21 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    quiet = args.quiet or int(os.environ.get("RANK", "0")) > 0  # under torchrun only rank 0 logs progress
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        _run(args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError, ArithmeticError) as exc:
+        return _run(args) or 0
+    except (ValueError, FileNotFoundError, OSError, RuntimeError, KeyError, ArithmeticError) as exc:
         if args.debug:
             raise
         print(f"pcmci: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except Exception as exc:
+        if args.debug:
+            raise
+        cause = (str(exc).strip().splitlines() or [""])[0]
+        print(f"pcmci: error: {type(exc).__name__}: {cause} (run with --debug for the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

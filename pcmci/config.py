@@ -125,9 +125,10 @@ class OptimConfig:
     weight_decay: float = 0.05
     epochs: int = 10
     warmup_epochs: float = 1.0
-    batch_size: int = 8
+    batch_size: int = 8  # clips per process per forward; global batch = batch_size x processes x accum_steps
     grad_clip: float = 1.0
     amp: bool = True
+    accum_steps: int = 1  # gradient accumulation: one optimiser step per accum_steps batches
 
 
 @dataclass
@@ -136,6 +137,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    compile: bool | None = None  # torch.compile the model for training and evaluation; None = on CUDA only
+    tensorboard: bool = True  # TensorBoard scalars under out_dir/tensorboard, beside metrics.jsonl
 
 
 @dataclass
@@ -289,7 +292,29 @@ def validate(cfg: Config) -> Config:
                           f"data.test_crops={cfg.data.test_crops} (views = temporal clips x spatial crops)")
     if cfg.model.timesformer.img_size % cfg.model.timesformer.patch_size:
         raise ConfigError("model.timesformer.img_size must be a multiple of model.timesformer.patch_size")
+    for key, value in (("optim.batch_size", cfg.optim.batch_size), ("optim.accum_steps", cfg.optim.accum_steps),
+                       ("optim.epochs", cfg.optim.epochs), ("data.dictionary_batches", cfg.data.dictionary_batches)):
+        if value < 1:
+            raise ConfigError(f"config key {key!r} = {value}; it must be at least 1")
+    if cfg.model.ivc.align_weight > 0 and "ivc" not in cfg.model.stages:
+        raise ConfigError(f"model.ivc.align_weight={cfg.model.ivc.align_weight} asks for IVC's alignment loss but "
+                          f"model.stages={cfg.model.stages} has no 'ivc'")
     return cfg
+
+
+def check_dataset(cfg: Config, classes: int, actions: int, multilabel: bool) -> None:
+    """Checks between the config and the training data: target kind, and the label texts the stages need."""
+    if multilabel != cfg.model.multilabel:
+        kind = "multi-label" if multilabel else "single-label"
+        raise ConfigError(f"data.dataset={cfg.data.dataset!r} has {kind} targets but model.multilabel="
+                          f"{str(cfg.model.multilabel).lower()}; set model.multilabel={str(multilabel).lower()}")
+    if cfg.model.head.aux_weight > 0 and actions == 0:
+        raise ConfigError(f"model.head.aux_weight={cfg.model.head.aux_weight} asks for the atomic-action loss but "
+                          f"the label set (data.labels / data.dataset={cfg.data.dataset!r}) has no action texts")
+    if "ivc" in cfg.model.stages and classes + actions < 2:
+        raise ConfigError(f"model.stages={cfg.model.stages} asks for IVC, whose mediator is the label texts, but the "
+                          f"label set (data.labels / data.dataset={cfg.data.dataset!r}) has {classes + actions} text; "
+                          "IVC needs at least 2")
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -45,3 +45,20 @@ def synthetic_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pcmci.data.synthetic import synthesize
 
     return synthesize(tmp_path_factory.mktemp("synth"), seed=0, n_train=24, n_test=12, progress=False)
+
+
+def tiny_run_overrides(manifest: Path, out: Path, *extra: str) -> list[str]:
+    """``pcmci train tiny`` overrides for a short run (2 epochs of batch 6) on the synthetic set."""
+    return [f"data.manifest={manifest}", f"run.out_dir={out}", "optim.epochs=2", "optim.batch_size=6",
+            "run.progress=false", "data.dictionary_batches=2", *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted single-process run of ``tiny_run_overrides``; returns its ``run.out_dir``."""
+    from pcmci.config import load_config
+    from pcmci.engine.train import train
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    train(load_config("tiny", tiny_run_overrides(synthetic_set, out)))
+    return out

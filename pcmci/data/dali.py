@@ -13,15 +13,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from pcmci.data.decode import Source, VideoDecodeError, VideoInfo
-
-if TYPE_CHECKING:
-    from pcmci.data.datasets import VideoDataset
+from pcmci.data.records import ClipSource, Source, VideoDecodeError, VideoInfo
 
 
 def available() -> bool:
@@ -109,7 +106,7 @@ class DaliLoader:
     probe are skipped and listed in ``bad`` when the dataset has ``skip_bad``, else raise.
     """
 
-    def __init__(self, dataset: VideoDataset, batch_size: int, device: str = "gpu", shuffle: bool = False,
+    def __init__(self, dataset: ClipSource, batch_size: int, device: str = "gpu", shuffle: bool = False,
                  rank: int = 0, world: int = 1, threads: int = 2) -> None:
         _require()
         if dataset.views > 1:

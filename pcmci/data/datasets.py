@@ -1,4 +1,4 @@
-"""Video datasets: label sets, the generic CSV manifest, one ``VideoDataset`` for every format, and the factory.
+"""Video datasets: the generic CSV manifest, one ``VideoDataset`` for every format, and the factory.
 
 Every adapter (the manifest here, Breakfast / COIN / Charades in ``formats.py``) returns a ``VideoSet``
 (labels + records); ``VideoDataset`` samples, decodes and preprocesses it. ``build_dataset`` picks
@@ -8,8 +8,7 @@ the adapter named by ``data.dataset``.
 from __future__ import annotations
 
 import csv
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,70 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
-from pcmci.data.decode import (
-    DECODE_TIMEOUT,
-    VideoDecodeError,
-    VideoInfo,
-    check_length,
-    decode_frames,
-    probe,
-    with_timeout,
-)
+from pcmci.data import formats
+from pcmci.data.decode import DECODE_TIMEOUT, check_length, decode_frames, probe, with_timeout
+from pcmci.data.records import ClipPlan, LabelSet, VideoDecodeError, VideoInfo, VideoRecord, VideoSet
 from pcmci.data.sampling import crop_offsets, segment_indices, view_indices
 
 if TYPE_CHECKING:
     from pcmci.config import DataConfig
 
-
-
-@dataclass
-class LabelSet:
-    """The C class names and A atomic-action / step names; ``texts`` are the L = C + A label texts."""
-
-    classes: list[str]
-    actions: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: str | Path) -> LabelSet:
-        """Read ``{"classes": [...], "actions": [...]}`` (``actions`` optional)."""
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
-            raise ValueError(f"{path}: expected a JSON object with a non-empty 'classes' list")
-        return cls([str(c) for c in data["classes"]], [str(a) for a in data.get("actions", [])])
-
-    @property
-    def texts(self) -> list[str]:
-        return self.classes + self.actions
-
-
-@dataclass
-class VideoRecord:
-    """One video: ``target`` is a class index, or the list of class indices when multi-label."""
-
-    path: Path
-    target: int | list[int]
-    steps: list[int]  # indices into LabelSet.actions
-    split: str | None
-
-
-@dataclass
-class VideoSet:
-    """What an adapter reads: labels and records of every split (``source`` names the annotation file)."""
-
-    labels: LabelSet
-    records: list[VideoRecord]
-    source: str
-    multilabel: bool = False
-
-    def split(self, name: str | None) -> VideoSet:
-        """The records of split ``name`` (all for None); ``ValueError`` listing the splits when empty."""
-        if name is None:
-            return self
-        records = [r for r in self.records if r.split == name]
-        if not records:
-            available = sorted({r.split for r in self.records if r.split is not None})
-            raise ValueError(f"{self.source}: split {name!r} has no rows; available splits: {available or 'none'}")
-        return VideoSet(self.labels, records, self.source, self.multilabel)
+__all__ = ["ClipPlan", "LabelSet", "ManifestDataset", "ManifestRow", "VideoDataset", "VideoRecord", "VideoSet",
+           "build_dataset", "collate_videos", "preprocess", "preprocess_views", "read_manifest", "read_manifest_set",
+           "read_video_set"]
 
 
 @dataclass
@@ -168,15 +114,6 @@ def preprocess_views(frames: np.ndarray, image_size: int, crops: int = 1) -> tor
 def preprocess(frames: np.ndarray, image_size: int) -> torch.Tensor:
     """uint8 [F, H, W, 3] -> float32 [F, 3, S, S] in [0, 1]: resize the shorter side to S, centre-crop."""
     return preprocess_views(frames, image_size)[0]
-
-
-@dataclass
-class ClipPlan:
-    """What to decode for one item: ``clips`` lists the frame indices of each temporal clip."""
-
-    path: Path
-    info: VideoInfo
-    clips: list[list[int]]
 
 
 class VideoDataset(Dataset):
@@ -273,8 +210,6 @@ def collate_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def read_video_set(data: DataConfig, labels: LabelSet | None = None) -> VideoSet:
     """The adapter named by ``data.dataset`` applied to ``data.root`` (or ``data.manifest``), all splits."""
-    from pcmci.data import formats
-
     if data.dataset == "manifest":
         if not data.manifest:
             raise ValueError("data.manifest is not set: pass data.manifest=path/to/manifest.csv")

@@ -25,11 +25,12 @@ import av
 import numpy as np
 import torch
 
+from pcmci.data.records import Source, VideoDecodeError, VideoInfo
+from pcmci.data.records import source_name as _name
 from pcmci.data.sampling import segment_indices
 
 log = logging.getLogger(__name__)
 
-Source = str | Path | bytes
 DECODE_THREADS = 2  # per open video at most; fewer when DataLoader workers already fill the cores
 THREADED_MIN_PIXELS = 128 * 128  # smaller frames decode faster on one thread (threading overhead)
 SEEK_GAP = 16  # decode forward instead of seeking when the next wanted frame is at most this far ahead
@@ -37,35 +38,8 @@ DECODE_TIMEOUT = 60.0  # seconds; 0 disables the watchdog
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})  # what DALI 2.4 decodes without a GPU
 
 
-class VideoDecodeError(RuntimeError):
-    """A video that cannot give the requested frames; ``path`` and ``cause`` name what and why."""
-
-    def __init__(self, path: Source, cause: str) -> None:
-        self.path = _name(path)
-        self.cause = cause
-        super().__init__(f"cannot decode {self.path}: {cause}")
-
-
-@dataclass
-class VideoInfo:
-    """Stream facts of the first video stream (``duration`` in seconds; ``cfr``: constant frame rate)."""
-
-    path: str
-    num_frames: int
-    fps: float
-    duration: float
-    width: int
-    height: int
-    codec: str
-    cfr: bool = True
-
-
 DecodeFn = Callable[[Source, Sequence[int], VideoInfo], np.ndarray]
 T = TypeVar("T")
-
-
-def _name(source: Source) -> str:
-    return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
 
 
 def _open(source: Source) -> av.container.InputContainer:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from pcmci.data.datasets import LabelSet, VideoRecord, VideoSet
+from pcmci.data.records import LabelSet, VideoRecord, VideoSet
 
 BREAKFAST_TEMPLATE = "{person}/{camera}/{person}_{activity}.avi"
 BREAKFAST_ACTIVITIES = {

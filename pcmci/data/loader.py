@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from pcmci.data import dali
 from pcmci.data.datasets import VideoDataset, collate_videos
@@ -26,22 +26,23 @@ def make_loader(dataset: VideoDataset, batch_size: int, device: torch.device, sh
                 epoch: int = 0, num_workers: int = 0) -> Iterable[dict[str, Any]]:
     """Batches ``{"video", "label", "steps", "index", "bad"}`` of ``dataset`` for ``epoch``.
 
-    Shuffled orders are a pure function of (dataset seed, epoch); under ``torch.distributed`` the DALI
-    loader reads this rank's shard. ``video`` is absent from a batch whose videos were all skipped.
+    Shuffled orders are a pure function of (dataset seed, epoch); under ``torch.distributed`` each rank reads
+    positions ``rank::world`` of that order (the PyTorch loader pads the last shard by repeating items, as
+    ``DistributedSampler`` does). ``video`` is absent from a batch whose videos were all skipped.
     """
     dataset.set_epoch(epoch)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     gpu = uses_dali_gpu(dataset.backend, device, dataset.views)
     choice = "DALI (NVDEC, GPU)" if gpu else "DALI-CPU / PyAV per video" if dataset.backend == "dali" else "PyAV"
     if choice not in _announced:
         _announced.add(choice)
         log.info("data: backend=%s on %s -> decoding with %s", dataset.backend, device.type, choice)
     if gpu:
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
         loader = dali.DaliLoader(dataset, batch_size, "gpu", shuffle, rank, world)
         loader.set_epoch(epoch)
         return loader
-    order = torch.Generator().manual_seed(dataset.seed * 100003 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=order) if shuffle else None,
-                      num_workers=num_workers, collate_fn=collate_videos,
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=dataset.seed * 100003)
+    sampler.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_videos,
                       pin_memory=device.type == "cuda")

@@ -1,8 +1,14 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, fsync, then rename over the target,
-so a crash mid-write never leaves a truncated checkpoint behind."""
+"""Safe, atomic checkpoints.
+
+Writing: a temporary file in the same folder, fsync, then rename over the target, so a crash (even SIGKILL)
+mid-write never leaves the last good checkpoint unreadable; a full disk or a read-only folder raises one
+``CheckpointWriteError`` naming the cause. Reading: ``torch.load(weights_only=True)`` only, so a checkpoint can
+hold tensors and plain data (dicts, lists, numbers, strings) but never executes pickled code.
+"""
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,32 +16,55 @@ from typing import Any
 import torch
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint (or run folder) that could not be written; the previous checkpoint is left as it was."""
+
+
+def _stale_temporaries(path: Path) -> list[Path]:
+    return list(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically write ``state`` to ``path`` with ``torch.save``."""
+    """Atomically write ``state`` to ``path`` with ``torch.save``; leftovers of killed writes are removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in _stale_temporaries(path):
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            kept = "the previous checkpoint is unchanged" if path.is_file() else "no checkpoint was written"
+            raise CheckpointWriteError(f"cannot write checkpoint {path}: {exc.strerror or exc} ({kept})") from exc
         raise
     return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint``; clear errors for missing or unreadable files."""
+    """Load a checkpoint written by ``save_checkpoint``; clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower() or "unsupported class" in str(exc).lower():
+            raise RuntimeError(f"checkpoint {path} holds pickled Python objects beyond tensors and plain data; "
+                               "refusing to load it, since unpickling could run arbitrary code") from exc
+        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
     except Exception as exc:
         raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
+    if not isinstance(state, dict):
+        raise RuntimeError(f"checkpoint {path} holds a {type(state).__name__}, not a pcmci checkpoint")
     for key in ("model", "config", "epoch"):
         if key not in state:
             raise RuntimeError(f"checkpoint {path} lacks {key!r}; was it written by pcmci train?")

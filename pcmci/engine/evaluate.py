@@ -14,9 +14,11 @@ from tqdm import tqdm
 from ..config import Config, from_dict
 from ..data.loader import make_loader
 from ..model import PCMCI, build_model
+from . import distributed
 from .checkpoint import load_checkpoint
 from .metrics import confusion_matrix, mean_average_precision, per_class_ap, topk_accuracy
 from .plots import plot_confusion
+from .run_state import use_compile
 from .train import make_dataset, resolve_device
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,11 @@ def predict(model: PCMCI, loader: Iterable[dict[str, Any]], device: torch.device
     """-> (class probabilities ``[n,C]``, labels ``[n]`` or multi-hot ``[n,C]``) over a loader.
 
     Multi-view items ``video[B,V,F,3,S,S]`` get the mean of their V views' probabilities. Videos the
-    loader skipped (``batch["bad"]``) are appended to ``skipped``.
+    loader skipped (``batch["bad"]``) are appended to ``skipped``. Under ``torch.distributed`` each rank scores
+    its shard and every rank returns all rows, in dataset order.
     """
     model.eval()
-    scores, labels = [], []
+    scores, labels, index = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress):
         if skipped is not None:
             skipped += batch.get("bad", [])
@@ -68,8 +71,13 @@ def predict(model: PCMCI, loader: Iterable[dict[str, Any]], device: torch.device
         probs = model.probabilities(logits)
         scores.append(probs.unflatten(0, (-1, views)).mean(1).cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
+        index.append(np.asarray(batch.get("index", [])))
     if not scores:
         raise ValueError(f"{desc}: no video could be decoded")
+    if distributed.active():
+        _, all_scores, all_labels = distributed.gather_by_index(np.concatenate(index), np.concatenate(scores),
+                                                                np.concatenate(labels))
+        return all_scores, all_labels
     return np.concatenate(scores), np.concatenate(labels)
 
 
@@ -121,10 +129,13 @@ def evaluate(checkpoint: str | Path, splits: list[str] | None = None, out_dir: s
     """Evaluate a checkpoint on ``splits`` (default: the config's ``data.eval_splits``).
 
     Writes ``eval_<split>.json``, ``eval_<split>.md`` and ``confusion_<split>.png`` into ``out_dir``
-    (default: the checkpoint's folder) and returns the metrics by split.
+    (default: the checkpoint's folder) and returns the metrics by split. Under ``torchrun`` every rank scores
+    its shard, the scores are gathered and rank 0 writes the files. ``run.compile`` applies as in training.
     """
-    dev = resolve_device(device)
+    ctx = distributed.setup(resolve_device(device))
+    dev = ctx.device
     model, cfg = load_model(checkpoint, dev)
+    net = torch.compile(model) if use_compile(cfg.run.compile, dev) else model
     if manifest:
         cfg.data.manifest = manifest
     out = Path(out_dir or Path(checkpoint).parent)
@@ -136,8 +147,13 @@ def evaluate(checkpoint: str | Path, splits: list[str] | None = None, out_dir: s
                      f"the {split!r} split of {cfg.data.manifest or cfg.data.root or cfg.data.dataset}")
         loader = make_loader(dataset, batch_size or cfg.optim.batch_size, dev, num_workers=cfg.data.num_workers)
         skipped: list[str] = []
-        scores, labels = predict(model, loader, dev, desc=f"eval {split}", progress=progress, skipped=skipped)
-        metrics = {**split_metrics(scores, labels, model.classes), "views": dataset.views, "skipped": sorted(skipped)}
+        scores, labels = predict(net, loader, dev, desc=f"eval {split}", progress=progress and ctx.main,
+                                 skipped=skipped)
+        skipped = distributed.gather_lists(skipped)
+        metrics = {**split_metrics(scores, labels, model.classes), "views": dataset.views, "skipped": sorted(set(skipped))}
+        results[split] = metrics
+        if not ctx.main:
+            continue
         if skipped:
             log.warning("%s: skipped %d undecodable video(s):\n  %s", split, len(skipped), "\n  ".join(sorted(skipped)))
         (out / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2))
@@ -145,5 +161,4 @@ def evaluate(checkpoint: str | Path, splits: list[str] | None = None, out_dir: s
         if "confusion" in metrics:
             plot_confusion(np.array(metrics["confusion"]), model.classes, out / f"confusion_{split}.png", split)
         log.info("%s: acc %.4f top5 %.4f mAP %.4f", split, metrics["acc"], metrics["top5"], metrics["map"])
-        results[split] = metrics
     return results

@@ -131,6 +131,27 @@ class PCMCI(nn.Module):
         self.train(was_training)
         return used
 
+    @classmethod
+    def from_pretrained(cls, folder: str) -> PCMCI:
+        """The eval-mode model that ``pcmci export`` wrote to ``folder`` (str or Path): ``config.json`` (the run's
+        config), ``labels.json`` (classes, actions), ``model.safetensors`` (every weight, dictionaries included)."""
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import load_model
+
+        from ..config import from_dict
+
+        folder = Path(folder)
+        missing = [n for n in ("config.json", "labels.json", "model.safetensors") if not (folder / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not an exported PCMCI model: missing {', '.join(missing)}")
+        cfg = from_dict(json.loads((folder / "config.json").read_text()))
+        labels = json.loads((folder / "labels.json").read_text())
+        model = cls(cfg.model, labels["classes"], labels.get("actions", []))
+        load_model(model, folder / "model.safetensors", strict=True)
+        return model.eval()
+
 
 def build_model(cfg: ModelConfig, classes: list[str], actions: list[str] | None = None) -> PCMCI:
     """The one entry point for models: ``build_model(preset('tiny').model, classes, actions)``."""

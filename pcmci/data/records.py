@@ -1,0 +1,122 @@
+"""The data layer's plain records, imported by every other data module and importing none of them:
+video sources and probe facts, the decode error, label sets, video records and sets, clip plans, and the
+``ClipSource`` protocol a batch loader reads (so the data modules import one way only)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+Source = str | Path | bytes
+
+
+def source_name(source: Source) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot give the requested frames; ``path`` and ``cause`` name what and why."""
+
+    def __init__(self, path: Source, cause: str) -> None:
+        self.path = source_name(path)
+        self.cause = cause
+        super().__init__(f"cannot decode {self.path}: {cause}")
+
+
+@dataclass
+class VideoInfo:
+    """Stream facts of the first video stream (``duration`` in seconds; ``cfr``: constant frame rate)."""
+
+    path: str
+    num_frames: int
+    fps: float
+    duration: float
+    width: int
+    height: int
+    codec: str
+    cfr: bool = True
+
+
+@dataclass
+class LabelSet:
+    """The C class names and A atomic-action / step names; ``texts`` are the L = C + A label texts."""
+
+    classes: list[str]
+    actions: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LabelSet:
+        """Read ``{"classes": [...], "actions": [...]}`` (``actions`` optional)."""
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
+            raise ValueError(f"{path}: expected a JSON object with a non-empty 'classes' list")
+        return cls([str(c) for c in data["classes"]], [str(a) for a in data.get("actions", [])])
+
+    @property
+    def texts(self) -> list[str]:
+        return self.classes + self.actions
+
+
+@dataclass
+class VideoRecord:
+    """One video: ``target`` is a class index, or the list of class indices when multi-label."""
+
+    path: Path
+    target: int | list[int]
+    steps: list[int]  # indices into LabelSet.actions
+    split: str | None
+
+
+@dataclass
+class VideoSet:
+    """What an adapter reads: labels and records of every split (``source`` names the annotation file)."""
+
+    labels: LabelSet
+    records: list[VideoRecord]
+    source: str
+    multilabel: bool = False
+
+    def split(self, name: str | None) -> VideoSet:
+        """The records of split ``name`` (all for None); ``ValueError`` listing the splits when empty."""
+        if name is None:
+            return self
+        records = [r for r in self.records if r.split == name]
+        if not records:
+            available = sorted({r.split for r in self.records if r.split is not None})
+            raise ValueError(f"{self.source}: split {name!r} has no rows; available splits: {available or 'none'}")
+        return VideoSet(self.labels, records, self.source, self.multilabel)
+
+
+@dataclass
+class ClipPlan:
+    """What to decode for one item: ``clips`` lists the frame indices of each temporal clip."""
+
+    path: Path
+    info: VideoInfo
+    clips: list[list[int]]
+
+
+class ClipSource(Protocol):
+    """What a batch loader reads from a dataset (``VideoDataset`` is one): plans, targets and sampling facts."""
+
+    records: list[VideoRecord]
+    image_size: int
+    seed: int
+    skip_bad: bool
+
+    @property
+    def views(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def plan(self, index: int) -> ClipPlan: ...
+
+    def targets(self, index: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...

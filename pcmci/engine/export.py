@@ -1,0 +1,27 @@
+"""``pcmci export CHECKPOINT --out DIR``: a training checkpoint as safe, pickle-free files.
+
+``model.safetensors`` (every weight and buffer the model saves, dictionaries included), ``config.json`` (the
+run's whole config) and ``labels.json`` (classes, actions); ``PCMCI.from_pretrained(DIR)`` loads them back.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+
+from ..config import to_dict
+from .evaluate import load_model
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> list[Path]:
+    """Write ``out/{model.safetensors, config.json, labels.json}`` from ``checkpoint``; returns the paths."""
+    model, cfg = load_model(checkpoint, torch.device("cpu"))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "model.safetensors", out / "config.json", out / "labels.json"]
+    save_model(model, str(paths[0]), metadata={"format": "pt", "producer": "pcmci export"})
+    paths[1].write_text(json.dumps(to_dict(cfg), indent=2))
+    paths[2].write_text(json.dumps({"classes": model.classes, "actions": model.actions}, indent=2))
+    return paths

@@ -1,0 +1,75 @@
+"""Helpers for the engine tests that start real ``pcmci train`` processes and compare finished runs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pcmci.engine.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pcmci_command(*args: str, nproc: int = 1) -> list[str]:
+    """``python -m pcmci --quiet ARGS``, or the same under ``torchrun --standalone`` with ``nproc`` processes."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    return [sys.executable, *launcher, "-m", "pcmci", "--quiet", *args]
+
+
+def run_pcmci(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(pcmci_command(*args, nproc=nproc), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def kill_at_first_step_of_epoch(command: list[str], metrics: Path, epoch: int, timeout: float = 300) -> int:
+    """Start ``command`` in its own process group and SIGKILL the whole group as soon as ``metrics`` shows a
+    training step of ``epoch`` (mid-epoch); returns the leader's exit status (``-SIGKILL``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines = metrics.read_text().splitlines() if metrics.is_file() else []
+            if any('"step"' in line and f'"epoch": {epoch},' in line for line in lines):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        return proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def step_losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "step" in r]
+
+
+def assert_same_run(a: Path, b: Path, atol: float = 1e-5) -> None:
+    """Per-step losses and final weights of two runs agree within ``atol``.
+
+    One exception, by construction of attention: the key bias of ``nn.MultiheadAttention`` (middle third of
+    ``in_proj_bias``) adds the same ``q.b_k`` to every logit of a row, so its exact gradient is 0; Adam rescales
+    the rounding noise it does get into lr-sized steps. Those slices are held to ``100 x atol`` instead.
+    """
+    np.testing.assert_allclose(step_losses(a), step_losses(b), rtol=0, atol=atol)
+    ma, mb = load_checkpoint(a / "checkpoint.pt")["model"], load_checkpoint(b / "checkpoint.pt")["model"]
+    assert ma.keys() == mb.keys()
+    for name, x in ma.items():
+        y = mb[name]
+        if name.endswith("in_proj_bias"):
+            q, k, v = (x - y).abs().float().chunk(3)
+            assert max(q.max(), v.max()) <= atol and k.max() <= 100 * atol, name
+        else:
+            torch.testing.assert_close(x, y, rtol=0, atol=atol, msg=name)

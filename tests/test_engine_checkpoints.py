@@ -1,0 +1,84 @@
+"""Safe checkpoints: no pickled code is ever run, exports round-trip, unwritable folders give one clear error."""
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_run_overrides
+
+from pcmci.cli import main
+from pcmci.config import load_config
+from pcmci.engine.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
+from pcmci.engine.evaluate import load_model
+from pcmci.engine.train import train
+from pcmci.model import PCMCI
+
+
+class _Payload:
+    """Unpickling this calls ``Path.touch`` on a marker file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_malicious_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "config": {}, "epoch": 0, "payload": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(RuntimeError, match="refusing to load it"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_training_checkpoints_are_plain_data(tiny_run: Path) -> None:
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    assert state["labels"]["classes"] and isinstance(state["config"]["optim"]["lr"], float)
+    assert state["world"] == 1 and state["epoch"] == 1
+
+
+def test_export_then_from_pretrained_gives_identical_outputs(tiny_run: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    assert main(["--quiet", "export", str(tiny_run / "checkpoint.pt"), "--out", str(tmp_path / "export")]) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "labels.json", "model.safetensors"]
+    assert json.loads((tmp_path / "export" / "labels.json").read_text())["classes"]
+    trained, _ = load_model(tiny_run / "checkpoint.pt", torch.device("cpu"))
+    loaded = PCMCI.from_pretrained(tmp_path / "export")
+    assert not loaded.training and loaded.dictionaries_ready
+    frames = torch.rand(2, 8, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loaded(frames)["logits"], trained(frames)["logits"])
+    with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
+        (tmp_path / "export" / "model.safetensors").unlink()
+        PCMCI.from_pretrained(tmp_path / "export")
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {}, "epoch": 0})
+    (tmp_path / ".checkpoint.pt.killed.tmp").write_bytes(b"half a checkpoint")  # left by a kill mid-write
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointWriteError, match="No space left on device .the previous checkpoint is unchanged"):
+        save_checkpoint(path, {"model": {"w": torch.zeros(2)}, "config": {}, "epoch": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert load_checkpoint(path)["epoch"] == 0
+
+
+def test_an_unwritable_out_dir_is_one_clear_error(synthetic_set: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run folder should be")
+    with pytest.raises(CheckpointWriteError, match="run.out_dir=.* is not writable"):
+        train(load_config("tiny", tiny_run_overrides(synthetic_set, blocker / "run")))
+    assert main(["train", "tiny", *tiny_run_overrides(synthetic_set, blocker / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pcmci: error: run.out_dir=") and "\n" not in err

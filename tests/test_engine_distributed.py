@@ -1,0 +1,42 @@
+"""torchrun DDP on CPU (gloo): 2 processes of batch b reproduce 1 process of batch 2b, through a SIGKILL.
+
+One 2-process run covers both bars to keep the suite short: it is killed mid-epoch (SIGKILL to the whole
+process group: the torchrun agent and both workers), resumed with ``--resume``, and must then match the
+uninterrupted single-process run of twice the batch, step by step and in its final weights.
+"""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import tiny_run_overrides
+from engine_runs import assert_same_run, kill_at_first_step_of_epoch, pcmci_command, run_pcmci, step_losses
+
+from pcmci.engine import distributed
+from pcmci.engine.checkpoint import load_checkpoint
+
+
+def test_two_gloo_processes_killed_and_resumed_equal_one_process_of_twice_the_batch(
+        synthetic_set: Path, tiny_run: Path, tmp_path: Path) -> None:
+    overrides = tiny_run_overrides(synthetic_set, tmp_path, "optim.batch_size=3")
+    status = kill_at_first_step_of_epoch(pcmci_command("train", "tiny", *overrides, nproc=2),
+                                         tmp_path / "metrics.jsonl", epoch=1)
+    assert status == -signal.SIGKILL
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 0 and state["world"] == 2 and state["config"]["optim"]["batch_size"] == 3
+    # the uninterrupted first epoch: 24 videos / (3 clips x 2 processes) = 4 steps, equal to batch 6 in 1 process
+    np.testing.assert_allclose(step_losses(tmp_path)[:4], step_losses(tiny_run)[:4], rtol=0, atol=1e-5)
+
+    run_pcmci("train", "tiny", *overrides, "--resume", "--nproc", "2")
+    assert len(step_losses(tmp_path)) == 8
+    assert_same_run(tmp_path, tiny_run, atol=1e-5)
+
+
+def test_gather_by_index_merges_shards_in_dataset_order() -> None:
+    index = np.array([4, 0, 2, 0])  # a padded shard repeats item 0
+    scores = np.array([[4.0], [0.0], [2.0], [0.0]])
+    merged_index, merged = distributed.gather_by_index(index, scores)
+    assert merged_index.tolist() == [0, 2, 4] and merged[:, 0].tolist() == [0.0, 2.0, 4.0]
+    assert not distributed.active() and distributed.mean_over_ranks([1.5], torch.device("cpu")) == [1.5]

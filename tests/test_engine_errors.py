@@ -1,0 +1,63 @@
+"""Config sanity errors that name the keys; one-line errors with --debug for the traceback; OOM advice."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_run_overrides
+
+from pcmci.cli import main
+from pcmci.config import ConfigError, check_dataset, load_config
+from pcmci.engine.train import train
+from pcmci.model import PCMCI
+
+
+def test_config_sanity_errors_name_the_keys() -> None:
+    cfg = load_config("tiny")
+    with pytest.raises(ConfigError, match="multi-label targets but model.multilabel=false"):
+        check_dataset(cfg, classes=5, actions=0, multilabel=True)
+    cfg.model.multilabel = True
+    with pytest.raises(ConfigError, match="single-label targets but model.multilabel=true"):
+        check_dataset(cfg, classes=5, actions=0, multilabel=False)
+    cfg = load_config("tiny", ["model.head.aux_weight=0.5"])
+    with pytest.raises(ConfigError, match="model.head.aux_weight=0.5 .* no action texts"):
+        check_dataset(cfg, classes=5, actions=0, multilabel=False)
+    with pytest.raises(ConfigError, match="IVC, whose mediator is the label texts.* has 1 text"):
+        check_dataset(load_config("tiny"), classes=1, actions=0, multilabel=False)
+    with pytest.raises(ConfigError, match="data.test_views=3 must be a positive multiple of data.test_crops=2"):
+        load_config("tiny", ["data.test_views=3", "data.test_crops=2"])
+    with pytest.raises(ConfigError, match="model.ivc.align_weight=0.1 .* has no 'ivc'"):
+        load_config("tiny", ["model.stages=[ich,ici]", "model.ivc.align_weight=0.1"])
+    with pytest.raises(ConfigError, match="'optim.accum_steps' = 0; it must be at least 1"):
+        load_config("tiny", ["optim.accum_steps=0"])
+
+
+def test_training_refuses_targets_of_the_other_kind(synthetic_set: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="has single-label targets but model.multilabel=true"):
+        train(load_config("tiny", tiny_run_overrides(synthetic_set, tmp_path, "model.multilabel=true")))
+
+
+def test_unexpected_errors_are_one_line_unless_debug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    def broken(*args, **kwargs):
+        raise TypeError("something nobody expected\nsecond line")
+
+    monkeypatch.setattr("pcmci.engine.train.train", broken)
+    args = ["train", "tiny", f"run.out_dir={tmp_path}"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "pcmci: error: TypeError: something nobody expected (run with --debug for the traceback)"
+    with pytest.raises(TypeError, match="something nobody expected"):
+        main(["--debug", *args])
+
+
+def test_out_of_memory_names_the_batch_size_and_suggests_accumulation(
+        synthetic_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_memory(self, frames):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(PCMCI, "forward", out_of_memory)
+    cfg = load_config("tiny", tiny_run_overrides(synthetic_set, tmp_path, "optim.accum_steps=2"))
+    with pytest.raises(RuntimeError, match=r"optim.batch_size=6 .* raise optim.accum_steps .* stays 12"):
+        train(cfg)

@@ -1,0 +1,63 @@
+"""Faults and resume: a real SIGKILL mid-epoch, reuse of an out_dir, configs that changed between runs."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_run_overrides
+from engine_runs import assert_same_run, kill_at_first_step_of_epoch, pcmci_command
+
+from pcmci.cli import main
+from pcmci.config import ConfigError, load_config
+from pcmci.engine.checkpoint import load_checkpoint, save_checkpoint
+from pcmci.engine.run_state import config_changes
+from pcmci.engine.train import train
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_reproduces_the_run(synthetic_set: Path, tiny_run: Path, tmp_path: Path) -> None:
+    overrides = tiny_run_overrides(synthetic_set, tmp_path)
+    status = kill_at_first_step_of_epoch(pcmci_command("train", "tiny", *overrides), tmp_path / "metrics.jsonl", epoch=1)
+    assert status == -signal.SIGKILL
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 0 and set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
+    train(load_config("tiny", overrides), resume=True)
+    assert_same_run(tmp_path, tiny_run, atol=1e-5)
+
+
+def test_out_dir_with_a_checkpoint_is_reused_only_with_resume_or_overwrite(
+        synthetic_set: Path, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = ["train", "tiny", *tiny_run_overrides(synthetic_set, tiny_run)]
+    assert main(run) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already holds a checkpoint" in err and "--resume" in err and "--overwrite" in err
+    assert main([*run, "--resume", "--overwrite"]) == 1
+    assert "not both" in capsys.readouterr().err
+
+
+def test_resume_names_every_changed_key_and_allows_only_safe_ones(synthetic_set: Path, tiny_run: Path,
+                                                                    tmp_path: Path) -> None:
+    saved = load_checkpoint(tiny_run / "checkpoint.pt")["config"]
+    cfg = load_config("tiny", tiny_run_overrides(synthetic_set, tiny_run, "optim.lr=0.5", "model.ich.eps=0.2",
+                                                 "optim.epochs=5", "run.compile=false", "data.num_workers=1"))
+    with pytest.raises(ConfigError) as err:
+        train(cfg, resume=True)
+    message = str(err.value)
+    assert "optim.lr: 0.001 -> 0.5" in message and "model.ich.eps: 0.1 -> 0.2" in message
+    assert "optim.epochs" not in message and "run.compile" not in message and "data.num_workers" not in message
+    assert config_changes(saved, saved) == []
+
+
+def test_resume_can_extend_a_run(synthetic_set: Path, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "extended"
+    out.mkdir()
+    state = load_checkpoint(tiny_run / "checkpoint.pt")
+    (out / "metrics.jsonl").write_text((tiny_run / "metrics.jsonl").read_text())
+    save_checkpoint(out / "checkpoint.pt", {**state, "config": {**state["config"], "run": {
+        **state["config"]["run"], "out_dir": str(out)}}})
+    train(load_config("tiny", tiny_run_overrides(synthetic_set, out, "optim.epochs=3")), resume=True)
+    extended = load_checkpoint(out / "checkpoint.pt")
+    assert extended["epoch"] == 2 and extended["config"]["optim"]["epochs"] == 3
+    assert not torch.equal(extended["model"]["text"], state["model"]["text"])
