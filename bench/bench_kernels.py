@@ -3,7 +3,9 @@
 Implementations per group: ``fused`` (the registered op: Triton on CUDA; on CPU it dispatches to the
 reference ops with the replay backward), ``reference`` (eager pure-PyTorch spec, autograd backward),
 ``compiled`` (``torch.compile`` of the reference, dynamic shapes: one compile per pass), ``pot`` (POT's
-log-domain solver looped over the batch; Sinkhorn forward only). Passes: ``fwd`` and ``fwdbwd``.
+log-domain solver looped over the batch with its torch backend, same device and dtype as the others: the fair
+row) and ``pot_numpy64`` (its numpy backend in float64, CPU only); POT rows are Sinkhorn forward only.
+Passes: ``fwd`` and ``fwdbwd``.
 On CUDA ``extra_info`` holds peak memory and, for the fused kernels, % of the bandwidth/exp roofline.
 
     python -m pytest bench/bench_kernels.py --benchmark-json=bench/results/cpu-DATE-kernels.json
@@ -21,6 +23,10 @@ import pytest
 import torch
 
 from pcmci.kernels import log_sinkhorn, log_sinkhorn_reference, relation, relation_reference
+from pcmci.kernels._common import device_arch
+from pcmci.kernels.roofline import PEAKS, Work, relation_work, sinkhorn_work
+
+sk = importlib.import_module("pcmci.kernels.sinkhorn")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -32,8 +38,6 @@ SINKHORN_CASES = (
 )
 RELATION_CASES = [(B, N) for B in (8, 64) for N in (16, 64, 256, 1568)] if FULL else [(8, 64)]
 K_BASES, HEAD_DIM = 8, 64
-# Nominal peaks for the roofline column: HBM bytes/s, exp/s (SMs x 16 MUFU/clk x boost clock), dense bf16 FLOP/s.
-PEAKS = {"H100": (3.35e12, 132 * 16 * 1.98e9, 989e12), "H200": (4.8e12, 132 * 16 * 1.98e9, 989e12)}
 
 _compiled: dict[str, Callable] = {}
 
@@ -71,52 +75,50 @@ def _run(benchmark, fn: Callable[[], object], rounds: int = 5 if CUDA else 10) -
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1, iterations=1)
 
 
-def _roofline(benchmark, nbytes: float, nexp: float, nflops: float = 0.0) -> None:
-    """Record the fused kernel's % of the max(bandwidth, exp, tensor-core) roofline (CUDA only)."""
+def _roofline(benchmark, work: Work) -> None:
+    """Record the fused kernel's % of its roofline lower bound at the device's published peaks (CUDA only)."""
     name = torch.cuda.get_device_name() if CUDA else ""
-    peak = next((v for k, v in PEAKS.items() if k in name), None)
-    if peak and benchmark.stats:
-        bound = max(nbytes / peak[0], nexp / peak[1], nflops / peak[2])
-        benchmark.extra_info["roofline_pct"] = 100 * bound / benchmark.stats.stats.min
+    peaks = next((v for k, v in PEAKS.items() if k in name), None)
+    if peaks and benchmark.stats:
+        benchmark.extra_info["roofline_pct"] = 100 * work.bound_s(peaks) / benchmark.stats.stats.min
 
 
-def _sinkhorn_work(B: int, R: int, S: int, backward: bool, itemsize: int) -> tuple[float, float]:
-    """(HBM bytes, exps) of the fused Sinkhorn: on chip the cost is read once per launch, streamed once per
-    half-iteration; the backward replays ~2 exps per entry per iteration (streamed: ~4)."""
-    sk = importlib.import_module("pcmci.kernels.sinkhorn")
-    onchip = sk._blocks(R, S, None)[0]
-    size, T = B * R * S * itemsize, ITERS
-    nbytes, nexp = size * (2 if onchip else 2 * T + 2), B * R * S * (2 * T + 1)
-    if backward:
-        nbytes += size * (3 if onchip else 2 * T + 7)
-        nexp += B * R * S * (2 * T + 1 if onchip else 4 * T + 3)
-    return nbytes, nexp
+def _sinkhorn_work(B: int, R: int, S: int, backward: bool, dtype: torch.dtype) -> Work:
+    launches = sk.launch_configs(B, R, S, dtype, device_arch(torch.empty(0, device=DEVICE)))
+    fwd, bwd = sinkhorn_work(B, R, S, ITERS, dtype.itemsize, launches[0].fn is sk._fwd_onchip,
+                             launches[1].fn is sk._bwd_onchip)
+    return fwd + bwd if backward else fwd
 
 
-def _pot_loop(cost: torch.Tensor) -> Callable[[], object]:
+def _pot_loop(cost: torch.Tensor, numpy64: bool) -> Callable[[], object]:
+    """POT's log-domain solver looped over the batch: its torch backend on the cost's device and dtype (the fair
+    row), or its numpy backend in float64 (``pot_numpy64``, CPU only)."""
     ot = pytest.importorskip("ot")
     B, R, S = cost.shape
-    if CUDA:  # POT's torch backend on the same device
-        a, b, c = torch.full((R,), 1 / R, device=DEVICE), torch.full((S,), 1 / S, device=DEVICE), cost
+    if numpy64:
+        a, b, c = np.full(R, 1 / R), np.full(S, 1 / S), cost.double().cpu().numpy()
     else:
-        a, b, c = np.full(R, 1 / R), np.full(S, 1 / S), cost.double().numpy()
+        a = torch.full((R,), 1 / R, dtype=cost.dtype, device=DEVICE)
+        b, c = torch.full((S,), 1 / S, dtype=cost.dtype, device=DEVICE), cost
     return lambda: [ot.sinkhorn(a, b, c[i], EPS, method="sinkhorn_log", numItermax=ITERS, stopThr=0.0)
                     for i in range(B)]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("impl", ["fused", "reference", "compiled", "pot"])
+@pytest.mark.parametrize("impl", ["fused", "reference", "compiled", "pot", "pot_numpy64"])
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwdbwd"])
 @pytest.mark.parametrize("B,R,S", SINKHORN_CASES, ids=[f"B{b}-{r}x{s}" for b, r, s in SINKHORN_CASES])
 def test_sinkhorn(benchmark, B: int, R: int, S: int, backward: bool, impl: str) -> None:
     benchmark.group = f"sinkhorn-{'fwdbwd' if backward else 'fwd'}-B{B}-{R}x{S}"
-    if impl == "pot" and backward:
+    if impl.startswith("pot") and backward:
         pytest.skip("POT: forward only")
+    if impl == "pot_numpy64" and CUDA:
+        pytest.skip("POT's numpy backend runs on the CPU")
     if impl == "compiled" and not CUDA and backward:
         pytest.skip("CPU: compiling 50 unrolled iterations with backward takes minutes")
     cost = torch.rand(B, R, S, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
-    if impl == "pot":
-        _run(benchmark, _pot_loop(cost), rounds=2 if B * R * S > 1e6 else 3)
+    if impl.startswith("pot"):
+        _run(benchmark, _pot_loop(cost, impl == "pot_numpy64"), rounds=2 if B * R * S > 1e6 else 3)
         return
     fn = {"fused": log_sinkhorn, "reference": log_sinkhorn_reference,
           "compiled": _compile(f"sinkhorn-{backward}", log_sinkhorn_reference)}[impl]
@@ -129,7 +131,7 @@ def test_sinkhorn(benchmark, B: int, R: int, S: int, backward: bool, impl: str) 
 
     _run(benchmark, step)
     if impl == "fused":
-        _roofline(benchmark, *_sinkhorn_work(B, R, S, backward, cost.element_size()))
+        _roofline(benchmark, _sinkhorn_work(B, R, S, backward, cost.dtype))
 
 
 @pytest.mark.parametrize("impl", ["fused", "reference", "compiled"])
@@ -151,7 +153,6 @@ def test_relation(benchmark, B: int, N: int, backward: bool, impl: str) -> None:
             out.backward(torch.ones_like(out))
 
     _run(benchmark, step)
-    if impl == "fused":  # matmuls of N*N*d: 2 forward, 9 more backward; exps: 1 forward, 3 more backward
-        nbytes = q.element_size() * 4 * B * K_BASES * N * HEAD_DIM * (3 if backward else 1)
-        _roofline(benchmark, nbytes, B * K_BASES * N * N * (4 if backward else 1),
-                  2 * B * K_BASES * N * N * HEAD_DIM * (11 if backward else 2))
+    if impl == "fused":
+        fwd, bwd = relation_work(B, K_BASES, N, HEAD_DIM, HEAD_DIM, dtype, "bf16" if CUDA else "fp32")
+        _roofline(benchmark, fwd + bwd if backward else fwd)

@@ -29,7 +29,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
             notes[bench.group].append(f"fused {extra['roofline_pct']:.1f}% roofline")
     if not groups:
         return
-    impls = sorted({i for g in groups.values() for i in g}, key=["fused", "reference", "compiled", "pot"].index)
+    impls = sorted({i for g in groups.values() for i in g}, key=["fused", "reference", "compiled", "pot", "pot_numpy64"].index)
     write = terminalreporter.write_line
     write("")
     write("min time in ms (speed-up vs eager reference, >1 = faster)")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of the fused kernels in one device call (see bench/README.md):
-#   bash bench/gpu_suite.sh [tests] [sanitizer] [sinkhorn] [relation] [other]     (default: all)
+#   bash bench/gpu_suite.sh [tests] [report] [sanitizer] [sinkhorn] [relation] [other]     (default: all)
 # Writes logs and JSON under $OUT (the device tool's output folder; bench/results/gpu-out locally) and
 # prints a short ratio table per benchmark part. Wheels missing on the image (POT, ...) travel in .whl/.
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu-out}
 mkdir -p "$OUT"
 PY=${PY:-python3}
-PARTS=${*:-tests sanitizer sinkhorn relation other}
+PARTS=${*:-tests report sanitizer sinkhorn relation other}
 export PYTHONUNBUFFERED=1
 wants() { [[ " $PARTS " == *" $1 "* ]]; }
 
@@ -27,6 +27,15 @@ if wants tests; then  # real Triton compile on CUDA: fp32, fp16, bf16; op-level 
     tests/test_kernels_compile.py >"$OUT/tests.log" 2>&1 || status=1
   echo "tests: $(tail -1 "$OUT/tests.log")"
   [ $status -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
+fi
+
+if wants report; then  # AOT prediction (no GPU needed) next to what the device's own compile used
+  $PY -m pcmci.cli kernels report --shapes all --out "$OUT" >/dev/null 2>"$OUT/kernels-report.log" || status=1
+  echo "kernels report (AOT, sm_80/89/90): $(tail -1 "$OUT/kernels-report.md")"
+  $PY bench/kernel_registers.py "$OUT/kernels-report.json" --shapes all >"$OUT/kernel-registers.md" \
+    2>"$OUT/kernel-registers.log" || status=1
+  echo "real compile on the device vs AOT prediction: $OUT/kernel-registers.md"
+  head -12 "$OUT/kernel-registers.md"
 fi
 
 if wants sanitizer; then

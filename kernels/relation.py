@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from torch.utils.flop_counter import register_flop_formula
 
-from ._common import acc_dtype, jit_shape, safe_lse, use_triton
+from ._common import Launch, acc_dtype, device_arch, jit_shape, safe_lse, signature, triton_type, use_triton
 
 
 # ----------------------------------------------------------------------------------------- reference (spec)
@@ -216,14 +216,44 @@ def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, 
              mask=(rn[:, None] < N) & (re[None, :] < e))
 
 
-def _config(q: Tensor, v: Tensor, mask: Tensor | None) -> dict[str, Any]:
-    """Block sizes (tl.dot needs >= 16) and dot precision shared by the three kernels."""
-    N = q.shape[2]
-    block = 16 if N <= 16 else 32 if N <= 32 else 64
-    fp32 = q.dtype == torch.float32
-    prec = "tf32" if fp32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
-    return dict(HAS_MASK=mask is not None, BM=block, BN=block, BD=max(16, triton.next_power_of_2(q.shape[3])),
-                BE=max(16, triton.next_power_of_2(v.shape[3])), PREC=prec, num_warps=4)
+# Dispatch table: (query block BM, key block BN, warps) of the forward, dq and dk/dv kernels, the same on sm_80,
+# sm_89 and sm_90, spill-free for head widths d, e <= 64 (``pcmci kernels report``). fp32 dots (full fp32 on CUDA
+# cores, or TF32) hold whole operand rows per thread: 16x16 tiles, 8 warps. 16-bit dots by N (16, 32, more).
+_FP32_BLOCKS = ((16, 16, 8),) * 3
+_HALF_BLOCKS = {16: _FP32_BLOCKS, 32: ((32, 32, 4),) * 3, 64: ((64, 64, 8), (64, 64, 8), (64, 32, 8))}
+
+
+def _blocks(N: int, dtype: torch.dtype) -> tuple[tuple[int, int, int], ...]:
+    """(BM, BN, num_warps) per kernel; ``tl.dot`` needs tiles of at least 16."""
+    if dtype.itemsize > 2:
+        return _FP32_BLOCKS
+    return _HALF_BLOCKS[16 if N <= 16 else 32 if N <= 32 else 64]
+
+
+def launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, arch: int, masked: bool = False, *,
+                   tf32: bool | None = None) -> list[Launch]:
+    """The launches of one forward and backward: ``[_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv]``.
+
+    ``arch`` is the compute capability (89 = RTX 4090); fp32 inputs multiply in TF32 when ``tf32`` (default:
+    ``torch.backends.cuda.matmul.allow_tf32``), else in full fp32 (``"ieee"``).
+    """
+    tf32 = torch.backends.cuda.matmul.allow_tf32 if tf32 is None else tf32
+    prec = "tf32" if tf32 and dtype == torch.float32 else "ieee"  # ignored by tl.dot for 16-bit inputs
+    ct = triton_type(dtype)
+    types = dict(M="*u8" if masked else f"*{ct}", N="i32", NB="i32", d="i32", e="i32", scale="fp32",
+                 **dict.fromkeys(("Q", "Kt", "V", "OUT", "DOUT", "DQ", "DK", "DV"), f"*{ct}"),
+                 **dict.fromkeys(("PRIOR", "LSE", "ROWDOT"), "*fp32"))
+    launches = []
+    for fn, (BM, BN, warps) in zip((_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv), _blocks(N, dtype)):
+        const = dict(HAS_MASK=masked, BM=BM, BN=BN, BD=max(16, triton.next_power_of_2(d)),
+                     BE=max(16, triton.next_power_of_2(e)), PREC=prec)
+        launches.append(Launch(fn, signature(fn, types, const), const, warps))
+    return launches
+
+
+def _launches(q: Tensor, v: Tensor, mask: Tensor | None) -> list[Launch]:
+    B, K, N, d = q.shape
+    return launch_configs(B, K, N, d, v.shape[3], q.dtype, device_arch(q), mask is not None)
 
 
 def _contig(*xs: Tensor) -> list[Tensor]:
@@ -237,9 +267,10 @@ def triton_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor 
     m = q if mask is None else mask.contiguous().view(torch.uint8)
     out = v.new_empty((B, N, v.shape[3]))
     lse = q.new_empty((B, K, N), dtype=torch.float32)
-    cfg = _config(q, v, mask)
-    wrap_triton(_relation_fwd)[(triton.cdiv(N, cfg["BM"]), B)](
-        q, k, v, prior, m, out, lse, N, K, d, v.shape[3], 1.0 / math.sqrt(d), **cfg)
+    fwd = _launches(q, v, mask)[0]
+    wrap_triton(fwd.fn)[(triton.cdiv(N, fwd.constexprs["BM"]), B)](
+        q, k, v, prior, m, out, lse, N, K, d, v.shape[3], 1.0 / math.sqrt(d), **fwd.constexprs,
+        num_warps=fwd.num_warps)
     return out, lse
 
 
@@ -252,12 +283,12 @@ def triton_backward(
     m = q if mask is None else mask.contiguous().view(torch.uint8)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     rowdot = torch.empty_like(lse)
-    cfg = _config(q, v, mask)
+    _, bwd_dq, bwd_dkdv = _launches(q, v, mask)
     args = (N, K, d, v.shape[3], 1.0 / math.sqrt(d))
-    wrap_triton(_relation_bwd_dq)[(triton.cdiv(N, cfg["BM"]), B * K)](
-        q, k, v, prior, m, dout, lse, dq, rowdot, *args, **cfg)
-    wrap_triton(_relation_bwd_dkdv)[(triton.cdiv(N, cfg["BN"]), B * K)](
-        q, k, v, prior, m, dout, lse, rowdot, dk, dv, *args, **cfg)
+    wrap_triton(bwd_dq.fn)[(triton.cdiv(N, bwd_dq.constexprs["BM"]), B * K)](
+        q, k, v, prior, m, dout, lse, dq, rowdot, *args, **bwd_dq.constexprs, num_warps=bwd_dq.num_warps)
+    wrap_triton(bwd_dkdv.fn)[(triton.cdiv(N, bwd_dkdv.constexprs["BN"]), B * K)](
+        q, k, v, prior, m, dout, lse, rowdot, dk, dv, *args, **bwd_dkdv.constexprs, num_warps=bwd_dkdv.num_warps)
     return dq, dk, dv, rowdot.sum((0, 2)).to(prior.dtype)
 
 

@@ -10,8 +10,9 @@ fp64 inputs on the reference path) whatever the input dtype. ``mask[B,R,S]`` (Tr
 padded entries ``K = -inf``: the plan is exactly 0 there and default marginals are uniform over valid rows/cols.
 
 Triton (CUDA): regime 1 holds one problem on chip and runs every iteration in one launch, one program per
-problem. Regime 2 (``R·S`` over ``ONCHIP_MAX``) streams cost tiles with an online log-sum-exp, also in one
-launch (one program per problem, phases separated by block barriers). The forward stores the log-normalisers
+problem. Regime 2 (padded ``R·S`` over ``ONCHIP_MAX``; the backward's limit is ``ONCHIP_BWD_MAX``) streams
+cost tiles with an online log-sum-exp, also in one launch (one program per problem, phases separated by block
+barriers). The forward stores the log-normalisers
 ``r, c`` of every iteration, ``O(iters·(R+S))`` per problem; the backward replays them in reverse and gives the
 exact gradient of the computed plan w.r.t. ``cost``, ``a`` and ``b`` (regime 2: one launch for the
 potential adjoints, one tile-parallel launch for the cost gradient).
@@ -35,10 +36,18 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from torch.utils.flop_counter import register_flop_formula
 
-from ._common import acc_dtype, jit_shape, safe_lse, use_triton
+from ._common import Launch, acc_dtype, device_arch, jit_shape, safe_lse, signature, triton_type, use_triton
 
-ONCHIP_MAX = 16384  # padded R·S (fp32 elements) that regime 1 keeps in registers
-STREAM_BLOCK = (64, 128)  # regime-2 tile (rows, cols)
+# Dispatch table, the same on sm_80 / sm_89 / sm_90 and for fp32 / bf16 / fp16 (``pcmci kernels report``: no
+# spills): regime 1 up to ONCHIP_MAX padded elements forward and ONCHIP_BWD_MAX backward (it holds about twice
+# the forward's tiles), else regime 2 on tiles of STREAM_TILE elements, at most STREAM_COLS wide.
+# ELEMS_PER_THREAD sets the warps (4 to 16) of the one-program-per-problem kernels; the tile-parallel cost
+# gradient runs STREAM_COST_WARPS (more programs, 16 elements per thread).
+ONCHIP_MAX = 8192
+ONCHIP_BWD_MAX = 4096
+STREAM_TILE, STREAM_COLS = 2048, 64
+ELEMS_PER_THREAD = 8
+STREAM_COST_WARPS = 4
 _NONFINITE = "log_sinkhorn: cost contains NaN or inf in unmasked entries"
 
 
@@ -364,13 +373,44 @@ def _bwd_stream_cost(G, C, M, LA, LB, RH, CH, DUH, DVH, DC, R, S, T, neg_inv_eps
              mask=(i[:, None] < R) & (j[None, :] < S))
 
 
-def _blocks(R: int, S: int, block: tuple[int, int] | None) -> tuple[bool, int, int, int]:
-    """(on-chip?, BR, BS, num_warps); ``block`` forces regime 2 with that tile (tests)."""
+def _warps(elements: int) -> int:
+    """Warps for a tile: ``ELEMS_PER_THREAD`` fp32 elements per thread, 4 to 16 warps."""
+    return min(16, max(4, elements // (32 * ELEMS_PER_THREAD)))
+
+
+def _blocks(R: int, S: int, backward: bool, block: tuple[int, int] | None) -> tuple[bool, int, int, int]:
+    """(on-chip?, BR, BS, num_warps) of one pass; ``block`` forces regime 2 with that tile (tests)."""
     BR, BS = triton.next_power_of_2(R), triton.next_power_of_2(S)
-    if block is None and BR * BS <= ONCHIP_MAX:
-        return True, BR, BS, 4 if BR * BS <= 4096 else 8
-    BR, BS = block or (min(STREAM_BLOCK[0], BR), min(STREAM_BLOCK[1], BS))
-    return False, BR, BS, 4
+    limit = min(ONCHIP_MAX, ONCHIP_BWD_MAX) if backward else ONCHIP_MAX
+    if block is None and BR * BS <= limit:
+        return True, BR, BS, _warps(BR * BS)
+    if block is not None:
+        return False, *block, 4
+    BS = min(BS, STREAM_COLS)
+    BR = min(BR, STREAM_TILE // BS)
+    return False, BR, BS, _warps(BR * BS)
+
+
+def launch_configs(B: int, R: int, S: int, dtype: torch.dtype, arch: int, masked: bool = False, *,
+                   block: tuple[int, int] | None = None) -> list[Launch]:
+    """The launches of one forward and backward at this shape: ``[forward, *backward]``.
+
+    Regime 1: ``[_fwd_onchip, _bwd_onchip]``; regime 2: ``[_fwd_stream, _bwd_stream_adjoints, _bwd_stream_cost]``.
+    ``arch`` is the compute capability (89 = RTX 4090); ``block`` forces regime 2 with that tile (tests).
+    """
+    ct = triton_type(dtype)
+    types = dict(C=f"*{ct}", M="*u8" if masked else f"*{ct}", P=f"*{ct}", G=f"*{ct}", DC=f"*{ct}",
+                 R="i32", S="i32", T="i32", neg_inv_eps="fp32",
+                 **dict.fromkeys(("LA", "LB", "RH", "CH", "DLA", "DLB", "DU0", "DUH", "DVH"), "*fp32"))
+    launches = []
+    for backward in (False, True):
+        onchip, BR, BS, warps = _blocks(R, S, backward, block)
+        const = dict(HAS_MASK=masked, BR=BR, BS=BS)
+        kernels = {(False, True): [(_fwd_onchip, warps)], (False, False): [(_fwd_stream, warps)],
+                   (True, True): [(_bwd_onchip, warps)],
+                   (True, False): [(_bwd_stream_adjoints, warps), (_bwd_stream_cost, STREAM_COST_WARPS)]}
+        launches += [Launch(fn, signature(fn, types, const), const, w) for fn, w in kernels[backward, onchip]]
+    return launches
 
 
 def _mask_arg(cost: Tensor, mask: Tensor | None) -> Tensor:
@@ -388,10 +428,9 @@ def triton_forward(
     plan = torch.empty_like(cost)
     rh = cost.new_empty((B, iters, R), dtype=torch.float32)
     ch = cost.new_empty((B, iters, S), dtype=torch.float32)
-    onchip, BR, BS, warps = _blocks(R, S, block)
-    kernel = _fwd_onchip if onchip else _fwd_stream
-    wrap_triton(kernel)[(B,)](cost, _mask_arg(cost, mask), la, lb, plan, rh, ch, R, S, iters, -1.0 / eps,
-                              HAS_MASK=mask is not None, BR=BR, BS=BS, num_warps=warps)
+    fwd = launch_configs(B, R, S, cost.dtype, device_arch(cost), mask is not None, block=block)[0]
+    wrap_triton(fwd.fn)[(B,)](cost, _mask_arg(cost, mask), la, lb, plan, rh, ch, R, S, iters, -1.0 / eps,
+                              **fwd.constexprs, num_warps=fwd.num_warps)
     return plan, rh, ch
 
 
@@ -406,19 +445,20 @@ def triton_backward(
     la, lb = la.float().contiguous(), lb.float().contiguous()
     m = _mask_arg(cost, mask)
     dcost = torch.empty_like(cost)
-    onchip, BR, BS, warps = _blocks(R, S, block)
-    if onchip:
+    _, *bwd = launch_configs(B, R, S, cost.dtype, device_arch(cost), mask is not None, block=block)
+    if len(bwd) == 1:
         dla, dlb = torch.empty_like(la), torch.empty_like(lb)
-        wrap_triton(_bwd_onchip)[(B,)](grad, cost, m, la, lb, rh, ch, dcost, dla, dlb, R, S, T, -1.0 / eps,
-                                       HAS_MASK=mask is not None, BR=BR, BS=BS, num_warps=warps)
+        wrap_triton(bwd[0].fn)[(B,)](grad, cost, m, la, lb, rh, ch, dcost, dla, dlb, R, S, T, -1.0 / eps,
+                                     **bwd[0].constexprs, num_warps=bwd[0].num_warps)
         return dcost, dla, dlb
+    adjoints, tiles = bwd
     du0 = torch.empty_like(la)
     duh, dvh = torch.empty_like(rh), torch.empty_like(ch)
-    wrap_triton(_bwd_stream_adjoints)[(B,)](grad, cost, m, la, lb, rh, ch, du0, duh, dvh, R, S, T, -1.0 / eps,
-                                            HAS_MASK=mask is not None, BR=BR, BS=BS, num_warps=warps)
-    grid = (triton.cdiv(R, BR) * triton.cdiv(S, BS), B)
-    wrap_triton(_bwd_stream_cost)[grid](grad, cost, m, la, lb, rh, ch, duh, dvh, dcost, R, S, T, -1.0 / eps,
-                                        HAS_MASK=mask is not None, BR=BR, BS=BS, num_warps=warps)
+    wrap_triton(adjoints.fn)[(B,)](grad, cost, m, la, lb, rh, ch, du0, duh, dvh, R, S, T, -1.0 / eps,
+                                   **adjoints.constexprs, num_warps=adjoints.num_warps)
+    grid = (triton.cdiv(R, tiles.constexprs["BR"]) * triton.cdiv(S, tiles.constexprs["BS"]), B)
+    wrap_triton(tiles.fn)[grid](grad, cost, m, la, lb, rh, ch, duh, dvh, dcost, R, S, T, -1.0 / eps,
+                                **tiles.constexprs, num_warps=tiles.num_warps)
     return dcost, duh.sum(1), dvh.sum(1)
 
 

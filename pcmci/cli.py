@@ -1,4 +1,4 @@
-"""Command line: ``pcmci demo|train|export|eval|predict|synth|profile|data|weights|convert``.
+"""Command line: ``pcmci demo|train|export|eval|predict|synth|profile|data|weights|convert|kernels``.
 
 Expected failures (bad config, missing or undecodable video, missing checkpoint) print one line
 ``pcmci: error: <cause>`` and exit 1; ``--debug`` shows the traceback instead.
@@ -118,13 +118,21 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="file to write (for model.timesformer.pretrained)")
 
 
+def _add_kernels(sub: argparse._SubParsersAction) -> None:
+    from .kernels.report import add_arguments
+
+    p = sub.add_parser("kernels", help="kernel tools: pcmci kernels report (AOT compile for sm_80/89/90, no GPU)")
+    tools = p.add_subparsers(dest="tool", required=True)
+    add_arguments(tools.add_parser("report", help="registers, spills, shared memory, occupancy, roofline per launch"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcmci", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_train, _add_export, _add_eval, _add_predict, _add_synth, _add_profile, _add_data,
-                _add_weights, _add_convert):
+                _add_weights, _add_convert, _add_kernels):
         add(sub)
     return parser
 
@@ -218,6 +226,10 @@ def _run(args: argparse.Namespace) -> int | None:
                           video_template=args.video_template, annotations=args.annotations)
         report = inspect_dataset(data, args.split, Path(args.grid) if args.grid else None, progress=progress)
         print(json.dumps(report) if args.json else render(report))
+    elif args.command == "kernels":
+        from .kernels.report import run as kernels_report
+
+        return kernels_report(args)
     elif args.command == "profile":
         import torch
 

@@ -7,7 +7,7 @@ pytest.importorskip("nvidia.dali")
 
 from pcmci.data.dali import DaliLoader  # noqa: E402
 from pcmci.data.datasets import ManifestDataset, read_manifest  # noqa: E402
-from pcmci.data.decode import decode_frames, probe  # noqa: E402
+from pcmci.data.decode import VideoDecodeError, decode_frames, probe  # noqa: E402
 from pcmci.data.synthetic import CODECS, encode_video, synthesize  # noqa: E402
 
 # DALI and PyAV convert YUV 4:2:0 to RGB with different chroma upsampling. Bounds on the mean absolute
@@ -85,3 +85,40 @@ def test_dali_loader_skips_bad_videos(tmp_path, sets):
     (batch,) = list(DaliLoader(dataset, batch_size=3, device="cpu"))
     assert batch["video"].shape == (2, 4, 3, 32, 32) and batch["index"].tolist() == [0, 2]
     assert len(batch["bad"]) == 1 and "gone.webm" in batch["bad"][0] and "file not found" in batch["bad"][0]
+
+
+def _mixed_manifest(tmp_path, sets):
+    """vp9, h264, vp9: the H.264 video probes fine but DALI's CPU decoder cannot open it inside ``pipe.run()``."""
+    rows = []
+    for codec, line in (("vp9", 1), ("h264", 1), ("vp9", 2)):
+        path, label = sets[codec].read_text().splitlines()[line].split(",")[:2]
+        rows.append(f"{sets[codec].parent / path},{label}")
+    (tmp_path / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return tmp_path / "m.csv", rows[1].split(",")[0]
+
+
+def test_dali_loader_finds_and_skips_a_video_failing_inside_the_pipeline(tmp_path, sets):
+    manifest, h264 = _mixed_manifest(tmp_path, sets)
+    dataset = ManifestDataset(manifest, None, frames=4, image_size=32, skip_bad=True)
+    (batch,) = list(DaliLoader(dataset, batch_size=3, device="cpu"))
+    assert batch["index"].tolist() == [0, 2] and batch["video"].shape == (2, 4, 3, 32, 32)
+    assert len(batch["bad"]) == 1 and h264 in batch["bad"][0] and "Failed to create video decoder" in batch["bad"][0]
+    reference = torch.stack([dataset[i]["video"] for i in (0, 2)])
+    assert (batch["video"] - reference).abs().mean() * 255 < MAD_BOUND
+    assert torch.equal(batch["label"], torch.stack([dataset[i]["label"] for i in (0, 2)]))
+
+    strict = ManifestDataset(manifest, None, frames=4, image_size=32)
+    with pytest.raises(VideoDecodeError, match="Failed to create video decoder") as err:
+        list(DaliLoader(strict, batch_size=3, device="cpu"))
+    assert h264 in str(err.value)
+
+
+def test_dali_loader_watchdog_covers_the_pipeline_run(tmp_path, sets):
+    manifest, _ = _mixed_manifest(tmp_path, sets)
+    strict = ManifestDataset(manifest, None, frames=4, image_size=32)
+    with pytest.raises(VideoDecodeError, match=r"timed out after 1e-06 s"):
+        list(DaliLoader(strict, batch_size=3, device="cpu", timeout=1e-6))
+    skipping = ManifestDataset(manifest, None, frames=4, image_size=32, skip_bad=True)
+    (batch,) = list(DaliLoader(skipping, batch_size=3, device="cpu", timeout=1e-6))
+    assert "video" not in batch and batch["index"].tolist() == [] and len(batch["bad"]) == 3
+    assert all("timed out" in entry for entry in batch["bad"])

@@ -2,6 +2,7 @@
 files and keys, the cross-check failure path, and the paper preset's parameter budget."""
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -87,6 +88,12 @@ def test_no_skipped_matmul_and_cross_checks_pass(tiny_report: tuple[dict[str, An
     assert rows["timesformer vs closed form"]["rel_diff"] == 0 and rows["clip_visual vs closed form"]["rel_diff"] == 0
     assert rows["timesformer vs FlopCounterMode/2"]["rel_diff"] == 0
     assert rows["clip_visual vs FlopCounterMode/2"]["rel_diff"] == 0
+    # the fused ops' handles against the independent count of their unrolled reference math
+    sinkhorn = rows["pcmci::log_sinkhorn vs its unrolled reference"]
+    relation = rows["pcmci::relation vs its unrolled reference"]
+    assert sinkhorn["rel_diff"] == relation["rel_diff"] == 0
+    assert sinkhorn["reference"] == (C + A) * 8 * (2 * 50 + 1)  # one exp per entry per half-iteration, plus the plan
+    assert relation["reference"] == 8 * (C + A) * ((C + A) * 16 + 8) + 8 * 8 * (8 * 16 + 8)  # ICI (N=L) + IVC (N=8)
 
 
 def test_report_files_and_keys(tiny_report: tuple[dict[str, Any], Path]) -> None:
@@ -122,6 +129,23 @@ def test_cross_check_failure_is_loud(tiny_report: tuple[dict[str, Any], Path], t
     with pytest.raises(RuntimeError, match="cross-check disagrees by more than 2%"):
         profiler.run_profile(preset("tiny"), profiler.ProfileOptions(), tmp_path)
     assert "**FAIL**" in (tmp_path / "profile.md").read_text()
+
+
+def test_inflated_fused_op_count_fails_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """Sinkhorn's fvcore handle and its FlopCounterMode formula both read ``_macs``: doubled, they still agree
+    with each other (and every stage row), but not with the count of the unrolled reference -> exit 1."""
+    sk = importlib.import_module("pcmci.kernels.sinkhorn")
+    macs = sk._macs
+    monkeypatch.setattr(sk, "_macs", lambda shape, iters: 2 * macs(shape, iters))
+    rc = main(["--quiet", "profile", "--preset", "tiny", "--device", "cpu", "--classes", str(C), "--actions", str(A),
+               "--warmup", "0", "--repeats", "1", "--no-train", "--out", str(tmp_path)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "pcmci::log_sinkhorn vs its unrolled reference: 100.00%" in err and "ich vs" not in err
+    report = json.loads((tmp_path / "profile.json").read_text())
+    assert [r["what"] for r in report["cross_check"]["rows"] if not r["ok"]] == [
+        "pcmci::log_sinkhorn vs its unrolled reference"]
 
 
 class _Ops(nn.Module):

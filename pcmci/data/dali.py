@@ -42,8 +42,11 @@ def _encoded(source: Source) -> np.ndarray:
 
 
 def _cause(err: Exception) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return "DALI: " + (lines[-1] if lines else type(err).__name__)
+    """The informative line of a DALI error: what the operator ``encountered``, not the trailing boilerplate."""
+    text = str(err).split("encountered:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith(("C++ context", "Current pipeline object"))]
+    return "DALI: " + (lines[0] if lines else type(err).__name__)
 
 
 def _pipeline(batch_size: int, device: str, size: int | None, threads: int, device_id: int | None) -> Any:
@@ -103,19 +106,24 @@ class DaliLoader:
 
     Shard ``rank`` of ``world`` sees positions ``rank::world`` of the epoch order (seeded shuffle when
     ``shuffle``); ``set_epoch`` selects both the order and the training offsets. Videos that fail to
-    probe are skipped and listed in ``bad`` when the dataset has ``skip_bad``, else raise.
+    probe, or that fail inside the pipeline (found by decoding a failed batch one video at a time), are skipped
+    and listed in ``bad`` when the dataset has ``skip_bad``, else raise. Every ``pipe.run()`` runs under the
+    decode watchdog (``timeout`` seconds, default the dataset's).
     """
 
     def __init__(self, dataset: ClipSource, batch_size: int, device: str = "gpu", shuffle: bool = False,
-                 rank: int = 0, world: int = 1, threads: int = 2) -> None:
+                 rank: int = 0, world: int = 1, threads: int = 2, timeout: float | None = None) -> None:
+        from pcmci.data.decode import DECODE_TIMEOUT
+
         _require()
         if dataset.views > 1:
             raise ValueError("DaliLoader decodes one view per video; use the PyTorch loader for multi-view tests")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.rank, self.world, self.epoch = rank, world, 0
+        self.timeout = getattr(dataset, "timeout", DECODE_TIMEOUT) if timeout is None else timeout
         self.device = torch.device("cuda", torch.cuda.current_device()) if device == "gpu" else torch.device("cpu")
-        device_id = self.device.index if device == "gpu" else None
-        self.pipe = _pipeline(batch_size, device, dataset.image_size, threads, device_id)
+        self._build = (batch_size, device, dataset.image_size, threads, self.device.index if device == "gpu" else None)
+        self.pipe = _pipeline(*self._build)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -148,15 +156,52 @@ class DaliLoader:
                 indices.append(np.asarray(plan.clips[0], dtype=np.int32))
             batch: dict[str, Any] = {"bad": bad, "index": torch.tensor(good, dtype=torch.int64)}
             if good:
-                self.pipe.feed_input("enc", encoded)
-                self.pipe.feed_input("idx", indices)
-                try:
-                    (out,) = self.pipe.run()
-                except RuntimeError as err:
-                    paths = ", ".join(str(self.dataset.records[i].path) for i in good)
-                    raise VideoDecodeError(paths, _cause(err)) from err
-                batch["video"] = _to_torch(out, self.device)
+                video, good, failed = self._decode(good, encoded, indices)
+                batch["bad"] += failed
+                batch["index"] = torch.tensor(good, dtype=torch.int64)
+            if good:
+                batch["video"] = video
                 targets = [self.dataset.targets(i) for i in good]
                 batch["label"] = torch.stack([label for label, _ in targets])
                 batch["steps"] = torch.stack([steps for _, steps in targets])
             yield batch
+
+    def _run(self, encoded: list[np.ndarray], indices: list[np.ndarray], what: str) -> torch.Tensor:
+        """One ``pipe.run()`` under the decode watchdog -> float [n,F,3,S,S]; a fresh pipeline after any failure
+        (a timed-out run still holds the old one)."""
+        from pcmci.data.decode import with_timeout
+
+        def run() -> torch.Tensor:
+            self.pipe.feed_input("enc", encoded)
+            self.pipe.feed_input("idx", indices)
+            try:
+                (out,) = self.pipe.run()
+            except RuntimeError as err:
+                raise VideoDecodeError(what, _cause(err)) from err
+            return _to_torch(out, self.device)
+
+        try:
+            return with_timeout(self.timeout, what, run)
+        except VideoDecodeError:
+            self.pipe = _pipeline(*self._build)
+            raise
+
+    def _decode(self, good: list[int], encoded: list[np.ndarray],
+                indices: list[np.ndarray]) -> tuple[torch.Tensor | None, list[int], list[str]]:
+        """(video, decoded indices, bad entries) of one batch. When the batch fails inside the pipeline and the
+        dataset has ``skip_bad``, its videos are decoded one by one to find the bad ones, which are skipped and
+        listed (``path: cause``); without ``skip_bad`` the batch's error is raised, naming its videos."""
+        paths = [str(self.dataset.records[i].path) for i in good]
+        try:
+            return self._run(encoded, indices, ", ".join(paths)), good, []
+        except VideoDecodeError:
+            if not self.dataset.skip_bad:
+                raise
+        videos, kept, bad = [], [], []
+        for index, enc, idx, path in zip(good, encoded, indices, paths):
+            try:
+                videos.append(self._run([enc], [idx], path))
+                kept.append(index)
+            except VideoDecodeError as err:
+                bad.append(str(err))
+        return (torch.cat(videos) if videos else None), kept, bad

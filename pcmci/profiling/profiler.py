@@ -20,6 +20,7 @@ from ..config import Config, to_dict
 from ..model import PCMCI, build_model
 from . import analytic
 from .flops import FvcoreCount, fvcore_count, torch_count
+from .opcount import OpRecorder
 from .paper import budget_check, comparison
 from .report import write_report
 from .timing import measure_inference, measure_train_step
@@ -117,13 +118,15 @@ def _row(what: str, kind: str, measured: float, reference: float) -> dict[str, A
 
 
 def cross_check(model: PCMCI, frames: torch.Tensor, count: FvcoreCount) -> dict[str, Any]:
-    """fvcore vs ``FlopCounterMode`` (total and per stage, without the norms torch does not count) and vs the
-    closed-form counts of the TimeSformer and the CLIP image tower.
+    """fvcore vs ``FlopCounterMode`` (total and per stage, without the norms torch does not count), vs the
+    closed-form counts of the TimeSformer and the CLIP image tower, and each fused op's handle vs an independent
+    count of its unrolled reference math (``opcount``).
 
     ``ok`` requires every row within ``TOLERANCE``. (``FlopCounterMode`` runs eagerly and would also count ops
     whose results are never used, which the JIT trace drops: a stage row that disagrees points at dead compute.)
     """
-    torch_macs = torch_count(model, (frames,))
+    with OpRecorder() as recorder:
+        torch_macs = torch_count(model, (frames,))
     no_norm = count.torch_comparable_by_module
     rows = [_row("total vs FlopCounterMode/2 (norms excluded)", "total", count.torch_comparable, torch_macs[""])]
     rows += [_row(f"{s} vs FlopCounterMode/2", "stage", no_norm.get(p, 0), torch_macs.get(p, 0))
@@ -135,6 +138,8 @@ def cross_check(model: PCMCI, frames: torch.Tensor, count: FvcoreCount) -> dict[
     video_macs = analytic.timesformer_macs(model.cfg.timesformer, model.clip.embed_dim, clips)
     rows.append(_row("timesformer vs closed form", "closed form", _module_flops(count, "video"), video_macs))
     rows.append(_row("clip_visual vs closed form", "closed form", _module_flops(count, "clip.model.visual"), clip_macs))
+    rows += [_row(f"pcmci::{op} vs its unrolled reference", "op", count.by_operator.get(op, 0), macs)
+             for op, macs in sorted(recorder.counts().items())]
     return {"tolerance": TOLERANCE, "ok": all(r["ok"] for r in rows), "rows": rows}
 
 

@@ -1,0 +1,121 @@
+"""Triton inside the whole model (interpreter on CPU): the tiny model with ``PCMCI_KERNELS=triton`` equals the
+reference path in its outputs and in every parameter's gradient; the streamed Sinkhorn regime through the op's
+own switch; half-precision gradients against the fp32 reference."""
+from __future__ import annotations
+
+import importlib
+import os
+from collections import Counter
+
+import pytest
+import torch
+
+from pcmci.config import preset
+from pcmci.kernels import log_sinkhorn, log_sinkhorn_reference
+from pcmci.model import build_model
+
+sk = importlib.import_module("pcmci.kernels.sinkhorn")
+rel = importlib.import_module("pcmci.kernels.relation")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or TRITON_INTERPRET=1",
+)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, calls: Counter) -> None:
+    """Count the Triton launchers the ops reach."""
+    for module, name in ((sk, "sinkhorn"), (rel, "relation")):
+        for direction in ("forward", "backward"):
+            launcher = getattr(module, f"triton_{direction}")
+
+            def counted(*args, _launcher=launcher, _key=f"{name} {direction}", **kwargs):
+                calls[_key] += 1
+                return _launcher(*args, **kwargs)
+
+            monkeypatch.setattr(module, f"triton_{direction}", counted)
+
+
+def _outputs_and_grads(model: torch.nn.Module, frames: torch.Tensor) -> tuple[dict, dict]:
+    out = model(frames)
+    tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    loss = sum(v.float().square().mean() for v in tensors.values())
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return ({k: v.detach() for k, v in tensors.items()},
+            {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params.items(), grads)})
+
+
+def test_tiny_model_triton_path_equals_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = build_model(preset("tiny").model, ["make cereal", "make tea", "fry egg"], ["pour", "stir", "crack"])
+    model.build_dictionaries([torch.rand(4, 8, 3, 64, 64) for _ in range(2)])
+    model = model.to(DEVICE).eval()  # eval: no dropout, the same computation on both paths
+    frames = torch.rand(2, 8, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    calls: Counter = Counter()
+    _spy(monkeypatch, calls)
+    monkeypatch.setenv("PCMCI_KERNELS", "reference")
+    ref_out, ref_grads = _outputs_and_grads(model, frames)
+    assert not calls
+    monkeypatch.setenv("PCMCI_KERNELS", "triton")
+    out, grads = _outputs_and_grads(model, frames)
+    assert calls["sinkhorn forward"] >= 1 and calls["sinkhorn backward"] >= 1
+    assert calls["relation forward"] >= 1 and calls["relation backward"] >= 1
+    assert out.keys() == ref_out.keys() and "logits" in out
+    for key in out:
+        torch.testing.assert_close(out[key], ref_out[key], atol=1e-5, rtol=1e-4, msg=lambda m, k=key: f"{k}: {m}")
+    assert grads.keys() == ref_grads.keys()
+    nonzero = [n for n, g in ref_grads.items() if g.abs().sum() > 0]
+    assert len(nonzero) > len(grads) // 2
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-3,
+                                   msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+def test_streamed_regime_through_the_op_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ONCHIP_MAX`` below the problem: the registered op and its autograd run the streamed kernels; both
+    normaliser histories, the plan and the cost gradient equal the reference replay."""
+    monkeypatch.setenv("PCMCI_KERNELS", "triton")
+    monkeypatch.setattr(sk, "ONCHIP_MAX", 16)
+    launched: list[str] = []
+    configs = sk.launch_configs
+    monkeypatch.setattr(sk, "launch_configs", lambda *a, **k: launched.extend(
+        x.fn.__name__ for x in configs(*a, **k)) or configs(*a, **k))
+    g = torch.Generator().manual_seed(2)
+    cost = (torch.rand(2, 9, 21, generator=g) * 2).to(DEVICE).requires_grad_()
+    la, lb = sk._log_marginals(cost, None, None, None)
+    plan, rh, ch = torch.ops.pcmci.log_sinkhorn(cost, la, lb, 0.25, 6, None)
+    assert "_fwd_stream" in launched and "_fwd_onchip" not in launched
+    ref_plan, ref_rh, ref_ch = sk._torch_forward(sk._scaled_cost(cost.detach(), 0.25, None, torch.float32), la, lb, 6)
+    assert rh.shape == (2, 6, 9) and ch.shape == (2, 6, 21)
+    torch.testing.assert_close(rh, ref_rh, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ch, ref_ch, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plan, ref_plan, atol=1e-6, rtol=1e-5)
+    weights = torch.randn(2, 9, 21, generator=g).to(DEVICE)
+    (grad,) = torch.autograd.grad((plan * weights).sum(), cost)
+    assert "_bwd_stream_cost" in launched
+    cost_ref = cost.detach().clone().requires_grad_()
+    (grad_ref,) = torch.autograd.grad((log_sinkhorn_reference(cost_ref, 0.25, 6) * weights).sum(), cost_ref)
+    torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-4)
+
+
+HALF = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])  # numpy (the interpreter) has no bf16
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_gradients_against_fp32_reference(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    """Half-precision cost in, fp32 accumulation inside: the plan and the cost gradient stay within 2e-3 absolute
+    (plus 2e-2 relative) of the fp32 reference on the same (rounded) cost."""
+    monkeypatch.setenv("PCMCI_KERNELS", "triton")
+    g = torch.Generator().manual_seed(4)
+    cost = (torch.rand(3, 7, 12, generator=g) * 2).to(DEVICE, dtype).requires_grad_()
+    weights = torch.randn(3, 7, 12, generator=g).to(DEVICE)
+    plan = log_sinkhorn(cost, 0.3, 10)
+    (grad,) = torch.autograd.grad((plan.float() * weights).sum(), cost)
+    assert plan.dtype == grad.dtype == dtype
+    ref_cost = cost.detach().float().requires_grad_()
+    ref_plan = log_sinkhorn_reference(ref_cost, 0.3, 10)
+    (ref_grad,) = torch.autograd.grad((ref_plan * weights).sum(), ref_cost)
+    torch.testing.assert_close(plan.float(), ref_plan, atol=2e-3, rtol=2e-2)
+    scale = ref_grad.abs().max()
+    torch.testing.assert_close(grad.float() / scale, ref_grad / scale, atol=2e-3, rtol=2e-2)
