@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pcmci.data.records import ClipSource, Source, VideoDecodeError, VideoInfo
+from pcmci.data.watchdog import DECODE_TIMEOUT, with_timeout
 
 
 def available() -> bool:
@@ -113,8 +114,6 @@ class DaliLoader:
 
     def __init__(self, dataset: ClipSource, batch_size: int, device: str = "gpu", shuffle: bool = False,
                  rank: int = 0, world: int = 1, threads: int = 2, timeout: float | None = None) -> None:
-        from pcmci.data.decode import DECODE_TIMEOUT
-
         _require()
         if dataset.views > 1:
             raise ValueError("DaliLoader decodes one view per video; use the PyTorch loader for multi-view tests")
@@ -169,8 +168,6 @@ class DaliLoader:
     def _run(self, encoded: list[np.ndarray], indices: list[np.ndarray], what: str) -> torch.Tensor:
         """One ``pipe.run()`` under the decode watchdog -> float [n,F,3,S,S]; a fresh pipeline after any failure
         (a timed-out run still holds the old one)."""
-        from pcmci.data.decode import with_timeout
-
         def run() -> torch.Tensor:
             self.pipe.feed_input("enc", encoded)
             self.pipe.feed_input("idx", indices)

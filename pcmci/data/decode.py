@@ -14,12 +14,11 @@ import io
 import logging
 import math
 import os
-import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -28,18 +27,17 @@ import torch
 from pcmci.data.records import Source, VideoDecodeError, VideoInfo
 from pcmci.data.records import source_name as _name
 from pcmci.data.sampling import segment_indices
+from pcmci.data.watchdog import DECODE_TIMEOUT, with_timeout
 
 log = logging.getLogger(__name__)
 
 DECODE_THREADS = 2  # per open video at most; fewer when DataLoader workers already fill the cores
 THREADED_MIN_PIXELS = 128 * 128  # smaller frames decode faster on one thread (threading overhead)
 SEEK_GAP = 16  # decode forward instead of seeking when the next wanted frame is at most this far ahead
-DECODE_TIMEOUT = 60.0  # seconds; 0 disables the watchdog
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})  # what DALI 2.4 decodes without a GPU
 
 
 DecodeFn = Callable[[Source, Sequence[int], VideoInfo], np.ndarray]
-T = TypeVar("T")
 
 
 def _open(source: Source) -> av.container.InputContainer:
@@ -243,28 +241,6 @@ def choose_backend(requested: str, codec: str) -> str:
         why = "" if chosen == requested else f" (DALI-CPU cannot decode {codec})" if requested == "dali" else ""
         log.info("data: backend=%s decodes %s videos with %s%s", requested, codec, chosen, why)
     return chosen
-
-
-def with_timeout(timeout: float, source: Source, fn: Callable[[], T]) -> T:
-    """``fn()`` in a watchdog thread; ``VideoDecodeError`` if it has not returned after ``timeout`` s."""
-    if not timeout:
-        return fn()
-    result: dict[str, T | BaseException] = {}
-
-    def run() -> None:
-        try:
-            result["value"] = fn()
-        except BaseException as err:  # re-raised in the caller's thread
-            result["error"] = err
-
-    thread = threading.Thread(target=run, name="pcmci-decode", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise VideoDecodeError(source, f"decode timed out after {timeout:g} s")
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def decode_frames(
