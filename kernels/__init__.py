@@ -3,7 +3,9 @@
 Each op lives in one file beside its pure-PyTorch reference (the spec) and is registered as a
 ``torch.library.triton_op`` (``pcmci::log_sinkhorn``, ``pcmci::relation``): Triton on CUDA, the reference on
 CPU, ``PCMCI_KERNELS=reference|triton`` forces one. ``FVCORE_HANDLES`` maps op names to fvcore handles
-(one multiply-add = one FLOP) for ``FlopCountAnalysis.set_op_handle(**FVCORE_HANDLES)``.
+(one multiply-add = one FLOP) for ``FlopCountAnalysis.set_op_handle(**FVCORE_HANDLES)``. Each op's
+``launch_configs`` is the one source of its Triton launch configurations, for its launcher and for
+``pcmci kernels report`` (``aot.py``, ``report.py``, ``roofline.py``: the ahead-of-time check without a GPU).
 """
 from . import relation as _relation
 from . import sinkhorn as _sinkhorn

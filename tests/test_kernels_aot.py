@@ -13,7 +13,7 @@ from pcmci.cli import main
 from pcmci.config import preset
 from pcmci.data.formats import BREAKFAST_ACTIONS, BREAKFAST_ACTIVITIES
 from pcmci.kernels import aot, report
-from pcmci.kernels._common import ARCHS
+from pcmci.kernels._common import ARCHS, triton_type
 
 sk = importlib.import_module("pcmci.kernels.sinkhorn")
 rel = importlib.import_module("pcmci.kernels.relation")
@@ -97,13 +97,9 @@ def test_launch_configs_cover_every_launch(dtype: torch.dtype) -> None:
     assert onchip[0].constexprs["BR"] >= 58 and onchip[0].constexprs["BS"] >= 8
     streamed = sk.launch_configs(8, 200, 2048, dtype, 89, masked=True)
     assert [x.fn for x in streamed] == [sk._fwd_stream, sk._bwd_stream_adjoints, sk._bwd_stream_cost]
-    assert streamed[0].signature["M"] == "*u8" and streamed[0].signature["C"] == "*" + aot_type(dtype)
+    assert streamed[0].signature["M"] == "*u8" and streamed[0].signature["C"] == "*" + triton_type(dtype)
     for launch in [*onchip, *streamed, *rel.launch_configs(8, 8, 958, 64, 64, dtype, 90)]:
         assert list(launch.signature) == launch.fn.arg_names
         assert {k for k, v in launch.signature.items() if v == "constexpr"} == set(launch.constexprs)
     with pytest.raises(ValueError, match="no Triton kernel"):
         sk.launch_configs(1, 4, 4, torch.int32, 89)
-
-
-def aot_type(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
