@@ -6,16 +6,19 @@ uninterrupted single-process run of twice the batch, step by step and in its fin
 """
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import tiny_run_overrides
 from engine_runs import assert_same_run, kill_at_first_step_of_epoch, pcmci_command, run_pcmci, step_losses
 
 from pcmci.engine import distributed
 from pcmci.engine.checkpoint import load_checkpoint
+from pcmci.engine.evaluate import evaluate
 
 
 def test_two_gloo_processes_killed_and_resumed_equal_one_process_of_twice_the_batch(
@@ -32,6 +35,15 @@ def test_two_gloo_processes_killed_and_resumed_equal_one_process_of_twice_the_ba
     run_pcmci("train", "tiny", *overrides, "--resume", "--nproc", "2")
     assert len(step_losses(tmp_path)) == 8
     assert_same_run(tmp_path, tiny_run, atol=1e-5)
+
+    # eval under torchrun: each rank scores its shard, rank 0 writes the gathered metrics
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    run_pcmci("eval", checkpoint, "--splits", "test_ood", "--out", str(tmp_path / "eval2"), nproc=2)
+    gathered = json.loads((tmp_path / "eval2" / "eval_test_ood.json").read_text())
+    single = evaluate(checkpoint, ["test_ood"], tmp_path / "eval1", progress=False)["test_ood"]
+    assert gathered["videos"] == single["videos"] == 6
+    assert gathered["confusion"] == single["confusion"]
+    assert gathered["map"] == pytest.approx(single["map"], abs=1e-6)
 
 
 def test_gather_by_index_merges_shards_in_dataset_order() -> None:
