@@ -179,6 +179,8 @@ def _run(args: argparse.Namespace) -> int | None:
         from .engine.evaluate import evaluate, per_class_markdown
 
         results = evaluate(args.checkpoint, args.splits, args.out, args.manifest, args.device, progress=progress)
+        if int(os.environ.get("RANK", "0")) > 0:  # under torchrun every rank holds the gathered results
+            return 0
         if args.json:
             print(json.dumps({s: {k: m[k] for k in ("videos", "acc", "top5", "map")} for s, m in results.items()}))
         else:
