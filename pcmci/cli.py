@@ -1,4 +1,4 @@
-"""Command line: ``pcmci demo|train|export|eval|predict|synth|profile|data|weights|convert|kernels``.
+"""Command line: ``pcmci demo|train|ablate|diagnose|export|eval|predict|synth|profile|data|weights|convert|kernels``.
 
 Expected failures (bad config, missing or undecodable video, missing checkpoint) print one line
 ``pcmci: error: <cause>`` and exit 1; ``--debug`` shows the traceback instead.
@@ -39,6 +39,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="checkpoint -> DIR/model.safetensors + config.json + labels.json")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="output folder (PCMCI.from_pretrained(DIR) loads it)")
+
+
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablate", help="train + evaluate the paper's stage variants over seeds: table, JSON, bar chart")
+    p.add_argument("config", help="preset name or YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides shared by every variant")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
+    p.add_argument("--variants", nargs="+", help="subset of: baseline ich ici ivc ich+ici ich+ivc ici+ivc full reversed")
+    p.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
+    p.add_argument("--device", default="auto")
+
+
+def _add_diagnose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("diagnose", help="static-bias probes, counterfactual flip rate, stage heatmaps of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", help="split to probe (default: the config's last eval split)")
+    p.add_argument("--video", help="also draw the ICH / ICI / IVC maps for this video")
+    p.add_argument("--limit", type=int, default=200, help="at most this many videos (default: 200)")
+    p.add_argument("--out", help="output folder (default: CHECKPOINT_DIR/diagnose)")
+    p.add_argument("--device", default="auto")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -131,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_export, _add_eval, _add_predict, _add_synth, _add_profile, _add_data,
+    for add in (_add_demo, _add_train, _add_ablate, _add_diagnose, _add_export, _add_eval, _add_predict, _add_synth, _add_profile, _add_data,
                 _add_weights, _add_convert, _add_kernels):
         add(sub)
     return parser
@@ -171,6 +191,19 @@ def _run(args: argparse.Namespace) -> int | None:
         checkpoint = train(cfg, resume=args.resume)
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"checkpoint: {checkpoint}")
+    elif args.command == "ablate":
+        from .ablate import run_ablation
+
+        run_ablation(args.config, args.overrides, args.seeds, args.out, args.variants, args.device, progress)
+        print((Path(args.out) / "ablation.md").read_text())
+        print(f"report: {args.out}/ablation.md, {args.out}/ablation.json, {args.out}/ablation_acc.png")
+    elif args.command == "diagnose":
+        from .diagnose import diagnose
+
+        report = diagnose(args.checkpoint, args.split, args.video, args.out, args.limit, args.device, progress)
+        out = Path(args.out) if args.out else Path(args.checkpoint).parent / "diagnose"
+        print((out / "diagnose.md").read_text())
+        print(f"report: {out}/diagnose.md, {out}/diagnose.json ({report['videos']} videos)")
     elif args.command == "export":
         from .engine.export import export_checkpoint
 

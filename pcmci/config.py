@@ -49,10 +49,15 @@ class TimeSformerConfig:
 
 @dataclass
 class ICHConfig:
+    """OT-augmented backdoor on the texts. ``eps`` is both the Sinkhorn regularisation and the softmax temperature
+    of the over-alignment proxy; ``adjust="prior"`` removes the clip's hallucinated component and adds the prior
+    expectation over the strata, ``"posterior"`` is the pre-fix variant that feeds the clip's proxy forward."""
+
     eps: float = 0.1
     iters: int = 50
     ot_grad: bool = True
     proxy: str = "overalign"
+    adjust: str = "prior"
     dictionary: str = "kmeans"
     dict_size: int = 256
 
@@ -66,7 +71,13 @@ class ICIConfig:
 
 @dataclass
 class IVCConfig:
+    """Front-door on the video. ``static`` removes what persists over the clip's tokens (its temporal mean, the
+    carrier of background / clothing / habits) before the relation encoder; ``mediator_only`` lets the clip reach
+    the head only through P(m|V) (``false`` is the pre-fix residual variant ``LN(V' + W_f[M^; V^])``)."""
+
     bases: int = 8
+    static: bool = True
+    mediator_only: bool = True
     dictionary: str = "kmeans"
     dict_size: int = 512
     align_weight: float = 0.0
@@ -81,6 +92,15 @@ class HeadConfig:
 
 
 @dataclass
+class DictionaryConfig:
+    """k-means confounder dictionaries: fitted on ``clips`` training clips drawn at random (seeded) from the whole
+    training split, refitted after the warm-up and then every ``refit_every`` epochs (0 = never refit)."""
+
+    clips: int = 64
+    refit_every: int = 10
+
+
+@dataclass
 class ModelConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     timesformer: TimeSformerConfig = field(default_factory=TimeSformerConfig)
@@ -89,6 +109,8 @@ class ModelConfig:
     ici: ICIConfig = field(default_factory=ICIConfig)
     ivc: IVCConfig = field(default_factory=IVCConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    dictionaries: DictionaryConfig = field(default_factory=DictionaryConfig)
+    learn_text: bool = False
     multilabel: bool = False
     allow_random_init: bool = True  # false: `pcmci train` stops when a tower's pretrained weights are missing
 
@@ -110,7 +132,6 @@ class DataConfig:
     image_size: int = 64
     backend: str = "pyav"
     num_workers: int = 0
-    dictionary_batches: int = 4
     test_views: int = 1  # clips per test video (temporal clips x spatial crops), scores averaged
     test_crops: int = 1  # spatial crops per temporal clip; temporal clips = test_views // test_crops
     skip_bad_videos: bool = False  # skip (count, list at epoch end) videos that fail to decode, instead of stopping
@@ -271,6 +292,7 @@ def validate(cfg: Config) -> Config:
     choices = {
         "model.ich.proxy": (cfg.model.ich.proxy, ("overalign", "plan", "similarity")),
         "model.ich.dictionary": (cfg.model.ich.dictionary, ("kmeans", "learned")),
+        "model.ich.adjust": (cfg.model.ich.adjust, ("prior", "posterior")),
         "model.ivc.dictionary": (cfg.model.ivc.dictionary, ("kmeans", "learned")),
         "optim.name": (cfg.optim.name, ("adamw", "adam")),
         "data.backend": (cfg.data.backend, ("auto", "pyav", "dali")),

@@ -25,7 +25,7 @@ def test_train_skips_and_lists_bad_videos_then_eval_averages_views(tmp_path, syn
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     cfg = load_config("tiny", [f"data.manifest={root / 'manifest.csv'}", f"run.out_dir={tmp_path / 'run'}",
                                "optim.epochs=1", "optim.batch_size=4", "run.progress=false",
-                               "data.dictionary_batches=1", "data.skip_bad_videos=true", "data.eval_splits=[test_id]"])
+                               "model.dictionaries.clips=6", "data.skip_bad_videos=true", "data.eval_splits=[test_id]"])
     caplog.set_level(logging.WARNING)
     checkpoint = train(cfg)
     summary = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()][-1]

@@ -20,7 +20,7 @@ from pcmci.engine.plots import read_metrics
 
 def tiny_cfg(manifest: Path, out: Path, *overrides: str):
     return load_config("tiny", [f"data.manifest={manifest}", f"run.out_dir={out}", "optim.epochs=2",
-                                "optim.batch_size=6", "run.progress=false", "data.dictionary_batches=2", *overrides])
+                                "optim.batch_size=6", "run.progress=false", "model.dictionaries.clips=12", *overrides])
 
 
 def test_average_precision_equals_sklearn() -> None:

@@ -58,32 +58,68 @@ def fit_dictionary(stage: torch.nn.Module, dim: int, size: int) -> None:
     stage.dictionary.fit(torch.randn(4 * size, dim))
 
 
+def ich_direct(ich: ICH, t: np.ndarray, vp: np.ndarray) -> np.ndarray:
+    """ICH on one clip ``t[L,D]``, ``vp[F,D]`` in float64 loops (POT for the plan)."""
+    l, f, eps = t.shape[0], vp.shape[0], ich.cfg.eps
+    tn = t / np.linalg.norm(t, axis=1, keepdims=True)
+    vn = vp / np.linalg.norm(vp, axis=1, keepdims=True)
+    s = tn @ vn.T
+    q = ot.sinkhorn(np.full(l, 1 / l), np.full(f, 1 / f), 1 - s, eps, method="sinkhorn_log",
+                    numItermax=ich.cfg.iters, stopThr=0)
+    if ich.cfg.proxy == "similarity":
+        weights = s
+    elif ich.cfg.proxy == "plan":
+        weights = l * q
+    else:
+        over = np.maximum(softmax(s / eps) - l * q, 0)
+        weights = over / np.maximum(over.sum(1, keepdims=True), 1e-6)
+    h = weights @ vp
+    z, prior = np_(ich.dictionary.atoms), np_(ich.dictionary.prior)
+    if ich.cfg.adjust == "posterior":
+        h_hat = nwgm(linear(t + linear(h, ich.w_h), ich.w_q), linear(z, ich.w_k), linear(z, ich.w_h), prior)
+        return layer_norm(t + linear(np.concatenate([t, h_hat], 1), ich.w_o), ich.norm)
+    out = np.zeros_like(t)
+    h_prior = nwgm(linear(t, ich.w_q), linear(z, ich.w_k), linear(z, ich.w_h), prior)
+    for j in range(l):
+        u = h[j] / np.linalg.norm(h[j])
+        out[j] = t[j] - (t[j] @ u) * u + linear(h_prior[j : j + 1], ich.w_o)[0]
+    return layer_norm(out, ich.norm)
+
+
 @pytest.mark.filterwarnings("ignore:Sinkhorn did not converge")
-@pytest.mark.parametrize("proxy", ["overalign", "plan", "similarity"])
-def test_ich_matches_equation(proxy: str) -> None:
-    b, l, f, d, tau = 2, 5, 4, 16, 0.07
-    ich = ICH(ICHConfig(dict_size=6, proxy=proxy, iters=200, eps=0.1), d, tau).double()
+@pytest.mark.parametrize("proxy,adjust", [("overalign", "prior"), ("plan", "prior"), ("similarity", "prior"),
+                                          ("overalign", "posterior")])
+def test_ich_matches_equation(proxy: str, adjust: str) -> None:
+    b, l, f, d = 2, 5, 4, 16
+    ich = ICH(ICHConfig(dict_size=6, proxy=proxy, adjust=adjust, iters=200, eps=0.1), d).double()
     fit_dictionary(ich, d, 6)
     t, vp = torch.randn(b, l, d, dtype=torch.float64), torch.randn(b, f, d, dtype=torch.float64)
     got = np_(ich(t, vp))
-    z, prior = np_(ich.dictionary.atoms), np_(ich.dictionary.prior)
     for i in range(b):
-        tn = np_(t[i]) / np.linalg.norm(np_(t[i]), axis=1, keepdims=True)
-        vn = np_(vp[i]) / np.linalg.norm(np_(vp[i]), axis=1, keepdims=True)
-        s = tn @ vn.T
-        q = ot.sinkhorn(np.full(l, 1 / l), np.full(f, 1 / f), 1 - s, 0.1, method="sinkhorn_log",
-                        numItermax=200, stopThr=0)
-        if proxy == "similarity":
-            weights = s
-        elif proxy == "plan":
-            weights = l * q
-        else:
-            over = np.maximum(softmax(s / tau) - l * q, 0)
-            weights = over / np.maximum(over.sum(1, keepdims=True), 1e-6)
-        h = linear(weights @ np_(vp[i]), ich.w_h)
-        h_hat = nwgm(linear(np_(t[i]) + h, ich.w_q), linear(z, ich.w_k), linear(z, ich.w_h), prior)
-        want = layer_norm(np_(t[i]) + linear(np.concatenate([np_(t[i]), h_hat], 1), ich.w_o), ich.norm)
-        np.testing.assert_allclose(got[i], want, atol=1e-6)
+        np.testing.assert_allclose(got[i], ich_direct(ich, np_(t[i]), np_(vp[i])), atol=1e-6)
+
+
+def test_ich_removes_the_clips_hallucinated_direction() -> None:
+    """With the prior adjustment the cleaned text has no component along the clip's proxy direction, and the
+    prior term does not depend on the clip: two clips differ in T' only through what was removed."""
+    d = 16
+    ich = ICH(ICHConfig(dict_size=4), d).double()
+    fit_dictionary(ich, d, 4)
+    t = torch.randn(1, 3, d, dtype=torch.float64)
+    vp = torch.randn(1, 4, d, dtype=torch.float64)
+    u = torch.nn.functional.normalize(ich.proxy(t, vp), dim=-1)
+    with torch.no_grad():
+        ich.w_o.weight.zero_()
+        ich.w_o.bias.zero_()
+        ich.norm.weight.fill_(1.0)
+        ich.norm.bias.zero_()
+    cleaned = ich(t, vp)
+    # LN only shifts and scales; the mean-free part of the output is orthogonal to the proxy's mean-free direction
+    centred_u = u - u.mean(-1, keepdim=True)
+    raw = t - (t * u).sum(-1, keepdim=True) * u
+    np.testing.assert_allclose(np_((raw * u).sum(-1)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(np_(cleaned), np_(torch.nn.functional.layer_norm(raw, (d,))), atol=1e-6)
+    assert centred_u.abs().sum() > 0
 
 
 def relation_layer_direct(x: np.ndarray, layer: torch.nn.Module) -> np.ndarray:
@@ -114,46 +150,69 @@ def test_ici_matches_equation() -> None:
         np.testing.assert_allclose(got[i], want, atol=1e-6)
 
 
-def test_ivc_matches_equation() -> None:
+def ivc_direct(ivc: IVC, x: np.ndarray, mm: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """IVC on one clip ``x[N,D]`` with mediator ``mm[L,D]`` in float64 loops -> (V*, per-base alignment terms)."""
+    n, d = x.shape
+    kb = ivc.cfg.bases
+    dk = d // kb
+    if ivc.cfg.static:
+        x = x - x.mean(0, keepdims=True)
+    v1 = relation_layer_direct(x, ivc.video_relation)
+    qv, kv = linear(x, ivc.video_relation.u), linear(x, ivc.video_relation.u_prime)
+    pm = softmax(np_(ivc.m_omega))
+    qm, km, vv = linear(mm, ivc.m_u), linear(mm, ivc.m_u_prime), linear(v1, ivc.v_w)
+    pi = softmax(v1 @ mm.T / math.sqrt(d))
+    r, aligns = np.zeros((n, dk)), []
+    for j in range(kb):
+        sl = slice(j * dk, (j + 1) * dk)
+        g = pi @ softmax(qm[:, sl] @ km[:, sl].T / math.sqrt(dk)) @ pi.T
+        g = g / g.sum(1, keepdims=True)
+        r += pm[j] * g @ vv[:, sl]
+        g_v = softmax(qv[:, sl] @ kv[:, sl].T / math.sqrt(dk))
+        aligns.append(((g_v - g) ** 2).sum() / n**2)
+    vp = layer_norm(v1 + linear(r, ivc.w_o), ivc.norm_relate)
+    m_hat = np.zeros((n, d))
+    for token in range(n):
+        a = softmax(linear(vp[token : token + 1], ivc.w_a)[0] @ mm.T / math.sqrt(d))
+        m_hat[token] = a @ mm
+    z, prior = np_(ivc.dictionary.atoms), np_(ivc.dictionary.prior)
+    if not ivc.cfg.mediator_only:
+        v_hat = nwgm(linear(vp, ivc.w_q), linear(z, ivc.w_k), linear(z, ivc.w_v), prior)
+        return layer_norm(vp + linear(np.concatenate([m_hat, v_hat], 1), ivc.w_f), ivc.norm), aligns
+    v_hat = nwgm(linear(m_hat, ivc.w_q), linear(z, ivc.w_k), linear(z, ivc.w_v), prior)
+    return layer_norm(linear(m_hat, ivc.w_m) + v_hat + np_(ivc.pos[0]), ivc.norm), aligns
+
+
+@pytest.mark.parametrize("static,mediator_only", [(True, True), (False, False)])
+def test_ivc_matches_equation(static: bool, mediator_only: bool) -> None:
     b, n, l, d, kb = 2, 5, 4, 16, 4
-    ivc = IVC(IVCConfig(bases=kb, dict_size=6, align_weight=0.5), d, heads=2, mlp_ratio=2.0).double()
+    cfg = IVCConfig(bases=kb, dict_size=6, align_weight=0.5, static=static, mediator_only=mediator_only)
+    ivc = IVC(cfg, d, tokens=n, mlp_ratio=2.0).double()
     fit_dictionary(ivc, d, 6)
     with torch.no_grad():
         ivc.m_omega.normal_()
         ivc.video_relation.omega.normal_()
     v, m = torch.randn(b, n, d, dtype=torch.float64), torch.randn(b, l, d, dtype=torch.float64)
     got, align = ivc(v, m)
-    attn = ivc.mediator_attn
-    w_in, b_in = np_(attn.in_proj_weight), np_(attn.in_proj_bias)
-    dk = d // kb
     aligns = []
     for i in range(b):
-        x, mm = np_(v[i]), np_(m[i])
-        v1 = relation_layer_direct(x, ivc.video_relation)
-        qv, kv = linear(x, ivc.video_relation.u), linear(x, ivc.video_relation.u_prime)
-        pm = softmax(np_(ivc.m_omega))
-        qm, km, vv = linear(mm, ivc.m_u), linear(mm, ivc.m_u_prime), linear(v1, ivc.v_w)
-        pi = softmax(v1 @ mm.T / math.sqrt(d))
-        r = np.zeros((n, dk))
-        for j in range(kb):
-            sl = slice(j * dk, (j + 1) * dk)
-            g_m = softmax(qm[:, sl] @ km[:, sl].T / math.sqrt(dk))
-            g = pi @ g_m @ pi.T
-            g = g / g.sum(1, keepdims=True)
-            r += pm[j] * g @ vv[:, sl]
-            g_v = softmax(qv[:, sl] @ kv[:, sl].T / math.sqrt(dk))
-            aligns.append(((g_v - g) ** 2).sum() / n**2)
-        vp = layer_norm(v1 + linear(r, ivc.w_o), ivc.norm_relate)
-        heads, hd = attn.num_heads, d // attn.num_heads
-        q_, k_, v_ = vp @ w_in[:d].T + b_in[:d], mm @ w_in[d:2 * d].T + b_in[d:2 * d], mm @ w_in[2 * d:].T + b_in[2 * d:]
-        o = np.concatenate([softmax(q_[:, h * hd:(h + 1) * hd] @ k_[:, h * hd:(h + 1) * hd].T / math.sqrt(hd))
-                            @ v_[:, h * hd:(h + 1) * hd] for h in range(heads)], 1)
-        m_hat = linear(o, attn.out_proj)
-        z, prior = np_(ivc.dictionary.atoms), np_(ivc.dictionary.prior)
-        v_hat = nwgm(linear(vp, ivc.w_q), linear(z, ivc.w_k), linear(z, ivc.w_v), prior)
-        want = layer_norm(vp + linear(np.concatenate([m_hat, v_hat], 1), ivc.w_f), ivc.norm)
+        want, terms = ivc_direct(ivc, np_(v[i]), np_(m[i]))
+        aligns += terms
         np.testing.assert_allclose(np_(got[i]), want, atol=1e-6)
     np.testing.assert_allclose(float(align.detach()), np.mean(aligns), rtol=1e-6)
+
+
+def test_ivc_is_blind_to_the_static_context() -> None:
+    """Adding any clip-constant vector to every token (a background, a lighting change) leaves V* unchanged."""
+    n, l, d = 6, 4, 16
+    ivc = IVC(IVCConfig(bases=4, dict_size=5), d, tokens=n, mlp_ratio=2.0).double()
+    fit_dictionary(ivc, d, 5)
+    v, m = torch.randn(2, n, d, dtype=torch.float64), torch.randn(2, l, d, dtype=torch.float64)
+    context = 3.0 * torch.randn(2, 1, d, dtype=torch.float64)
+    torch.testing.assert_close(ivc(v + context, m)[0], ivc(v, m)[0])
+    legacy = IVC(IVCConfig(bases=4, dict_size=5, static=False, mediator_only=False), d, n, 2.0).double()
+    fit_dictionary(legacy, d, 5)
+    assert (legacy(v + context, m)[0] - legacy(v, m)[0]).abs().max() > 1e-3
 
 
 def test_head_matches_equation() -> None:
@@ -219,6 +278,23 @@ def test_kmeans_recovers_clusters_and_prior() -> None:
 
 
 def test_unbuilt_dictionary_raises_clear_error() -> None:
-    ich = ICH(ICHConfig(dict_size=4), 8, 0.07)
+    ich = ICH(ICHConfig(dict_size=4), 8)
     with pytest.raises(RuntimeError, match="dictionary is not built"):
         ich(torch.randn(1, 3, 8), torch.randn(1, 2, 8))
+
+
+def test_dictionary_size_is_clamped_to_the_features(caplog: pytest.LogCaptureFixture) -> None:
+    """Asking for more strata than features fits one stratum per feature, warns once, and NWGM ignores the rest."""
+    from pcmci.model.dictionary import ConfounderDictionary
+
+    dictionary = ConfounderDictionary(8, 4, "kmeans")
+    feats = torch.randn(3, 4)
+    with caplog.at_level("WARNING"):
+        dictionary.fit(feats)
+        dictionary.fit(feats)
+    assert sum("8 strata requested but only 3 features" in r.message for r in caplog.records) == 1
+    atoms, prior = dictionary()
+    assert torch.isclose(prior.sum(), torch.tensor(1.0)) and (prior[3:] == 0).all()
+    torch.testing.assert_close(torch.sort(atoms[:3], 0).values, torch.sort(feats, 0).values)
+    with pytest.raises(ValueError, match="finite features"):
+        dictionary.fit(torch.full((4, 4), float("nan")))

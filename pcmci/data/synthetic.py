@@ -177,6 +177,42 @@ def _confounder(own: int, confound: float, ood: bool, rng: np.random.Generator) 
     return int((own + 1 + rng.integers(k - 1)) % k)
 
 
+SPLITS = ("train", "test_id", "test_ood")
+
+
+def _plan(seed: int, split: str, index: int, confound: float) -> tuple[int, int, int, np.random.Generator]:
+    """(label, background, distractor, the generator that then renders the video) of one video."""
+    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    label = index % len(ACTIVITIES)
+    style = _confounder(label, confound, split == "test_ood", rng)
+    distractor = _confounder(label, confound, split == "test_ood", rng)
+    return label, style, distractor, rng
+
+
+def split_sizes(n_train: int, n_test: int) -> list[tuple[str, int]]:
+    """``train`` n_train, ``test_id`` n_test // 2, ``test_ood`` the rest."""
+    return list(zip(SPLITS, (n_train, n_test // 2, n_test - n_test // 2)))
+
+
+def confounder_table(seed: int, n_train: int, n_test: int, confound: float) -> list[dict]:
+    """Per video ``{"split", "label", "background", "distractor"}`` exactly as :func:`synthesize` assigns them,
+    without rendering anything (for probing the confounders alone)."""
+    rows = []
+    for split, count in split_sizes(n_train, n_test):
+        for i in range(count):
+            label, style, distractor, _ = _plan(seed, split, i, confound)
+            rows.append({"split": split, "label": label, "background": style, "distractor": distractor})
+    return rows
+
+
+def render_counterfactual(meta: dict, video: dict, background: int, distractor: int) -> np.ndarray:
+    """uint8 [T, size, size, 3]: video ``video`` of a set written by :func:`synthesize` (``meta`` = its meta.json),
+    re-rendered with the same random draws — same motion, speeds, positions, hand colour, noise — but the given
+    background style and distractor kind. With the video's own ids it reproduces the frames before encoding."""
+    label, _, _, rng = _plan(meta["seed"], video["split"], int(video["index"]), meta["confound"])
+    return _render(label, background, distractor, meta["frames_per_action"], meta["size"], rng)
+
+
 def synthesize(
     out: str | Path,
     seed: int = 0,
@@ -205,21 +241,18 @@ def synthesize(
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     classes = list(ACTIVITIES)
-    splits = [("train", n_train), ("test_id", n_test // 2), ("test_ood", n_test - n_test // 2)]
+    splits = split_sizes(n_train, n_test)
     rows, videos = [], []
     with tqdm(total=n_train + n_test, desc=f"synthesizing {codec} videos", disable=not progress) as bar:
-        for split_no, (split, count) in enumerate(splits):
+        for split, count in splits:
             for i in range(count):
-                rng = np.random.default_rng([seed, split_no, i])
-                label = i % len(classes)
-                style = _confounder(label, confound, split == "test_ood", rng)
-                distractor = _confounder(label, confound, split == "test_ood", rng)
+                label, style, distractor, rng = _plan(seed, split, i, confound)
                 frames = _render(label, style, distractor, frames_per_action, size, rng)
                 rel = f"videos/{split}_{i:04d}.{CODECS[codec][1]}"
                 encode_video(out / rel, frames, codec, fps, gop=frames_per_action)
                 rows.append([rel, classes[label], split, ";".join(ACTIVITIES[classes[label]])])
                 videos.append(
-                    {"path": rel, "split": split, "label": label, "background": style,
+                    {"path": rel, "split": split, "index": i, "label": label, "background": style,
                      "distractor": distractor, "num_frames": len(frames)}
                 )
                 bar.update()

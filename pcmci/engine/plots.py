@@ -78,3 +78,23 @@ def plot_grouped_bars(values: dict[str, dict[str, tuple[float, float]]], path: s
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_heatmaps(maps: dict[str, np.ndarray], path: str | Path, labels: list[str] | None = None,
+                  columns: int = 4) -> None:
+    """One heatmap per named matrix in a grid; axes of length ``len(labels)`` are tick-labelled with them."""
+    rows = -(-len(maps) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False)
+    for ax, (name, matrix) in zip(axes.flat, maps.items()):
+        im = ax.imshow(matrix, cmap="viridis", aspect="auto")
+        ax.set_title(name, fontsize=8)
+        if labels and matrix.shape[0] == len(labels) and len(labels) <= 40:
+            ax.set_yticks(range(len(labels)), labels, fontsize=5)
+        if labels and matrix.shape[1] == len(labels) and len(labels) <= 40:
+            ax.set_xticks(range(len(labels)), labels, fontsize=5, rotation=90)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in list(axes.flat)[len(maps):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

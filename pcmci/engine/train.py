@@ -21,17 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, check_dataset, to_dict
-from ..data.datasets import VideoDataset, build_dataset, collate_videos
+from ..data.datasets import VideoDataset, build_dataset
 from ..data.records import LabelSet
 from ..data.loader import make_loader
 from ..model import PCMCI, build_model
 from ..model.weights import require_weights
 from . import distributed
 from .checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
+from .dictionaries import fit_dictionaries, refit_epochs
 from .run_state import config_changes, restore_rng, rng_state, use_compile
 
 log = logging.getLogger(__name__)
@@ -77,25 +77,6 @@ def make_optimizer(cfg: Config, model: PCMCI) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     kind = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
     return kind(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-
-
-def build_dictionaries(cfg: Config, model: PCMCI, dataset: VideoDataset, device: torch.device, world: int = 1) -> None:
-    """Fit the k-means strata on the first ``data.dictionary_batches`` global batches (centre-sampled clips).
-
-    Every rank fits on the same clips, in batches of the global size ``batch_size x world``, so one process
-    with batch 2b and two with batch b fit the same dictionaries.
-    """
-    if model.dictionaries_ready:
-        return
-    batch = cfg.optim.batch_size * world
-    count = min(len(dataset), cfg.data.dictionary_batches * batch)
-    centre = make_dataset(cfg, cfg.data.train_split, train=False, labels=dataset.labels)
-    loader = DataLoader(Subset(centre, range(count)), batch_size=batch, num_workers=cfg.data.num_workers,
-                        collate_fn=collate_videos)
-    batches = [b["video"].to(device) for b in tqdm(loader, desc="dictionaries", disable=not cfg.run.progress)
-               if "video" in b]
-    used = model.build_dictionaries(batches, seed=cfg.run.seed)
-    log.info("fitted confounder dictionaries on %s feature vectors", used)
 
 
 def refuse_existing_run(cfg: Config, resume: bool, overwrite: bool) -> None:
@@ -177,11 +158,8 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
             kept = [line for line in _records(metrics_path) if json.loads(line)["epoch"] < start_epoch]
             metrics_path.write_text("".join(line + "\n" for line in kept))
         log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
-    else:
-        build_dictionaries(cfg, model, dataset, device, ctx.world)
-        distributed.broadcast_buffers(model)
-        if ctx.main:
-            metrics_path.write_text("")
+    elif ctx.main:
+        metrics_path.write_text("")
 
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if ctx.world > 1 else None
@@ -197,7 +175,11 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
                  cfg.optim.batch_size * ctx.world * accum)
 
     step = start_epoch * steps_per_epoch
+    refits = refit_epochs(cfg)
     for epoch in range(start_epoch, cfg.optim.epochs):
+        if epoch in refits:
+            fit_dictionaries(cfg, model, dataset, device, epoch, ctx.world)
+            distributed.broadcast_buffers(model)
         loader = make_loader(dataset, cfg.optim.batch_size, device, shuffle=True, epoch=epoch,
                              num_workers=cfg.data.num_workers)
         model.train()

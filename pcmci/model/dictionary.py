@@ -1,15 +1,19 @@
 """Confounder dictionaries (strata ``Z[M,D]`` with prior ``p[M]``) and the NWGM attention over them.
 
-``kmeans`` dictionaries are fitted once from features of the first training batches (cluster centres, prior =
-cluster frequencies) and kept as buffers, so they travel with checkpoints; ``learned`` ones are parameters
-with a uniform prior.
+``kmeans`` dictionaries are fitted on features of clips drawn at random from the whole training split (cluster
+centres, prior = cluster frequencies), refitted during training by the engine, and kept as buffers, so they travel
+with checkpoints; ``learned`` ones are parameters with a uniform prior. A dictionary asked for more strata than
+there are features uses one stratum per feature (the rest get prior 0) and says so once.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 
 def kmeans(x: Tensor, k: int, iters: int = 30, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -50,6 +54,8 @@ class ConfounderDictionary(nn.Module):
             self.register_buffer("atoms", torch.zeros(size, dim))
             self.register_buffer("prior", torch.zeros(size))
         self.ready = mode == "learned"
+        self.name = "dictionary"
+        self._warned = False
         self.register_load_state_dict_post_hook(lambda module, _: module._refresh_ready())
 
     def _refresh_ready(self) -> None:
@@ -60,9 +66,19 @@ class ConfounderDictionary(nn.Module):
         """Fit the strata by k-means on ``features[n,D]`` (no-op for learned dictionaries)."""
         if self.mode == "learned":
             return
-        centres, counts = kmeans(features, self.atoms.shape[0], seed=seed)
-        self.atoms.copy_(centres)
-        self.prior.copy_(counts / counts.sum())
+        if features.dim() != 2 or features.shape[0] == 0 or not torch.isfinite(features).all():
+            raise ValueError(f"{self.name}: k-means needs finite features [n>0, D], got {list(features.shape)}")
+        size = self.atoms.shape[0]
+        k = min(size, features.shape[0])
+        if k < size and not self._warned:
+            log.warning("%s: %d strata requested but only %d features to fit them on; using %d strata "
+                        "(raise model.dictionaries.clips or lower the dictionary size)", self.name, size, k, k)
+            self._warned = True
+        centres, counts = kmeans(features, k, seed=seed)
+        self.atoms.zero_()
+        self.prior.zero_()
+        self.atoms[:k].copy_(centres)
+        self.prior[:k].copy_(counts / counts.sum())
         self.ready = True
 
     def forward(self) -> tuple[Tensor, Tensor]:

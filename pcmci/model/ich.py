@@ -1,12 +1,21 @@
 """ICH: optimal-transport-augmented backdoor adjustment on the label texts, ``T -> T'``.
 
-1. ``S_b = norm(T) norm(VP_b)^T  [L,F]``, cost ``1 - S_b``.
-2. ``Q_b = sinkhorn(1 - S_b, eps, a=1/L, b=1/F)``; detached when ``ot_grad`` is off.
-3. Over-alignment proxy ``O_b = rownorm(relu(softmax_F(S_b/tau) - L Q_b))`` (or the plan ``L Q_b``, or ``S_b``).
-4. ``H_b = O_b VP_b  [L,D]``, ``h = H W_H``.
-5-6. NWGM over the strata ``Z`` with prior ``p``:
-   ``a = softmax((T + h) W_q (Z W_k)^T / sqrt(D))``, ``h^ = sum_m p_m a_m (Z W_H)_m / sum_m p_m a_m``,
-   ``T' = LN(T + W_o [T; h^])``.
+Paper: "P(Y|V, do(T)) ≈ sum_h P(Y|V, do(T), h) P(h)"; over-aligned cross-modal features found by OT are the
+proxy of the unobservable hallucination H ("OT is more reliable than simple thresholding as it matches
+distributions to find disproportionately aligned features"). As built, texts ``t[B,L,D]``, frames ``vp[B,F,D]``:
+
+1. ``S_b = norm(t_b) norm(VP_b)^T  [L,F]``; ``Q_b = sinkhorn(1 - S_b, eps)`` with marginals ``1/L``, ``1/F``.
+2. Over-alignment at one temperature ``eps``: ``O_b = rownorm(relu(softmax_F(S_b / eps) - L Q_b))`` — the
+   similarity mass each label puts on frames beyond its balanced transport budget (``proxy="plan"``: ``L Q_b``;
+   ``"similarity"``: ``S_b``).
+3. The clip's hallucination proxy ``H_b = O_b VP_b [L,D]``, direction ``u_bl = H_bl / |H_bl|``.
+4. Backdoor adjustment (``adjust="prior"``): the clip's hallucinated component is removed,
+   ``t_bl - <t_bl, u_bl> u_bl``, and the prior expectation over the strata ``Z`` (k-means over H of the training
+   split, prior ``p``) takes its place, NWGM-approximated with a query from the text alone:
+   ``h_l = sum_z p_z a_lz (Z W_H)_z / sum_z p_z a_lz``, ``a_l = softmax_z(t_l W_q (Z W_k)^T / sqrt(D))``,
+   ``T'_b = LN(t_b - <t_b, u_b> u_b + W_o h)``.
+   ``adjust="posterior"`` is the pre-fix variant kept for ablations: the query is ``(t + H W_H) W_q``, so the clip
+   picks its own stratum, and ``T' = LN(t + W_o [t; h])``.
 """
 from __future__ import annotations
 
@@ -22,31 +31,40 @@ from .dictionary import ConfounderDictionary, nwgm_attention
 class ICH(nn.Module):
     """``forward(t[B,L,D], vp[B,F,D]) -> t'[B,L,D]``."""
 
-    def __init__(self, cfg: ICHConfig, dim: int, temperature: float) -> None:
+    def __init__(self, cfg: ICHConfig, dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.temperature = temperature
         self.w_h = nn.Linear(dim, dim, bias=False)
         self.w_q = nn.Linear(dim, dim, bias=False)
         self.w_k = nn.Linear(dim, dim, bias=False)
-        self.w_o = nn.Linear(2 * dim, dim)
+        self.w_o = nn.Linear(2 * dim if cfg.adjust == "posterior" else dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary)
+        self.dictionary.name = "ICH dictionary"
+
+    def overalignment(self, t: Tensor, vp: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (transport plan ``L Q [B,L,F]`` (rows sum to 1), proxy weights ``O [B,L,F]``)."""
+        s = F.normalize(t, dim=-1) @ F.normalize(vp, dim=-1).transpose(1, 2)
+        cost = 1.0 - (s if self.cfg.ot_grad else s.detach())
+        balanced = t.shape[1] * log_sinkhorn(cost, self.cfg.eps, self.cfg.iters)
+        if self.cfg.proxy == "similarity":
+            return balanced, s
+        if self.cfg.proxy == "plan":
+            return balanced, balanced
+        over = torch.relu(torch.softmax(s / self.cfg.eps, dim=-1) - balanced)
+        return balanced, over / over.sum(-1, keepdim=True).clamp_min(1e-6)
 
     def proxy(self, t: Tensor, vp: Tensor) -> Tensor:
         """Hallucination proxy ``H[B,L,D]``: the visual evidence each label over-aligns with."""
-        s = F.normalize(t, dim=-1) @ F.normalize(vp, dim=-1).transpose(1, 2)
-        if self.cfg.proxy == "similarity":
-            return s @ vp
-        cost = 1.0 - (s if self.cfg.ot_grad else s.detach())
-        balanced = t.shape[1] * log_sinkhorn(cost, self.cfg.eps, self.cfg.iters)
-        if self.cfg.proxy == "plan":
-            return balanced @ vp
-        over = torch.relu(torch.softmax(s / self.temperature, dim=-1) - balanced)
-        return (over / over.sum(-1, keepdim=True).clamp_min(1e-6)) @ vp
+        return self.overalignment(t, vp)[1] @ vp
 
     def forward(self, t: Tensor, vp: Tensor) -> Tensor:
-        h = self.w_h(self.proxy(t, vp))
+        h = self.proxy(t, vp)
         z, prior = self.dictionary()
-        h_hat = nwgm_attention(self.w_q(t + h), self.w_k(z), self.w_h(z), prior)
-        return self.norm(t + self.w_o(torch.cat([t, h_hat], dim=-1)))
+        if self.cfg.adjust == "posterior":
+            h_hat = nwgm_attention(self.w_q(t + self.w_h(h)), self.w_k(z), self.w_h(z), prior)
+            return self.norm(t + self.w_o(torch.cat([t, h_hat], dim=-1)))
+        u = F.normalize(h, dim=-1)
+        cleaned = t - (t * u).sum(-1, keepdim=True) * u
+        h_prior = nwgm_attention(self.w_q(t), self.w_k(z), self.w_h(z), prior)
+        return self.norm(cleaned + self.w_o(h_prior))

@@ -1,15 +1,24 @@
 """IVC: front-door adjustment with the cleaned texts as mediator, ``V -> V*``.
 
-``P(Y|do(V)) = sum_m P(m|V) sum_v P(v) P(Y|v,m)``, mediator ``M = T*[B,L,D]``, video ``V[B,N,D]``.
+Paper: ``P(Y|do(V)) = sum_m P(m|V) sum_v P(v) P(Y|v,m)`` with a mediator ``M = T*`` "d-separated from C";
+visual confounders (background, clothing, habits) "persist throughout long videos"; ``V'`` comes from a
+hierarchical relation encoder isomorphic to ICI's, and NWGM approximates the sums. As built, video tokens
+``V[B,N,D]``, mediator ``M[B,L,D]``:
 
-Relation encoder F (isomorphic to ICI's R):
-1. level 1, ``V1 = R_V(V)`` with bases ``G^V_k[N,N]`` over the video tokens;
-2. level 2, text-conditioned: bases ``G^M_k = softmax(M U_k (M U'_k)^T / sqrt(d))[L,L]``, assignment
-   ``Pi = softmax_L(V1 M^T / sqrt(D))``, transported maps ``G^{M->V}_k = rownorm(Pi G^M_k Pi^T)``,
-   ``V' = LN(V1 + W_O sum_k pi_k G^{M->V}_k V1 W_k)``.
-Intervention: in-sample ``M^ = CrossAttn(V', M)`` (P(m|V)); cross-sample ``V^ = NWGM(V', D_V, p_v)``
-(sum_v P(v)); ``V* = LN(V' + W_f [M^; V^])``. Optional alignment loss
-``lambda mean_k ||G^V_k - G^{M->V}_k||_F^2 / N^2``.
+1. Static context (``static=true``): ``V~ = V - mean_n V``. What persists over the whole clip is the carrier of C;
+   only the clip's dynamics go on.
+2. Relation encoder F: level 1 ``V1 = R_V(V~)`` (bases ``G^V_k[N,N]``); level 2, text-conditioned:
+   ``G^M_k = softmax(M U_k (M U'_k)^T / sqrt(d))[L,L]``, ``Pi = softmax_L(V1 M^T / sqrt(D))``,
+   ``G^{M->V}_k = rownorm(Pi G^M_k Pi^T)``, ``V' = LN(V1 + W_O sum_k pi_k G^{M->V}_k V1 W_k)``.
+3. ``P(m|V)``: each token's distribution over the mediator rows, ``A = softmax_L(V' W_a M^T / sqrt(D))``;
+   the mediator it selects, ``M^ = A M [B,N,D]``.
+4. ``sum_v P(v)``: population visual tokens — the dictionary ``D_V`` (k-means over ``V'`` of clips drawn from the
+   whole training split, prior ``p_v``) — combined with the mediator by NWGM with the mediator as query:
+   ``V^ = sum_j p_j a_j (D_V W_v)_j / sum_j p_j a_j``, ``a = softmax_j(M^ W_q (D_V W_k)^T / sqrt(D))``.
+5. ``V* = LN(W_m M^ + V^ + E_pos)`` (``mediator_only=true``): the clip reaches the head only through ``A``;
+   ``E_pos`` is a learned token-position embedding (order carries no confounder). ``mediator_only=false`` is the
+   pre-fix residual variant ``V* = LN(V' + W_f [M^; V^])`` kept for ablations.
+Optional alignment loss ``lambda mean_k ||G^V_k - G^{M->V}_k||_F^2 / N^2``.
 """
 from __future__ import annotations
 
@@ -25,9 +34,9 @@ from .ici import RelationLayer
 
 
 class IVC(nn.Module):
-    """``forward(v[B,N,D], m[B,L,D]) -> (v*[B,N,D], align_loss scalar)``."""
+    """``forward(v[B,N,D], m[B,L,D]) -> (v*[B,N,D], align_loss scalar)``; ``tokens`` is N."""
 
-    def __init__(self, cfg: IVCConfig, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, cfg: IVCConfig, dim: int, tokens: int, mlp_ratio: float) -> None:
         super().__init__()
         self.cfg = cfg
         self.video_relation = RelationLayer(dim, cfg.bases, mlp_ratio)
@@ -37,13 +46,18 @@ class IVC(nn.Module):
         self.v_w = nn.Linear(dim, dim, bias=False)
         self.w_o = nn.Linear(dim // cfg.bases, dim)
         self.norm_relate = nn.LayerNorm(dim)
-        self.mediator_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.w_a = nn.Linear(dim, dim, bias=False)
         self.w_q = nn.Linear(dim, dim, bias=False)
         self.w_k = nn.Linear(dim, dim, bias=False)
         self.w_v = nn.Linear(dim, dim, bias=False)
-        self.w_f = nn.Linear(2 * dim, dim)
+        if cfg.mediator_only:
+            self.w_m = nn.Linear(dim, dim)
+            self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        else:
+            self.w_f = nn.Linear(2 * dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary)
+        self.dictionary.name = "IVC dictionary"
 
     def transported_maps(self, v1: Tensor, m: Tensor) -> Tensor:
         """``G^{M->V}[B,K,N,N] = rownorm(Pi G^M_k Pi^T)`` with ``Pi = softmax_L(V1 M^T / sqrt(D))``."""
@@ -54,7 +68,9 @@ class IVC(nn.Module):
         return g / g.sum(-1, keepdim=True).clamp_min(1e-12)
 
     def relate(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        """Hierarchical relation encoder: ``V -> V'[B,N,D]`` and the alignment loss (0 unless ``align_weight``)."""
+        """Static context out, then the hierarchical relation encoder: ``V -> V'[B,N,D]`` and the alignment loss."""
+        if self.cfg.static:
+            v = v - v.mean(1, keepdim=True)
         if self.cfg.align_weight > 0:
             v1, g_v = self.video_relation(v, return_maps=True)
         else:
@@ -65,12 +81,19 @@ class IVC(nn.Module):
         align = v.new_zeros(()) if g_v is None else ((g_v - g_mv) ** 2).sum((-1, -2)).mean() / v.shape[1] ** 2
         return self.norm_relate(v1 + self.w_o(r)), align
 
+    def mediator_weights(self, v_prime: Tensor, m: Tensor) -> Tensor:
+        """``P(m|V)``: ``A[B,N,L] = softmax_L(V' W_a M^T / sqrt(D))``."""
+        return torch.softmax(self.w_a(v_prime) @ m.transpose(1, 2) / math.sqrt(m.shape[-1]), dim=-1)
+
     def intervene(self, v_prime: Tensor, m: Tensor) -> Tensor:
-        """Front-door sum: ``V* = LN(V' + W_f [CrossAttn(V', M); NWGM(V', D_V)])``."""
-        m_hat, _ = self.mediator_attn(v_prime, m, m, need_weights=False)
+        """Front-door sum: ``V* = LN(W_m M^ + V^ + E_pos)`` with ``M^ = A M`` and ``V^ = NWGM(M^, D_V, p_v)``."""
+        m_hat = self.mediator_weights(v_prime, m) @ m
         z, prior = self.dictionary()
-        v_hat = nwgm_attention(self.w_q(v_prime), self.w_k(z), self.w_v(z), prior)
-        return self.norm(v_prime + self.w_f(torch.cat([m_hat, v_hat], dim=-1)))
+        query = m_hat if self.cfg.mediator_only else v_prime
+        v_hat = nwgm_attention(self.w_q(query), self.w_k(z), self.w_v(z), prior)
+        if not self.cfg.mediator_only:
+            return self.norm(v_prime + self.w_f(torch.cat([m_hat, v_hat], dim=-1)))
+        return self.norm(self.w_m(m_hat) + v_hat + self.pos)
 
     def forward(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         v_prime, align = self.relate(v, m)

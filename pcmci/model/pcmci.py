@@ -1,9 +1,11 @@
 """PCMCI: frozen CLIP + trainable TimeSformer + the causal stages in the configured order + the head.
 
-State flowing through the stages: texts ``t[B,L,D]`` (starting from the learnable ``T``) and video tokens
-``v[B,N,D]``. ``ich``: t <- ICH(t, VP); ``ici``: t <- ICI(t); ``ivc``: v <- IVC(v, t). Any subset, any order;
-``stages=[]`` is the no-intervention baseline. The head scores the C class rows of the final texts (plus the A
-atomic-action rows when the auxiliary loss is on) against the final video tokens.
+State flowing through the stages: texts ``t[B,L,D]`` and video tokens ``v[B,N,D]``, both entering on one scale:
+``t = LN(T)`` from the frozen CLIP text embeddings ``T`` (a buffer; a parameter with ``learn_text``) and
+``v = LN(V)`` from the TimeSformer (LayerNorm without affine weights). ``ich``: t <- ICH(t, VP);
+``ici``: t <- ICI(t); ``ivc``: v <- IVC(v, t). Any subset, any order; ``stages=[]`` is the no-intervention
+baseline. The head scores the C class rows of the final texts (plus the A atomic-action rows when the auxiliary
+loss is on) against the final video tokens.
 """
 from __future__ import annotations
 
@@ -38,15 +40,26 @@ class PCMCI(nn.Module):
         self.clip = FrozenCLIP(cfg.clip)
         dim = self.clip.embed_dim
         self.video = TimeSformer(cfg.timesformer, dim)
-        self.text = nn.Parameter(self.clip.encode_text(self.classes + self.actions).clone())
-        self.ich = ICH(cfg.ich, dim, self.clip.temperature) if "ich" in self.order else None
+        text = self.clip.encode_text(self.classes + self.actions).clone()
+        if cfg.learn_text:
+            self.text = nn.Parameter(text)
+        else:
+            self.register_buffer("text", text)
+        self.ich = ICH(cfg.ich, dim) if "ich" in self.order else None
         self.ici = ICI(cfg.ici, dim) if "ici" in self.order else None
-        self.ivc = IVC(cfg.ivc, dim, cfg.head.heads, cfg.ici.mlp_ratio) if "ivc" in self.order else None
+        tokens = cfg.timesformer.frames
+        self.ivc = IVC(cfg.ivc, dim, tokens, cfg.ici.mlp_ratio) if "ivc" in self.order else None
         self.num_queries = len(self.classes) + (len(self.actions) if cfg.head.aux_weight > 0 else 0)
         self.head = CrossAttentionHead(cfg.head, dim, self.num_queries)
 
-    def stage_forward(self, t: Tensor, v: Tensor, vp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Run the stages in order: -> (texts ``[B,L,D]``, video ``[B,N,D]``, alignment loss)."""
+    def inputs(self, video: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        """Stage inputs on one scale: ``(LN(T) [B,L,D], LN(V) [B,N,D])``."""
+        dim = video.shape[-1]
+        return F.layer_norm(self.text, (dim,)).expand(batch, -1, -1), F.layer_norm(video, (dim,))
+
+    def stage_forward(self, t: Tensor, v: Tensor, vp: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the stages in order: -> (texts ``[B,L,D]``, video ``[B,N,D]``, alignment loss). ``vp`` (the CLIP
+        frame embeddings ``[B,F,D]``) is only read by ICH."""
         align = v.new_zeros(())
         for name in self.order:
             if name == "ich":
@@ -60,9 +73,8 @@ class PCMCI(nn.Module):
     def forward(self, frames: Tensor) -> dict[str, Tensor]:
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"PCMCI expects frames [B,F,3,H,W], got {list(frames.shape)}")
-        vp = self.clip.encode_frames(frames)
-        v = self.video(frames)
-        t = self.text.expand(frames.shape[0], -1, -1)
+        vp = self.clip.encode_frames(frames) if self.ich is not None else None
+        t, v = self.inputs(self.video(frames), frames.shape[0])
         t, v, align = self.stage_forward(t, v, vp)
         scores = self.head(t[:, : self.num_queries], v)
         c = len(self.classes)
@@ -101,7 +113,7 @@ class PCMCI(nn.Module):
 
     @torch.no_grad()
     def build_dictionaries(self, batches: Iterable[Tensor], seed: int = 0) -> dict[str, int]:
-        """Fit the k-means strata from training clips ``frames[B,F,3,H,W]`` (the first few batches).
+        """Fit the k-means strata from training clips ``frames[B,F,3,H,W]`` (a random sample of the split).
 
         ICH's strata cluster the proxy ``H`` of every label in every clip; IVC's cluster the relation-encoded
         video tokens ``V'``. Stages are fitted in order, each on the texts the earlier stages produce.
@@ -109,18 +121,18 @@ class PCMCI(nn.Module):
         """
         was_training = self.training
         self.eval()
-        cached = [(self.clip.encode_frames(f), self.video(f)) for f in batches]
+        cached = [(self.clip.encode_frames(f), *self.inputs(self.video(f), f.shape[0])) for f in batches]
         if not cached:
             raise ValueError("build_dictionaries needs at least one batch of frames")
-        texts = [self.text.expand(vp.shape[0], -1, -1) for vp, _ in cached]
-        videos = [v for _, v in cached]
+        texts = [t for _, t, _ in cached]
+        videos = [v for _, _, v in cached]
         used: dict[str, int] = {}
         for name in self.order:
             if name == "ich":
-                feats = torch.cat([self.ich.proxy(t, vp).flatten(0, 1) for t, (vp, _) in zip(texts, cached)])
+                feats = torch.cat([self.ich.proxy(t, vp).flatten(0, 1) for t, (vp, _, _) in zip(texts, cached)])
                 self.ich.dictionary.fit(feats, seed)
                 used[name] = feats.shape[0]
-                texts = [self.ich(t, vp) for t, (vp, _) in zip(texts, cached)]
+                texts = [self.ich(t, vp) for t, (vp, _, _) in zip(texts, cached)]
             elif name == "ici":
                 texts = [self.ici(t) for t in texts]
             else:

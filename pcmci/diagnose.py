@@ -1,0 +1,211 @@
+"""``pcmci diagnose``: causal diagnostics of a trained checkpoint on any dataset.
+
+- Static-bias probes: accuracy on the clips as sampled, on clips made of one repeated frame (no motion left), on
+  time-reversed and on shuffled clips. A motion-reliant model drops on all three; a static-biased one does not.
+- Counterfactual pairs (synthetic sets, found by their ``meta.json``): each test video re-rendered with the same
+  motion and another background and distractor; the flip rate is the share of pairs whose prediction changes.
+- Stage maps for one video (``--video``): ICH transport plans and over-alignment maps (labels x frames), ICI's and
+  IVC's relation bases, IVC's P(m|V) (tokens x labels), as heatmaps.
+Writes ``diagnose.json``, ``diagnose.md`` and PNGs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .data.datasets import build_dataset, preprocess
+from .data.decode import decode_frames, probe
+from .data.sampling import segment_indices
+from .data.synthetic import render_counterfactual
+from .engine.evaluate import load_model
+from .engine.plots import plot_grouped_bars, plot_heatmaps
+from .engine.train import resolve_device
+from .model import PCMCI
+
+log = logging.getLogger(__name__)
+Classifier = Callable[[Tensor], dict[str, Tensor]]
+
+
+def repeated_frame(clips: Tensor) -> Tensor:
+    """``[n,F,...]`` -> every frame replaced by the clip's middle frame."""
+    middle = clips[:, clips.shape[1] // 2]
+    return middle[:, None].expand_as(clips).contiguous()
+
+
+def time_reversed(clips: Tensor) -> Tensor:
+    return clips.flip(1)
+
+
+def shuffled(clips: Tensor, seed: int = 0) -> Tensor:
+    """Frames permuted by a seeded random F-cycle, so every frame moves (when F > 1)."""
+    sigma = torch.randperm(clips.shape[1], generator=torch.Generator().manual_seed(seed))
+    order = torch.empty_like(sigma)
+    order[sigma] = sigma.roll(-1)
+    return clips[:, order]
+
+
+PROBES: dict[str, Callable[[Tensor], Tensor]] = {
+    "original": lambda c: c, "repeated frame": repeated_frame, "time-reversed": time_reversed, "shuffled": shuffled,
+}
+
+
+@torch.no_grad()
+def predict_labels(model: Classifier, clips: Tensor, batch: int = 16) -> Tensor:
+    """Top-1 class of each clip ``[n,F,3,H,W]`` -> ``[n]``."""
+    device = next(iter(model.parameters())).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    preds = [model(clips[i : i + batch].to(device))["logits"].argmax(-1).cpu() for i in range(0, len(clips), batch)]
+    return torch.cat(preds)
+
+
+def static_bias_probes(model: Classifier, clips: Tensor, labels: Tensor) -> dict[str, float]:
+    """Accuracy on each probe's version of ``clips``; ``labels[n]`` class indices."""
+    return {name: float((predict_labels(model, probe_fn(clips)) == labels).float().mean())
+            for name, probe_fn in PROBES.items()}
+
+
+def flip_rate(pred_a: Tensor, pred_b: Tensor) -> float:
+    """Share of pairs whose predictions differ."""
+    if pred_a.shape != pred_b.shape or pred_a.numel() == 0:
+        raise ValueError(f"flip_rate needs two equal, non-empty prediction vectors, got {pred_a.shape} and {pred_b.shape}")
+    return float((pred_a != pred_b).float().mean())
+
+
+def load_clips(cfg: Any, split: str, limit: int, progress: bool) -> tuple[Tensor, Tensor]:
+    """Centre-sampled single-view clips ``[n,F,3,S,S]`` and labels ``[n]`` of ``split`` (at most ``limit``)."""
+    data = dataclasses.replace(cfg.data, test_views=1, test_crops=1)
+    dataset = build_dataset(data, split, train=False, seed=cfg.run.seed)
+    if dataset.multilabel:
+        raise ValueError("the static-bias probes need a single-label dataset")
+    n = min(limit, len(dataset))
+    items = [dataset[i] for i in tqdm(range(n), desc=f"loading {split}", disable=not progress)]
+    items = [item for item in items if "video" in item]
+    if not items:
+        raise ValueError(f"split {split!r}: no video could be decoded")
+    return torch.stack([i["video"] for i in items]), torch.stack([i["label"] for i in items])
+
+
+def counterfactual_pairs(manifest: Path, split: str, frames: int, image_size: int,
+                         limit: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """(original, counterfactual, labels) clips of a synthetic set, both rendered in memory (no codec), the
+    counterfactual with the background and distractor each moved to another kind; None if not a synthetic set."""
+    meta_path = manifest.parent / "meta.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    kinds = len(meta["backgrounds"])
+    videos = [v for v in meta["videos"] if v["split"] == split][:limit]
+    originals, swapped, labels = [], [], []
+    for k, video in enumerate(videos):
+        shift = 1 + k % (kinds - 1)
+        idx = segment_indices(video["num_frames"], frames, train=False)
+        own = render_counterfactual(meta, video, video["background"], video["distractor"])
+        other = render_counterfactual(meta, video, (video["background"] + shift) % kinds,
+                                      (video["distractor"] + shift) % kinds)
+        originals.append(preprocess(own[idx], image_size))
+        swapped.append(preprocess(other[idx], image_size))
+        labels.append(video["label"])
+    if not videos:
+        return None
+    return torch.stack(originals), torch.stack(swapped), torch.tensor(labels)
+
+
+@torch.no_grad()
+def stage_maps(model: PCMCI, frames: Tensor) -> dict[str, np.ndarray]:
+    """Intermediate maps of one clip ``frames[1,F,3,H,W]``, following the configured stage order."""
+    vp = model.clip.encode_frames(frames)
+    t, v = model.inputs(model.video(frames), 1)
+    maps: dict[str, np.ndarray] = {}
+    for name in model.order:
+        if name == "ich":
+            plan, over = model.ich.overalignment(t, vp)
+            maps["ICH transport plan L·Q (labels x frames)"] = plan[0].cpu().numpy()
+            maps["ICH over-alignment O (labels x frames)"] = over[0].cpu().numpy()
+            t = model.ich(t, vp)
+        elif name == "ici":
+            for i, layer in enumerate(model.ici.layers):
+                t, g = layer(t, return_maps=True)
+                for k in range(g.shape[1]):
+                    maps[f"ICI layer {i} base {k} (labels x labels)"] = g[0, k].cpu().numpy()
+        else:
+            v_prime, _ = model.ivc.relate(v, t)
+            maps["IVC P(m|V) (tokens x labels)"] = model.ivc.mediator_weights(v_prime, t)[0].cpu().numpy()
+            g = model.ivc.transported_maps(v_prime, t)
+            for k in range(g.shape[1]):
+                maps[f"IVC transported base {k} (tokens x tokens)"] = g[0, k].cpu().numpy()
+            v, _ = model.ivc(v, t)
+    return maps
+
+
+def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None = None,
+             out: str | Path | None = None, limit: int = 200, device: str = "auto",
+             progress: bool = True) -> dict[str, Any]:
+    """Run the probes (and the maps for ``video``); returns the report, also written under ``out``."""
+    dev = resolve_device(device)
+    model, cfg = load_model(checkpoint, dev)
+    split = split or cfg.data.eval_splits[-1]
+    out = Path(out) if out else Path(checkpoint).parent / "diagnose"
+    out.mkdir(parents=True, exist_ok=True)
+    clips, labels = load_clips(cfg, split, limit, progress)
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "split": split, "videos": len(labels),
+                              "stages": model.order, "probes": static_bias_probes(model, clips, labels)}
+    pairs = counterfactual_pairs(Path(cfg.data.manifest), split, cfg.data.frames, cfg.data.image_size, limit) \
+        if cfg.data.dataset == "manifest" else None
+    if pairs is not None:
+        own, other, truth = pairs
+        pred_own, pred_other = predict_labels(model, own), predict_labels(model, other)
+        report["counterfactual"] = {"pairs": len(truth), "flip_rate": flip_rate(pred_own, pred_other),
+                                    "acc_original": float((pred_own == truth).float().mean()),
+                                    "acc_counterfactual": float((pred_other == truth).float().mean())}
+    plot_grouped_bars({"accuracy": {k: (v, 0.0) for k, v in report["probes"].items()}}, out / "probes.png",
+                      "top-1 accuracy", f"static-bias probes on {split}")
+    if video:
+        path = Path(video)
+        info = probe(path)
+        raw, _ = decode_frames(path, segment_indices(info.num_frames, cfg.data.frames, train=False,
+                                                     pad=cfg.data.pad_short_videos), cfg.data.backend, info)
+        maps = stage_maps(model, preprocess(raw, cfg.data.image_size)[None].to(dev))
+        labels_text = model.classes + model.actions
+        plot_heatmaps(maps, out / "stage_maps.png", labels_text)
+        report["video"] = {"path": str(path), "maps": {k: v.round(4).tolist() for k, v in maps.items()}}
+    (out / "diagnose.json").write_text(json.dumps(report, indent=2))
+    (out / "diagnose.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    probes = report["probes"]
+    rows = [f"| {name} | {acc:.4f} | {acc - probes['original']:+.4f} |" for name, acc in probes.items()]
+    lines = [
+        f"# Diagnostics: {report['checkpoint']}",
+        "",
+        f"Split `{report['split']}`, {report['videos']} videos, stages `{report['stages']}`.",
+        "",
+        "## Static-bias probes",
+        "",
+        "| clips | accuracy | vs original |",
+        "|---|---:|---:|",
+        *rows,
+        "",
+        "A model that reads motion falls towards chance on repeated-frame clips and loses accuracy on reversed or "
+        "shuffled ones; a model that reads the static context (background, props) keeps its accuracy.",
+        "",
+        "![probes](probes.png)",
+        "",
+    ]
+    if "counterfactual" in report:
+        c = report["counterfactual"]
+        lines += ["## Counterfactual pairs (same motion, other background and distractor)", "",
+                  f"{c['pairs']} pairs: flip rate **{c['flip_rate']:.4f}**; accuracy {c['acc_original']:.4f} on the "
+                  f"originals, {c['acc_counterfactual']:.4f} on the counterfactuals.", ""]
+    if "video" in report:
+        lines += [f"## Stage maps for `{report['video']['path']}`", "", "![stage maps](stage_maps.png)", ""]
+    return "\n".join(lines)

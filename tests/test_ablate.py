@@ -1,0 +1,51 @@
+"""`pcmci ablate`: variants, table, JSON and plots, and the variant list itself."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pcmci.ablate import VARIANTS, summarise, variant_config
+from pcmci.cli import main
+
+
+def test_variants_cover_baseline_singles_pairs_full_and_reversed() -> None:
+    assert VARIANTS["baseline"] == [] and VARIANTS["full"] == ["ich", "ici", "ivc"]
+    assert VARIANTS["reversed"] == ["ivc", "ici", "ich"]
+    singles = [v for v in VARIANTS.values() if len(v) == 1]
+    pairs = [v for v in VARIANTS.values() if len(v) == 2]
+    assert sorted(map(tuple, singles)) == [("ich",), ("ici",), ("ivc",)]
+    assert sorted(map(tuple, pairs)) == [("ich", "ici"), ("ich", "ivc"), ("ici", "ivc")]
+
+
+def test_summary_and_config_of_one_run(tmp_path: Path) -> None:
+    s = summarise([0.5, 0.7, 0.9])
+    assert s["mean"] == pytest.approx(0.7) and s["std"] == pytest.approx(0.163299, abs=1e-6)
+    cfg = variant_config("tiny", ["optim.lr=0.01"], ["ivc", "ich"], 2, tmp_path / "x")
+    assert cfg.model.stages == ["ivc", "ich"] and cfg.run.seed == 2 and cfg.optim.lr == 0.01
+    assert cfg.run.out_dir == str(tmp_path / "x")
+
+
+@pytest.mark.slow
+def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ablate"
+    code = main(["--quiet", "ablate", "tiny", f"data.manifest={synthetic_set}", "optim.epochs=1",
+                 "optim.batch_size=6", "model.dictionaries.clips=12", "--seeds", "2",
+                 "--variants", "baseline", "ivc", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "ablation.json").read_text())
+    assert report["splits"] == ["test_id", "test_ood"] and list(report["variants"]) == ["baseline", "ivc"]
+    for variant in report["variants"].values():
+        for split in report["splits"]:
+            for metric in ("acc", "map"):
+                cell = variant[split][metric]
+                assert len(cell["values"]) == 2 and 0.0 <= cell["mean"] <= 1.0
+    md = (out / "ablation.md").read_text()
+    assert "| variant | stages | test_id acc | test_id mAP | test_ood acc | test_ood mAP |" in md
+    assert "| ivc | `['ivc']` |" in md
+    for png in ("ablation_acc.png", "ablation_map.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "ivc-seed1" / "checkpoint.pt").is_file()
+    assert "ablation.md" in capsys.readouterr().out
+    assert main(["--quiet", "ablate", "tiny", "--variants", "nope", "--out", str(out)]) == 1
