@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_ablate, _add_diagnose, _add_export, _add_eval, _add_predict, _add_synth, _add_profile, _add_data,
-                _add_weights, _add_convert, _add_kernels):
+    for add in (_add_demo, _add_train, _add_ablate, _add_diagnose, _add_export, _add_eval, _add_predict, _add_synth,
+                _add_profile, _add_data, _add_weights, _add_convert, _add_kernels):
         add(sub)
     return parser
 

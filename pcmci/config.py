@@ -136,6 +136,7 @@ class DataConfig:
     test_crops: int = 1  # spatial crops per temporal clip; temporal clips = test_views // test_crops
     skip_bad_videos: bool = False  # skip (count, list at epoch end) videos that fail to decode, instead of stopping
     decode_timeout: float = 60.0  # seconds per video before a decode counts as failed; 0 = no watchdog
+    cache_frames: bool = False  # keep decoded videos in memory (small sets of short clips, e.g. the synthetic set)
     pad_short_videos: bool = False  # a video with fewer than `frames` frames: repeat frames in order (else an error)
 
 
@@ -315,7 +316,7 @@ def validate(cfg: Config) -> Config:
     if cfg.model.timesformer.img_size % cfg.model.timesformer.patch_size:
         raise ConfigError("model.timesformer.img_size must be a multiple of model.timesformer.patch_size")
     for key, value in (("optim.batch_size", cfg.optim.batch_size), ("optim.accum_steps", cfg.optim.accum_steps),
-                       ("optim.epochs", cfg.optim.epochs), ("data.dictionary_batches", cfg.data.dictionary_batches)):
+                       ("optim.epochs", cfg.optim.epochs), ("model.dictionaries.clips", cfg.model.dictionaries.clips)):
         if value < 1:
             raise ConfigError(f"config key {key!r} = {value}; it must be at least 1")
     if cfg.model.ivc.align_weight > 0 and "ivc" not in cfg.model.stages:

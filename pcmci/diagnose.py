@@ -136,9 +136,10 @@ def stage_maps(model: PCMCI, frames: Tensor) -> dict[str, np.ndarray]:
                 for k in range(g.shape[1]):
                     maps[f"ICI layer {i} base {k} (labels x labels)"] = g[0, k].cpu().numpy()
         else:
-            v_prime, _ = model.ivc.relate(v, t)
-            maps["IVC P(m|V) (tokens x labels)"] = model.ivc.mediator_weights(v_prime, t)[0].cpu().numpy()
-            g = model.ivc.transported_maps(v_prime, t)
+            m = model.ivc.mediator(t)
+            v_prime, _ = model.ivc.relate(v, m)
+            maps["IVC P(m|V) (tokens x labels)"] = model.ivc.mediator_weights(v_prime, m)[0].cpu().numpy()
+            g = model.ivc.transported_maps(v_prime, m)
             for k in range(g.shape[1]):
                 maps[f"IVC transported base {k} (tokens x tokens)"] = g[0, k].cpu().numpy()
             v, _ = model.ivc(v, t)

@@ -155,6 +155,8 @@ def ivc_direct(ivc: IVC, x: np.ndarray, mm: np.ndarray) -> tuple[np.ndarray, lis
     n, d = x.shape
     kb = ivc.cfg.bases
     dk = d // kb
+    mm = mm - mm.mean(0, keepdims=True)
+    mm = (mm - mm.mean(1, keepdims=True)) / np.sqrt(mm.var(1, keepdims=True) + 1e-5)
     if ivc.cfg.static:
         x = x - x.mean(0, keepdims=True)
     v1 = relation_layer_direct(x, ivc.video_relation)

@@ -125,12 +125,15 @@ class VideoDataset(Dataset):
     ``skip_bad`` a video that raises ``VideoDecodeError`` gives ``{"index", "bad": "<path>: <cause>"}``
     instead (dropped and listed by :func:`collate_videos`). A video shorter than F frames is such an
     error unless ``pad_short`` (frames repeated, see ``segment_indices``). Training offsets are a pure
-    function of (seed, epoch, index); call :meth:`set_epoch` each epoch.
+    function of (seed, epoch, index); call :meth:`set_epoch` each epoch. ``cache`` keeps every video's decoded
+    frames in memory after its first use (whole videos, uint8): for small sets of short clips, such as the synthetic
+    demo set, where decoding would otherwise dominate each epoch.
     """
 
     def __init__(self, videos: VideoSet, frames: int = 8, image_size: int = 64, train: bool = False,
                  seed: int = 0, backend: str = "pyav", test_views: tuple[int, int] = (1, 1),
-                 skip_bad: bool = False, timeout: float = DECODE_TIMEOUT, pad_short: bool = False) -> None:
+                 skip_bad: bool = False, timeout: float = DECODE_TIMEOUT, pad_short: bool = False,
+                 cache: bool = False) -> None:
         self.videos, self.labels, self.records = videos, videos.labels, videos.records
         self.multilabel = videos.multilabel
         self.frames, self.image_size, self.train, self.seed = frames, image_size, train, seed
@@ -138,6 +141,8 @@ class VideoDataset(Dataset):
         self.clips, self.crops = (1, 1) if train else tuple(test_views)
         self.epoch = 0
         self._info: dict[int, VideoInfo] = {}
+        self.cache = cache
+        self._frames: dict[int, np.ndarray] = {}
 
     @property
     def views(self) -> int:
@@ -179,7 +184,13 @@ class VideoDataset(Dataset):
         try:
             plan = self.plan(index)
             wanted = sorted({i for clip in plan.clips for i in clip})
-            frames, _ = decode_frames(plan.path, wanted, self.backend, plan.info, self.timeout)
+            if self.cache:
+                if index not in self._frames:
+                    self._frames[index] = decode_frames(plan.path, list(range(plan.info.num_frames)), self.backend,
+                                                        plan.info, self.timeout)[0]
+                frames = self._frames[index][wanted]
+            else:
+                frames, _ = decode_frames(plan.path, wanted, self.backend, plan.info, self.timeout)
         except VideoDecodeError as err:
             if not self.skip_bad:
                 raise
@@ -228,4 +239,5 @@ def build_dataset(data: DataConfig, split: str | None, train: bool, seed: int = 
     return VideoDataset(read_video_set(data, labels).split(split), frames=data.frames, image_size=data.image_size,
                         train=train, seed=seed, backend=data.backend,
                         test_views=(data.test_views // data.test_crops, data.test_crops),
-                        skip_bad=data.skip_bad_videos, timeout=data.decode_timeout, pad_short=data.pad_short_videos)
+                        skip_bad=data.skip_bad_videos, timeout=data.decode_timeout, pad_short=data.pad_short_videos,
+                        cache=data.cache_frames)

@@ -5,6 +5,8 @@ visual confounders (background, clothing, habits) "persist throughout long video
 hierarchical relation encoder isomorphic to ICI's, and NWGM approximates the sums. As built, video tokens
 ``V[B,N,D]``, mediator ``M[B,L,D]``:
 
+0. The mediator's rows relative to each other, on one scale: ``M <- LN(M - mean_l M)`` (label texts share most
+   of their embedding, "a video of a person ..."; only what tells them apart can mediate).
 1. Static context (``static=true``): ``V~ = V - mean_n V``. What persists over the whole clip is the carrier of C;
    only the clip's dynamics go on.
 2. Relation encoder F: level 1 ``V1 = R_V(V~)`` (bases ``G^V_k[N,N]``); level 2, text-conditioned:
@@ -25,6 +27,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import IVCConfig
@@ -58,6 +61,11 @@ class IVC(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary)
         self.dictionary.name = "IVC dictionary"
+
+    @staticmethod
+    def mediator(m: Tensor) -> Tensor:
+        """``LN(M - mean_l M)``: the rows' label-specific parts, on one scale."""
+        return F.layer_norm(m - m.mean(1, keepdim=True), m.shape[-1:])
 
     def transported_maps(self, v1: Tensor, m: Tensor) -> Tensor:
         """``G^{M->V}[B,K,N,N] = rownorm(Pi G^M_k Pi^T)`` with ``Pi = softmax_L(V1 M^T / sqrt(D))``."""
@@ -96,5 +104,6 @@ class IVC(nn.Module):
         return self.norm(self.w_m(m_hat) + v_hat + self.pos)
 
     def forward(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        m = self.mediator(m)
         v_prime, align = self.relate(v, m)
         return self.intervene(v_prime, m), align
