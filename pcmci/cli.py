@@ -18,10 +18,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthesize data, train full model + baseline, evaluate ID/OOD, write a report")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds; >1 reports mean ± std")
-    p.add_argument("--epochs", type=int, default=50, help="training epochs per model")
+    p.add_argument("--epochs", type=int, help="training epochs per model (default: the tiny preset's, 30)")
     p.add_argument("--confound", type=float, default=0.9, help="confounder/label correlation in train and ID test")
-    p.add_argument("--train", type=int, default=240, help="synthetic training videos")
-    p.add_argument("--test", type=int, default=120, help="synthetic test videos: half test_id, half test_ood")
+    p.add_argument("--train", type=int, default=720, help="synthetic training videos")
+    p.add_argument("--test", type=int, default=240, help="synthetic test videos: half test_id, half test_ood")
     p.add_argument("--device", default="auto")
 
 
@@ -87,8 +87,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--confound", type=float, default=0.9)
     p.add_argument("--codec", choices=["vp9", "h264", "mjpeg"], default="vp9")
-    p.add_argument("--train", type=int, default=240, help="training videos")
-    p.add_argument("--test", type=int, default=120, help="test videos in all: half test_id, half test_ood")
+    p.add_argument("--train", type=int, default=720, help="training videos")
+    p.add_argument("--test", type=int, default=240, help="test videos in all: half test_id, half test_ood")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels")
 
 

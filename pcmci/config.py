@@ -172,8 +172,12 @@ class Config:
 
 
 def _tiny() -> Config:
-    """CPU preset: tiny custom CLIP, 2-layer TimeSformer on 8x64x64 clips; tests and the demo."""
+    """CPU preset: tiny custom CLIP, 2-layer TimeSformer on 8x64x64 clips, 30 epochs; tests and the demo.
+
+    On the synthetic set (720 training videos) the no-intervention baseline trained without confounding reaches
+    >= 0.85 in and out of distribution at these settings (the demo's oracle row)."""
     cfg = Config()
+    cfg.optim.epochs = 30
     cfg.model.ich = ICHConfig(dict_size=32)
     cfg.model.ivc = IVCConfig(dict_size=32)
     return cfg

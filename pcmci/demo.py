@@ -44,12 +44,13 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
 
 
-def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int = 50, confound: float = 0.9,
-             n_train: int = 240, n_test: int = 120, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None = None, confound: float = 0.9,
+             n_train: int = 720, n_test: int = 240, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns the report dict (also written to ``out/report.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
+    epochs = epochs or preset("tiny").optim.epochs
     manifest = _dataset(out / "data", confound, n_train, n_test, progress)
     oracle_manifest = _dataset(out / "data-unconfounded", 0.0, n_train, n_test, progress)
     pairs = counterfactual_pairs(manifest, SPLITS["ood"], preset("tiny").data.frames,
@@ -65,6 +66,7 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int = 50, co
             cfg.data.manifest = str(oracle_manifest if unconfounded else manifest)
             cfg.model.stages = list(stages)
             cfg.optim.epochs = epochs
+            cfg.data.cache_frames = True
             cfg.run.seed = seed
             cfg.run.device = device
             cfg.run.progress = progress

@@ -61,7 +61,8 @@ PROBES: dict[str, Callable[[Tensor], Tensor]] = {
 @torch.no_grad()
 def predict_labels(model: Classifier, clips: Tensor, batch: int = 16) -> Tensor:
     """Top-1 class of each clip ``[n,F,3,H,W]`` -> ``[n]``."""
-    device = next(iter(model.parameters())).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    device = first.device if first is not None else torch.device("cpu")
     preds = [model(clips[i : i + batch].to(device))["logits"].argmax(-1).cpu() for i in range(0, len(clips), batch)]
     return torch.cat(preds)
 

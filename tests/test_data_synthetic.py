@@ -93,7 +93,7 @@ def test_confounder_only_probe_is_a_shortcut_in_distribution_and_chance_out_of_i
 
     from pcmci.data.synthetic import confounder_table
 
-    rows = confounder_table(seed=0, n_train=480, n_test=240, confound=0.9)
+    rows = confounder_table(seed=0, n_train=720, n_test=240, confound=0.9)
     kinds = len(ACTIVITIES)
 
     def xy(split: str) -> tuple[np.ndarray, np.ndarray]:

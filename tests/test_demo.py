@@ -12,13 +12,18 @@ def test_demo_writes_report_json_markdown_and_plots(tmp_path, capsys) -> None:
                  "--seeds", "2"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    for variant in ("baseline", "full"):
+    for variant in ("oracle", "baseline", "full"):
         for split in ("id", "ood"):
             for metric in ("acc", "map", "acc_std", "map_std"):
                 assert 0.0 <= report[variant][split][metric] <= 1.0
             assert len(report["runs"][variant][split]["acc"]["values"]) == 2
+        assert len(report["flip_rate"][variant]["values"]) == 2
+        assert 0.0 <= report["flip_rate"][variant]["mean"] <= 1.0
     md = (out / "report.md").read_text()
-    assert "| model | ID acc | OOD acc | ID mAP | OOD mAP |" in md and "±" in md
+    assert "| model | ID acc | OOD acc | ID mAP | OOD mAP | flip rate |" in md and "±" in md
+    assert "| oracle |" in md
+    meta = json.loads((out / "data-unconfounded" / "meta.json").read_text())
+    assert meta["confound"] == 0.0 and meta["n_train"] == 12
     for png in ("training_curves.png", "id_ood_acc.png", "id_ood_map.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert report["profile"]["params"] > 1e5 and report["profile"]["flops_per_clip"] > 1e6

@@ -216,8 +216,8 @@ def render_counterfactual(meta: dict, video: dict, background: int, distractor: 
 def synthesize(
     out: str | Path,
     seed: int = 0,
-    n_train: int = 240,
-    n_test: int = 120,
+    n_train: int = 720,
+    n_test: int = 240,
     confound: float = 0.9,
     codec: str = "vp9",
     size: int = 64,
