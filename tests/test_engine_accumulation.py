@@ -15,7 +15,7 @@ from pcmci.engine.train import _micro_batch_sizes, train
 def test_two_accumulated_batches_of_3_equal_one_batch_of_6(synthetic_set: Path, tiny_run: Path,
                                                            tmp_path: Path) -> None:
     train(load_config("tiny", tiny_run_overrides(synthetic_set, tmp_path, "optim.batch_size=3", "optim.accum_steps=2",
-                                                 "model.dictionaries.clips=32", "optim.epochs=1")))
+                                                 "optim.epochs=1")))
     assert load_checkpoint(tmp_path / "checkpoint.pt")["scheduler"]["last_epoch"] == 4
     # warm-up is the first epoch, so these 4 steps see the learning rates of the 2-epoch batch-6 run; each loss
     # after the first is computed with the weights the accumulated steps before it produced
