@@ -24,8 +24,7 @@ def test_sigkill_mid_epoch_then_resume_reproduces_the_run(synthetic_set: Path, t
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 0 and set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
     train(load_config("tiny", overrides), resume=True)
-    # weights within 3e-5: the epoch-1 dictionary refit (k-means) amplifies ~1e-6 differences (1 vs 2 threads)
-    assert_same_run(tmp_path, tiny_run, atol=1e-5, weight_atol=3e-5)
+    assert_same_run(tmp_path, tiny_run, atol=1e-5, weight_atol=1e-5)
 
 
 def test_out_dir_with_a_checkpoint_is_reused_only_with_resume_or_overwrite(
@@ -61,4 +60,4 @@ def test_resume_can_extend_a_run(synthetic_set: Path, tiny_run: Path, tmp_path: 
     train(load_config("tiny", tiny_run_overrides(synthetic_set, out, "optim.epochs=3")), resume=True)
     extended = load_checkpoint(out / "checkpoint.pt")
     assert extended["epoch"] == 2 and extended["config"]["optim"]["epochs"] == 3
-    assert not torch.equal(extended["model"]["text"], state["model"]["text"])
+    assert not torch.equal(extended["model"]["video.proj.weight"], state["model"]["video.proj.weight"])
