@@ -137,8 +137,7 @@ def stage_maps(model: PCMCI, frames: Tensor) -> dict[str, np.ndarray]:
                 for k in range(g.shape[1]):
                     maps[f"ICI layer {i} base {k} (labels x labels)"] = g[0, k].cpu().numpy()
         else:
-            m = model.ivc.mediator(t)
-            v_prime, _ = model.ivc.relate(v, m)
+            v_prime, m, _ = model.ivc.encode(v, t)
             maps["IVC P(m|V) (tokens x labels)"] = model.ivc.mediator_weights(v_prime, m)[0].cpu().numpy()
             g = model.ivc.transported_maps(v_prime, m)
             for k in range(g.shape[1]):

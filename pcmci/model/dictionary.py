@@ -44,7 +44,7 @@ def kmeans(x: Tensor, k: int, iters: int = 30, seed: int = 0) -> tuple[Tensor, T
 class ConfounderDictionary(nn.Module):
     """Strata ``atoms[M,D]`` and prior ``prior[M]`` (sums to 1)."""
 
-    def __init__(self, size: int, dim: int, mode: str) -> None:
+    def __init__(self, size: int, dim: int, mode: str, name: str = "dictionary") -> None:
         super().__init__()
         self.mode = mode
         if mode == "learned":
@@ -54,7 +54,7 @@ class ConfounderDictionary(nn.Module):
             self.register_buffer("atoms", torch.zeros(size, dim))
             self.register_buffer("prior", torch.zeros(size))
         self.ready = mode == "learned"
-        self.name = "dictionary"
+        self.name = name
         self._warned = False
         self.register_load_state_dict_post_hook(lambda module, _: module._refresh_ready())
 

@@ -39,8 +39,7 @@ class ICH(nn.Module):
         self.w_k = nn.Linear(dim, dim, bias=False)
         self.w_o = nn.Linear(2 * dim if cfg.adjust == "posterior" else dim, dim)
         self.norm = nn.LayerNorm(dim)
-        self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary)
-        self.dictionary.name = "ICH dictionary"
+        self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary, "ICH dictionary")
 
     def overalignment(self, t: Tensor, vp: Tensor) -> tuple[Tensor, Tensor]:
         """-> (transport plan ``L Q [B,L,F]`` (rows sum to 1), proxy weights ``O [B,L,F]``)."""

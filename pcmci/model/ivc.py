@@ -59,8 +59,7 @@ class IVC(nn.Module):
         else:
             self.w_f = nn.Linear(2 * dim, dim)
         self.norm = nn.LayerNorm(dim)
-        self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary)
-        self.dictionary.name = "IVC dictionary"
+        self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary, "IVC dictionary")
 
     @staticmethod
     def mediator(m: Tensor) -> Tensor:
@@ -103,7 +102,12 @@ class IVC(nn.Module):
             return self.norm(v_prime + self.w_f(torch.cat([m_hat, v_hat], dim=-1)))
         return self.norm(self.w_m(m_hat) + v_hat + self.pos)
 
-    def forward(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.mediator(m)
+    def encode(self, v: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Texts ``t`` -> mediator ``M``, then ``V'``: -> (``V'[B,N,D]``, ``M[B,L,D]``, alignment loss)."""
+        m = self.mediator(t)
         v_prime, align = self.relate(v, m)
+        return v_prime, m, align
+
+    def forward(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        v_prime, m, align = self.encode(v, m)
         return self.intervene(v_prime, m), align

@@ -136,8 +136,7 @@ class PCMCI(nn.Module):
             elif name == "ici":
                 texts = [self.ici(t) for t in texts]
             else:
-                feats = torch.cat([self.ivc.relate(v, self.ivc.mediator(t))[0].flatten(0, 1)
-                                   for v, t in zip(videos, texts)])
+                feats = torch.cat([self.ivc.encode(v, t)[0].flatten(0, 1) for v, t in zip(videos, texts)])
                 self.ivc.dictionary.fit(feats, seed)
                 used[name] = feats.shape[0]
                 videos = [self.ivc(v, t)[0] for v, t in zip(videos, texts)]
