@@ -13,10 +13,11 @@ from collections.abc import Iterator
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
+
+av = pytest.importorskip("av")  # the GPU image has no PyAV unless it travels as a wheel
 
 from pcmci.data.decode import decode_frames, probe
 from pcmci.data.sampling import segment_indices

@@ -9,6 +9,8 @@ mkdir -p "$OUT"
 PY=${PY:-python3}
 PARTS=${*:-tests report sanitizer sinkhorn relation other}
 export PYTHONUNBUFFERED=1
+PART_TIMEOUT=${PART_TIMEOUT:-150}  # seconds per part, so one slow part cannot eat the whole device lease
+BENCH_ARGS=${BENCH_ARGS:---benchmark-max-time=0.2 --benchmark-min-rounds=3}
 wants() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -23,16 +25,16 @@ echo "device: $GPU  torch $($PY -c 'import torch, triton; print(torch.__version_
 status=0
 
 if wants tests; then  # real Triton compile on CUDA: fp32, fp16, bf16; op-level torch.compile with the kernels
-  $PY -m pytest -q --noconftest -p no:cacheprovider tests/test_kernels_sinkhorn.py tests/test_kernels_relation.py \
+  timeout "$PART_TIMEOUT" $PY -m pytest -q --noconftest -p no:cacheprovider tests/test_kernels_sinkhorn.py tests/test_kernels_relation.py \
     tests/test_kernels_compile.py >"$OUT/tests.log" 2>&1 || status=1
   echo "tests: $(tail -1 "$OUT/tests.log")"
   [ $status -eq 0 ] || grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
 fi
 
 if wants report; then  # AOT prediction (no GPU needed) next to what the device's own compile used
-  $PY -m pcmci.cli kernels report --shapes all --out "$OUT" >/dev/null 2>"$OUT/kernels-report.log" || status=1
+  timeout "$PART_TIMEOUT" $PY -m pcmci.cli kernels report --shapes all --out "$OUT" >/dev/null 2>"$OUT/kernels-report.log" || status=1
   echo "kernels report (AOT, sm_80/89/90): $(tail -1 "$OUT/kernels-report.md")"
-  $PY bench/kernel_registers.py "$OUT/kernels-report.json" --shapes all >"$OUT/kernel-registers.md" \
+  timeout "$PART_TIMEOUT" $PY bench/kernel_registers.py "$OUT/kernels-report.json" --shapes all >"$OUT/kernel-registers.md" \
     2>"$OUT/kernel-registers.log" || status=1
   echo "real compile on the device vs AOT prediction: $OUT/kernel-registers.md"
   head -12 "$OUT/kernel-registers.md"
@@ -41,7 +43,7 @@ fi
 if wants sanitizer; then
   SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   if [ -x "$SAN" ]; then
-    "$SAN" --tool memcheck --error-exitcode 3 $PY - >"$OUT/sanitizer.log" 2>&1 <<'PYEOF'
+    timeout "$PART_TIMEOUT" "$SAN" --tool memcheck --error-exitcode 3 $PY - >"$OUT/sanitizer.log" 2>&1 <<'PYEOF'
 import torch
 from pcmci.kernels import log_sinkhorn, relation
 for R, S in ((10, 8), (200, 300)):  # both Sinkhorn regimes, masks, forward and backward
@@ -61,7 +63,7 @@ fi
 
 bench() {  # bench NAME PYTEST-ARGS...: one pytest-benchmark run, JSON + log, then its ratio table
   local name=$1; shift
-  timeout "${BENCH_TIMEOUT:-280}" $PY -m pytest -q -p no:cacheprovider "$@" --benchmark-columns=min,mean,rounds \
+  timeout "${BENCH_TIMEOUT:-280}" $PY -m pytest -q -p no:cacheprovider "$@" $BENCH_ARGS --benchmark-columns=min,mean,rounds \
     --benchmark-json="$OUT/$TAG-$name.json" >"$OUT/bench-$name.log" 2>&1 || status=1
   echo "== $name: $(tail -1 "$OUT/bench-$name.log")"
   awk '/^min time in ms/ {p = 1} p && (/^$/ || /^=/) {exit} p' "$OUT/bench-$name.log"
@@ -71,5 +73,10 @@ wants relation && bench relation bench/bench_kernels.py -k test_relation
 if wants other; then  # the other benchmark suites of bench/ (model, data), when present
   others=$(ls bench/bench_*.py 2>/dev/null | grep -v bench_kernels.py)
   [ -z "$others" ] || bench other $others
+fi
+# The device tool brings back at most 8 files: pack them into one archive when there are more
+if [ "$(ls "$OUT" | wc -l)" -gt 8 ]; then
+  tar czf /tmp/gpu-suite.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu-suite.tgz "$OUT/"
+  echo "packed: $OUT/gpu-suite.tgz"
 fi
 exit $status

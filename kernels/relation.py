@@ -264,7 +264,7 @@ def triton_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor 
     """Launch the fused forward: ``out[B,N,e]`` (v dtype) and ``lse[B,K,N]`` (fp32)."""
     B, K, N, d = q.shape
     q, k, v, prior = _contig(q, k, v, prior)
-    m = q if mask is None else mask.contiguous().view(torch.uint8)
+    m = q if mask is None else mask.contiguous().to(torch.uint8)
     out = v.new_empty((B, N, v.shape[3]))
     lse = q.new_empty((B, K, N), dtype=torch.float32)
     fwd = _launches(q, v, mask)[0]
@@ -280,7 +280,7 @@ def triton_backward(
     """Launch the recomputing backward: gradients w.r.t. (q, k, v, prior)."""
     B, K, N, d = q.shape
     dout, q, k, v, prior, lse = _contig(dout, q, k, v, prior, lse)
-    m = q if mask is None else mask.contiguous().view(torch.uint8)
+    m = q if mask is None else mask.contiguous().to(torch.uint8)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     rowdot = torch.empty_like(lse)
     _, bwd_dq, bwd_dkdv = _launches(q, v, mask)

@@ -414,7 +414,7 @@ def launch_configs(B: int, R: int, S: int, dtype: torch.dtype, arch: int, masked
 
 
 def _mask_arg(cost: Tensor, mask: Tensor | None) -> Tensor:
-    return cost if mask is None else mask.contiguous().view(torch.uint8)
+    return cost if mask is None else mask.contiguous().to(torch.uint8)
 
 
 def triton_forward(

@@ -95,6 +95,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     perf = [["inference forward", f"{inf['forward_ms']:.1f}", f"{inf['clips_per_s']:.2f}", "",
              f"{inf['peak_memory_bytes'] / 2**20:,.0f}"]]
     for mode, t in lat.get("train_step", {}).items():
+        if "error" in t:
+            perf.append([f"train step ({mode})", "failed: " + t["error"], "", "", ""])
+            continue
         perf.append([f"train step ({mode})", f"{t['step_ms']:.1f}", f"{t['clips_per_s']:.2f}",
                      f"{t['first_call_ms']:.0f}", f"{t['peak_memory_bytes'] / 2**20:,.0f}"])
     out += ["", "## Latency, throughput, memory", "", f"{lat['device']}, {lat['method']}, bf16 autocast: "
