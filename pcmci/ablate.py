@@ -2,17 +2,24 @@
 
 Variants: the no-intervention baseline, each stage alone, each pair (in the paper's order), the full model and the
 reversed order. Every run is ``pcmci train`` + ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std
-of accuracy and mAP per split (``ablation.json``, ``ablation.md``, ``ablation_acc.png``, ``ablation_map.png``).
+of accuracy and mAP per split, and on synthetic sets the counterfactual flip rate (``ablation.json``, ``ablation.md``,
+``ablation_acc.png``, ``ablation_map.png``). Each finished run is kept in its folder and reused when the ablation is
+run again; ``--jobs N`` trains N runs at a time.
 """
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 import json
 import logging
+import multiprocessing
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from .config import STAGE_NAMES, Config, load_config
 from .engine.evaluate import evaluate
@@ -46,11 +53,61 @@ def variant_config(source: str, overrides: list[str], stages: list[str], seed: i
                                 f"run.out_dir={out_dir}"])
 
 
+def _flip_rate(cfg: Config, checkpoint: Path, split: str, limit: int = 240) -> float | None:
+    """Counterfactual flip rate on ``split`` of a synthetic set (same motion, other background and distractor);
+    None on other datasets."""
+    from .diagnose import counterfactual_pairs, flip_rate, predict_labels
+    from .engine.evaluate import load_model
+    from .engine.train import resolve_device
+
+    pairs = counterfactual_pairs(Path(cfg.data.manifest), split, cfg.data.frames, cfg.data.image_size, limit)
+    if pairs is None:
+        return None
+    model, _ = load_model(checkpoint, resolve_device(cfg.run.device))
+    return flip_rate(predict_labels(model, pairs[0]), predict_labels(model, pairs[1]))
+
+
+def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, device: str,
+            progress: bool) -> dict[str, Any]:
+    """Train + evaluate one (variant, seed); the result is kept in ``out/<name>-seed<k>/ablation_run.json`` and
+    reused by a later ablation with the same config, stages and seed (an interrupted ablation loses no run)."""
+    run_dir = out / f"{name}-seed{seed}"
+    cfg = variant_config(source, overrides, VARIANTS[name], seed, run_dir)
+    cfg.run.device = device if device != "auto" else cfg.run.device
+    cfg.run.progress = cfg.run.progress and progress
+    key = {"config": source, "overrides": overrides, "stages": VARIANTS[name], "seed": seed}
+    saved = run_dir / "ablation_run.json"
+    if saved.is_file():
+        done = json.loads(saved.read_text())
+        if done.get("key") == key:
+            log.info("ablation: reusing %s (stages=%s), seed %d from %s", name, VARIANTS[name], seed, saved)
+            return done
+    log.info("ablation: %s (stages=%s), seed %d", name, VARIANTS[name], seed)
+    splits = cfg.data.eval_splits
+    checkpoint = train(cfg)
+    results = evaluate(checkpoint, splits, device=cfg.run.device, progress=progress)
+    done = {"key": key, "results": {s: {m: float(results[s][m]) for m in METRICS} for s in splits},
+            "flip_rate": _flip_rate(cfg, checkpoint, splits[-1])}
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps(done, indent=2))
+    tmp.replace(saved)
+    return done
+
+
+def _worker_init(threads: int, level: int) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
 def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path, variants: list[str] | None = None,
-                 device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate every variant for ``seeds`` seeds; returns the report (also written under ``out``)."""
+                 device: str = "auto", progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+    """Train and evaluate every variant for ``seeds`` seeds, ``jobs`` runs at a time (each in its own process,
+    with ``cpu_count / jobs`` threads); returns the report (also written under ``out``)."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     names = variants or list(VARIANTS)
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
@@ -59,22 +116,28 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
     splits = variant_config(source, overrides, [], 0, out).data.eval_splits
-    runs: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for name in names:
-        runs[name] = {split: {m: [] for m in METRICS} for split in splits}
-        for seed in range(seeds):
-            cfg = variant_config(source, overrides, VARIANTS[name], seed, out / f"{name}-seed{seed}")
-            cfg.run.device = device if device != "auto" else cfg.run.device
-            cfg.run.progress = cfg.run.progress and progress
-            log.info("ablation: %s (stages=%s), seed %d", name, VARIANTS[name], seed)
-            results = evaluate(train(cfg), splits, device=cfg.run.device, progress=progress)
-            for split in splits:
-                for metric in METRICS:
-                    runs[name][split][metric].append(results[split][metric])
+    todo = [(name, seed) for name in names for seed in range(seeds)]
+    if jobs == 1:
+        done = [run_one(source, overrides, name, seed, out, device, progress) for name, seed in todo]
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
+            futures = [pool.submit(run_one, source, overrides, name, seed, out, device, False) for name, seed in todo]
+            done = [f.result() for f in tqdm(futures, desc="ablation runs", disable=not progress)]
+    runs = {name: {split: {m: [] for m in METRICS} for split in splits} for name in names}
+    flips: dict[str, list[float]] = {name: [] for name in names}
+    for (name, _), result in zip(todo, done):
+        for split in splits:
+            for metric in METRICS:
+                runs[name][split][metric].append(result["results"][split][metric])
+        if result["flip_rate"] is not None:
+            flips[name].append(result["flip_rate"])
     report = {
         "config": source, "overrides": overrides, "seeds": seeds, "splits": splits,
         "variants": {name: {"stages": VARIANTS[name],
-                            **{split: {m: summarise(v) for m, v in ms.items()} for split, ms in per.items()}}
+                            **{split: {m: summarise(v) for m, v in ms.items()} for split, ms in per.items()},
+                            "flip_rate": summarise(flips[name]) if flips[name] else None}
                      for name, per in runs.items()},
         "seconds": round(time.perf_counter() - tic, 1),
     }
@@ -96,10 +159,12 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 def markdown(report: dict[str, Any]) -> str:
     """The ablation table: one row per variant, mean ± std per split and metric."""
     splits = report["splits"]
-    head = " | ".join(f"{s} {m}" for s in splits for m in ("acc", "mAP"))
+    head = " | ".join(f"{s} {m}" for s in splits for m in ("acc", "mAP")) + f" | {splits[-1]} flip rate"
     rows = []
     for name, v in report["variants"].items():
         cells = " | ".join(f"{v[s][m]['mean']:.4f} ± {v[s][m]['std']:.4f}" for s in splits for m in METRICS)
+        flip = v.get("flip_rate")
+        cells += " | " + ("n/a" if flip is None else f"{flip['mean']:.4f} ± {flip['std']:.4f}")
         rows.append(f"| {name} | `{v['stages']}` | {cells} |")
     return "\n".join([
         f"# Ablation: {report['config']} {' '.join(report['overrides'])}".rstrip(),
@@ -107,8 +172,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['seeds']} seed(s) per variant, same hyperparameters for every variant, {report['seconds']} s in all.",
         "",
         f"| variant | stages | {head} |",
-        "|---|---|" + "---:|" * (2 * len(splits)),
+        "|---|---|" + "---:|" * (2 * len(splits) + 1),
         *rows,
+        "",
+        f"Flip rate: share of `{splits[-1]}` videos whose prediction changes when the same motion is re-rendered with "
+        "another background and distractor (synthetic sets only; lower is better).",
         "",
         "![accuracy](ablation_acc.png)",
         "![mAP](ablation_map.png)",

@@ -48,6 +48,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
     p.add_argument("--variants", nargs="+", help="subset of: baseline ich ici ivc ich+ici ich+ivc ici+ivc full reversed")
     p.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process (default: 1)")
     p.add_argument("--device", default="auto")
 
 
@@ -194,7 +195,8 @@ def _run(args: argparse.Namespace) -> int | None:
     elif args.command == "ablate":
         from .ablate import run_ablation
 
-        run_ablation(args.config, args.overrides, args.seeds, args.out, args.variants, args.device, progress)
+        run_ablation(args.config, args.overrides, args.seeds, args.out, args.variants, args.device, progress,
+                     args.jobs)
         print((Path(args.out) / "ablation.md").read_text())
         print(f"report: {args.out}/ablation.md, {args.out}/ablation.json, {args.out}/ablation_acc.png")
     elif args.command == "diagnose":

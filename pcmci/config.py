@@ -72,11 +72,13 @@ class ICIConfig:
 @dataclass
 class IVCConfig:
     """Front-door on the video. ``static`` removes what persists over the clip's tokens (its temporal mean, the
-    carrier of background / clothing / habits) before the relation encoder; ``mediator_only`` lets the clip reach
+    carrier of background / clothing / habits) before the relation encoder, ``static_input`` the clip's mean frame
+    before the video encoder; ``mediator_only`` lets the clip reach
     the head only through P(m|V) (``false`` is the pre-fix residual variant ``LN(V' + W_f[M^; V^])``)."""
 
     bases: int = 8
     static: bool = True
+    static_input: bool = True  # also remove the clip's temporal-mean frame before the video encoder
     mediator_only: bool = True
     dictionary: str = "kmeans"
     dict_size: int = 512
@@ -161,6 +163,7 @@ class RunConfig:
     progress: bool = True
     compile: bool | None = None  # torch.compile the model for training and evaluation; None = on CUDA only
     tensorboard: bool = True  # TensorBoard scalars under out_dir/tensorboard, beside metrics.jsonl
+    dtype: str = "float32"  # weights and inputs; float64 (CPU only, slow) for bit-level reproducibility checks
 
 
 @dataclass
@@ -172,10 +175,7 @@ class Config:
 
 
 def _tiny() -> Config:
-    """CPU preset: tiny custom CLIP, 2-layer TimeSformer on 8x64x64 clips, 30 epochs; tests and the demo.
-
-    On the synthetic set (720 training videos) the no-intervention baseline trained without confounding reaches
-    >= 0.85 in and out of distribution at these settings (the demo's oracle row)."""
+    """CPU preset: tiny custom CLIP, 2-layer TimeSformer on 8x64x64 clips, 30 epochs; tests and the demo."""
     cfg = Config()
     cfg.optim.epochs = 30
     cfg.model.ich = ICHConfig(dict_size=32)
@@ -255,6 +255,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"config key {key!r} expects a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
         return float(value)
@@ -302,6 +307,7 @@ def validate(cfg: Config) -> Config:
         "optim.name": (cfg.optim.name, ("adamw", "adam")),
         "data.backend": (cfg.data.backend, ("auto", "pyav", "dali")),
         "data.dataset": (cfg.data.dataset, ("manifest", "breakfast", "coin", "charades")),
+        "run.dtype": (cfg.run.dtype, ("float32", "float64")),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:

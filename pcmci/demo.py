@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import STAGE_NAMES, preset
-from .data.synthetic import synthesize
+from .data.synthetic import GENERATOR, synthesize
 from .diagnose import counterfactual_pairs, flip_rate, predict_labels
 from .engine.evaluate import evaluate, load_model
 from .engine.plots import plot_grouped_bars, plot_training_curves
@@ -33,7 +33,7 @@ def _dataset(data: Path, confound: float, n_train: int, n_test: int, progress: b
     meta = data / "meta.json"
     if meta.is_file() and (data / "manifest.csv").is_file():
         saved = json.loads(meta.read_text())
-        wanted = {"seed": 0, "confound": confound, "n_train": n_train, "n_test": n_test}
+        wanted = {"generator": GENERATOR, "seed": 0, "confound": confound, "n_train": n_train, "n_test": n_test}
         if all(saved.get(k) == v for k, v in wanted.items()):
             log.info("reusing synthetic data in %s", data)
             return data / "manifest.csv"

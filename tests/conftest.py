@@ -55,10 +55,14 @@ def tiny_run_overrides(manifest: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_run(synthetic_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted single-process run of ``tiny_run_overrides``; returns its ``run.out_dir``."""
+    """One uninterrupted single-process run of ``tiny_run_overrides`` with one thread (as the subprocess runs it
+    is compared with); returns its ``run.out_dir``."""
+    from engine_runs import one_thread
+
     from pcmci.config import load_config
     from pcmci.engine.train import train
 
     out = tmp_path_factory.mktemp("tiny-run")
-    train(load_config("tiny", tiny_run_overrides(synthetic_set, out)))
+    with one_thread():
+        train(load_config("tiny", tiny_run_overrides(synthetic_set, out)))
     return out

@@ -28,12 +28,13 @@ def test_summary_and_config_of_one_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_path: Path, capsys) -> None:
+def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_path: Path, capsys,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Two runs at a time in worker processes; then the same ablation again reuses every finished run."""
     out = tmp_path / "ablate"
-    code = main(["--quiet", "ablate", "tiny", f"data.manifest={synthetic_set}", "optim.epochs=1",
-                 "optim.batch_size=6", "model.dictionaries.clips=12", "--seeds", "2",
-                 "--variants", "baseline", "ivc", "--out", str(out)])
-    assert code == 0
+    args = ["--quiet", "ablate", "tiny", f"data.manifest={synthetic_set}", "optim.epochs=1", "optim.batch_size=6",
+            "model.dictionaries.clips=12", "--seeds", "2", "--variants", "baseline", "ivc", "--out", str(out)]
+    assert main([*args, "--jobs", "2"]) == 0
     report = json.loads((out / "ablation.json").read_text())
     assert report["splits"] == ["test_id", "test_ood"] and list(report["variants"]) == ["baseline", "ivc"]
     for variant in report["variants"].values():
@@ -41,11 +42,19 @@ def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_pa
             for metric in ("acc", "map"):
                 cell = variant[split][metric]
                 assert len(cell["values"]) == 2 and 0.0 <= cell["mean"] <= 1.0
+        flips = variant["flip_rate"]["values"]
+        assert len(flips) == 2 and all(0.0 <= f <= 1.0 for f in flips)
     md = (out / "ablation.md").read_text()
-    assert "| variant | stages | test_id acc | test_id mAP | test_ood acc | test_ood mAP |" in md
+    assert "| variant | stages | test_id acc | test_id mAP | test_ood acc | test_ood mAP | test_ood flip rate |" in md
     assert "| ivc | `['ivc']` |" in md
     for png in ("ablation_acc.png", "ablation_map.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert (out / "ivc-seed1" / "checkpoint.pt").is_file()
     assert "ablation.md" in capsys.readouterr().out
+    stamp = (out / "ivc-seed1" / "checkpoint.pt").stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="pcmci.ablate"):
+        assert main(args) == 0
+    assert sum("reusing" in r.getMessage() for r in caplog.records) == 4
+    assert (out / "ivc-seed1" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert json.loads((out / "ablation.json").read_text())["variants"] == report["variants"]
     assert main(["--quiet", "ablate", "tiny", "--variants", "nope", "--out", str(out)]) == 1

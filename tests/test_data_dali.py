@@ -75,6 +75,8 @@ def test_dali_loader_cpu_batches_match_the_dataset_and_shard(sets):
         shard.set_epoch(1)
         seen.append([i for b in shard for i in b["index"].tolist()])
     assert sorted(seen[0] + seen[1]) == [0, 1, 2, 3] and not set(seen[0]) & set(seen[1])
+    uneven = [DaliLoader(train, 2, "cpu", shuffle=True, rank=r, world=3)._order() for r in range(3)]
+    assert [len(o) for o in uneven] == [2, 2, 2] and set(sum(uneven, [])) == {0, 1, 2, 3}  # padded, as DDP needs
 
 
 def test_dali_loader_skips_bad_videos(tmp_path, sets):

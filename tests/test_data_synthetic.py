@@ -56,13 +56,17 @@ def test_deterministic_from_seed(small, tmp_path):
     assert json.loads((other.parent / "meta.json").read_text())["videos"] != meta_a["videos"]
 
 
-def test_confound_strength_in_train_and_chance_in_ood(tmp_path):
+@pytest.mark.parametrize("confound", [0.8, 0.0])
+def test_confound_strength_in_train_and_chance_in_ood(tmp_path, confound):
+    """P(own confounder) = confound + (1 - confound) / 6 in train and test_id (confound 0: independent, 1/6),
+    1/6 in test_ood."""
     manifest = synthesize(
-        tmp_path / "d", n_train=600, n_test=1200, confound=0.8, codec="mjpeg", size=16,
+        tmp_path / "d", n_train=600, n_test=1200, confound=confound, codec="mjpeg", size=16,
         frames_per_action=1, progress=False,
     )
     videos = json.loads((manifest.parent / "meta.json").read_text())["videos"]
-    for split, expected in [("train", 0.8), ("test_id", 0.8), ("test_ood", 1 / 6)]:
+    own = confound + (1 - confound) / 6
+    for split, expected in [("train", own), ("test_id", own), ("test_ood", 1 / 6)]:
         chosen = [v for v in videos if v["split"] == split]
         for key in ("background", "distractor"):
             rate = np.mean([v[key] == v["label"] for v in chosen])

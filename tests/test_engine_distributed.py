@@ -14,29 +14,37 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_run_overrides
-from engine_runs import assert_same_run, kill_at_first_step_of_epoch, pcmci_command, run_pcmci, step_losses
+from engine_runs import (assert_same_run, kill_at_first_step_of_epoch, one_thread, pcmci_command, run_pcmci,
+                         step_losses)
 
+from pcmci.config import load_config
 from pcmci.engine import distributed
 from pcmci.engine.checkpoint import load_checkpoint
 from pcmci.engine.evaluate import evaluate
+from pcmci.engine.train import train
 
 
 def test_two_gloo_processes_killed_and_resumed_equal_one_process_of_twice_the_batch(
-        synthetic_set: Path, tiny_run: Path, tmp_path: Path) -> None:
-    overrides = tiny_run_overrides(synthetic_set, tmp_path, "optim.batch_size=3")
+        synthetic_set: Path, tmp_path: Path) -> None:
+    """In float64 (``run.dtype``): in float32 the two batch splits round differently (~1e-6), and within 8 Adam steps
+    that grows to ~4e-5 in ``ivc.video_relation`` (measured), which would hide the logic this test checks."""
+    one = tmp_path / "one"
+    with one_thread():
+        train(load_config("tiny", tiny_run_overrides(synthetic_set, one, "run.dtype=float64")))
+    tmp_path = tmp_path / "two"
+    overrides = tiny_run_overrides(synthetic_set, tmp_path, "optim.batch_size=3", "run.dtype=float64")
     status = kill_at_first_step_of_epoch(pcmci_command("train", "tiny", *overrides, nproc=2),
                                          tmp_path / "metrics.jsonl", epoch=1)
     assert status == -signal.SIGKILL
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 0 and state["world"] == 2 and state["config"]["optim"]["batch_size"] == 3
     # the uninterrupted first epoch: 24 videos / (3 clips x 2 processes) = 4 steps, equal to batch 6 in 1 process
-    np.testing.assert_allclose(step_losses(tmp_path)[:4], step_losses(tiny_run)[:4], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(step_losses(tmp_path)[:4], step_losses(one)[:4], rtol=0, atol=1e-5)
 
     run_pcmci("train", "tiny", *overrides, "--resume", "--nproc", "2")
     assert len(step_losses(tmp_path)) == 8
-    # weights within 3e-5: the two batch splits differ by ~1e-6 in float, and after 8 Adam steps that reaches
-    # 1.4e-5 in ivc.video_relation.w (measured); the dictionaries are fitted once here (refit_every=0)
-    assert_same_run(tmp_path, tiny_run, atol=1e-5, weight_atol=3e-5)
+    assert_same_run(tmp_path, one, atol=1e-5)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["model"]["head.weight"].dtype == torch.float64
 
     # eval under torchrun: each rank scores its shard, rank 0 writes the gathered metrics
     checkpoint = str(tmp_path / "checkpoint.pt")

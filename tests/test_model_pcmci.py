@@ -109,6 +109,20 @@ def test_stages_see_inputs_on_one_scale(tiny_model) -> None:
         torch.testing.assert_close(x.var(-1, unbiased=False), torch.ones(x.shape[:-1]), atol=1e-3, rtol=0)
 
 
+def test_ivc_takes_the_static_frame_out_before_the_video_encoder(tiny_model) -> None:
+    """With IVC (``static_input``) a still image added to every frame (a background) leaves the video tokens as they
+    were; without IVC, or with the switch off, it changes them."""
+    frames = torch.rand(2, 8, 3, 64, 64)
+    still = torch.rand(2, 1, 3, 64, 64)
+    with torch.no_grad():
+        full = tiny_model().eval()
+        torch.testing.assert_close(full.encode_video(frames + still), full.encode_video(frames), atol=1e-5, rtol=0)
+        baseline = tiny_model([]).eval()
+        assert (baseline.encode_video(frames + still) - baseline.encode_video(frames)).abs().max() > 1e-2
+        full.cfg.ivc.static_input = False
+        assert (full.encode_video(frames + still) - full.encode_video(frames)).abs().max() > 1e-2
+
+
 def test_text_is_initialised_from_clip_text_embeddings(tiny_model) -> None:
     model = tiny_model()
     want = model.clip.encode_text(model.classes + model.actions)
@@ -179,6 +193,8 @@ def test_config_errors_name_the_cause(tmp_path) -> None:
         load_config("tiny", ["model.stages=[ich,icx]"])
     with pytest.raises(ConfigError, match="expects an integer"):
         load_config("tiny", ["optim.epochs=many"])
+    with pytest.raises(ConfigError, match="'optim.lr' expects a number, got 'fast'"):
+        load_config("tiny", ["optim.lr=fast"])
     with pytest.raises(ConfigError, match="unknown preset|neither a preset"):
         load_config("nonexistent-preset")
     bad = tmp_path / "bad.yaml"
@@ -189,8 +205,9 @@ def test_config_errors_name_the_cause(tmp_path) -> None:
 
 def test_config_yaml_and_overrides_compose(tmp_path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("preset: tiny\noptim:\n  lr: 0.01\nmodel:\n  stages: [ivc, ich]\n")
+    path.write_text("preset: tiny\noptim:\n  lr: 0.01\n  weight_decay: 5e-2\nmodel:\n  stages: [ivc, ich]\n")
     cfg = load_config(path, ["optim.epochs=3", "model.ich.ot_grad=false"])
-    assert cfg.optim.lr == 0.01 and cfg.optim.epochs == 3
+    assert cfg.optim.lr == 0.01 and cfg.optim.epochs == 3 and cfg.optim.weight_decay == 0.05
+    assert load_config("tiny", ["optim.lr=2e-3"]).optim.lr == 0.002  # YAML 1.1 reads "2e-3" as a string
     assert cfg.model.stages == ["ivc", "ich"] and cfg.model.ich.ot_grad is False
     assert load_config("paper").model.timesformer.width == 768

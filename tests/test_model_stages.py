@@ -223,15 +223,16 @@ def test_head_matches_equation() -> None:
     q, mem = torch.randn(b, c, d, dtype=torch.float64), torch.randn(b, n, d, dtype=torch.float64)
     got = np_(head(q, mem))
     layer = head.layers[0]
-    w_in, b_in = np_(layer.attn.in_proj_weight), np_(layer.attn.in_proj_bias)
+    attn = layer.attn
+    assert attn.k.bias is None  # softmax cancels a key bias
     for i in range(b):
         x, m = np_(q[i]), layer_norm(np_(mem[i]), layer.norm_mem)
         xn = layer_norm(x, layer.norm_q)
-        qq, kk, vv = xn @ w_in[:d].T + b_in[:d], m @ w_in[d:2 * d].T + b_in[d:2 * d], m @ w_in[2 * d:].T + b_in[2 * d:]
+        qq, kk, vv = linear(xn, attn.q), m @ np_(attn.k.weight).T, linear(m, attn.v)
         hd = d // 2
         o = np.concatenate([softmax(qq[:, h * hd:(h + 1) * hd] @ kk[:, h * hd:(h + 1) * hd].T / math.sqrt(hd))
                             @ vv[:, h * hd:(h + 1) * hd] for h in range(2)], 1)
-        x = x + linear(o, layer.attn.out_proj)
+        x = x + linear(o, attn.out)
         x = x + mlp(layer_norm(x, layer.norm2), layer.mlp)
         want = (layer_norm(x, head.norm) * np_(head.weight)).sum(1) + np_(head.bias)
         np.testing.assert_allclose(got[i], want, atol=1e-6)

@@ -106,7 +106,7 @@ class DaliLoader:
     """Batches ``{"video": float [B,F,3,S,S] in [0,1] on the device, "label", "steps", "index", "bad"}``.
 
     Shard ``rank`` of ``world`` sees positions ``rank::world`` of the epoch order (seeded shuffle when
-    ``shuffle``); ``set_epoch`` selects both the order and the training offsets. Videos that fail to
+    ``shuffle``), padded to a multiple of ``world`` as ``DistributedSampler`` does; ``set_epoch`` selects both the order and the training offsets. Videos that fail to
     probe, or that fail inside the pipeline (found by decoding a failed batch one video at a time), are skipped
     and listed in ``bad`` when the dataset has ``skip_bad``, else raise. Every ``pipe.run()`` runs under the
     decode watchdog (``timeout`` seconds, default the dataset's).
@@ -129,11 +129,18 @@ class DaliLoader:
         self.dataset.set_epoch(epoch)
 
     def _order(self) -> list[int]:
+        """This shard's indices. As ``DistributedSampler``: the epoch order is padded (by repeating it from the
+        start) to a multiple of ``world``, so every rank runs the same number of batches (DDP would hang else)."""
         n = len(self.dataset)
-        if not self.shuffle:
-            return list(range(n))[self.rank :: self.world]
-        generator = torch.Generator().manual_seed(self.dataset.seed * 100003 + self.epoch)
-        return torch.randperm(n, generator=generator).tolist()[self.rank :: self.world]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.dataset.seed * 100003 + self.epoch)
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        padded = -(-n // self.world) * self.world
+        if n:
+            order = (order * -(-padded // n))[:padded]
+        return order[self.rank :: self.world]
 
     def __len__(self) -> int:
         return -(-len(self._order()) // self.batch_size)

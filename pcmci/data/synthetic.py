@@ -3,8 +3,9 @@
 An activity is an ordered sequence of atomic actions, each a distinct motion of a foreground "hand"
 (an elongated block). Two confounders co-occur with the activity: the background/lighting style and a
 distractor object. In ``train`` and ``test_id`` each takes the activity's own value with probability
-``confound`` and a different, random one otherwise; in ``test_ood`` both are uniform and independent
-of the activity, so a model that relies on them falls to chance there.
+``confound`` and a uniformly random one (its own included) otherwise, so ``confound=0`` makes them independent of
+the activity; in ``test_ood`` both are uniform and independent of the activity, so a model that relies on them
+falls to chance there.
 """
 
 from __future__ import annotations
@@ -168,16 +169,18 @@ def encode_video(path: str | Path, frames: Iterable[np.ndarray], codec: str = "v
 
 
 def _confounder(own: int, confound: float, ood: bool, rng: np.random.Generator) -> int:
-    """The activity's own confounder id with probability ``confound``, else another; uniform if ``ood``."""
+    """The activity's own confounder id with probability ``confound``, else a uniform one (so
+    ``P(own) = confound + (1 - confound) / k``, and ``confound=0`` is independence); uniform if ``ood``."""
     k = len(ACTIVITIES)
     if ood:
         return int(rng.integers(k))
     if rng.random() < confound:
         return own
-    return int((own + 1 + rng.integers(k - 1)) % k)
+    return int(rng.integers(k))
 
 
 SPLITS = ("train", "test_id", "test_ood")
+GENERATOR = 2  # bumped whenever the same arguments would synthesize different videos (2: confound 0 = independent)
 
 
 def _plan(seed: int, split: str, index: int, confound: float) -> tuple[int, int, int, np.random.Generator]:
@@ -260,7 +263,7 @@ def synthesize(
         csv.writer(f, lineterminator="\n").writerows([["path", "label", "split", "steps"], *rows])
     (out / "labels.json").write_text(json.dumps({"classes": classes, "actions": ACTIONS}, indent=2) + "\n")
     meta = {
-        "seed": seed, "confound": confound, "codec": codec, "size": size, "fps": fps,
+        "generator": GENERATOR, "seed": seed, "confound": confound, "codec": codec, "size": size, "fps": fps,
         "frames_per_action": frames_per_action, "n_train": n_train, "n_test": n_test,
         "activities": ACTIVITIES, "backgrounds": BACKGROUNDS, "distractors": list(DISTRACTORS),
         "videos": videos,

@@ -30,7 +30,8 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[PCMCI, Con
     cfg = from_dict(state["config"])
     model = build_model(cfg.model, state["labels"]["classes"], state["labels"]["actions"])
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg
+    dtype = torch.float64 if cfg.run.dtype == "float64" and device.type == "cpu" else torch.float32
+    return model.to(device, dtype).eval(), cfg
 
 
 def check_labels(trained: list[str], given: list[str], where: str) -> None:

@@ -138,7 +138,9 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
 
     dataset = make_dataset(cfg, cfg.data.train_split, train=True, labels=load_labels(cfg))
     check_dataset(cfg, len(dataset.labels.classes), len(dataset.labels.actions), dataset.multilabel)
-    model = build_model(cfg.model, dataset.labels.classes, dataset.labels.actions).to(device)
+    if cfg.run.dtype == "float64" and device.type != "cpu":
+        raise ConfigError("run.dtype=float64 runs on CPU only (the CUDA kernels take fp32/bf16/fp16); set run.device=cpu")
+    model = build_model(cfg.model, dataset.labels.classes, dataset.labels.actions).to(device, getattr(torch, cfg.run.dtype))
     optimizer = make_optimizer(cfg, model)
     micro_sizes = _micro_batch_sizes(len(dataset), cfg.optim.batch_size, ctx.world)
     accum = cfg.optim.accum_steps

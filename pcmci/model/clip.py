@@ -144,4 +144,5 @@ class FrozenCLIP(nn.Module):
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         x = (x - self.mean) / self.std
-        return F.normalize(self.model.encode_image(x).float(), dim=-1).view(b, f, -1)
+        out = self.model.encode_image(x).to(torch.promote_types(frames.dtype, torch.float32))  # bf16 autocast -> fp32
+        return F.normalize(out, dim=-1).view(b, f, -1)

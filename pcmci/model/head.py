@@ -4,10 +4,37 @@ linear layer scores each query with its own weight vector: ``logit_c = <y_c, w_c
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
 
 from ..config import HeadConfig
+
+
+class CrossAttention(nn.Module):
+    """Multi-head ``softmax(x W_q (m W_k)^T / sqrt(D/h)) m W_v``, then ``W_o``: ``x[B,C,D]`` over ``m[B,N,D]``.
+
+    The key projection has no bias: ``q . b_k`` is the same for every key of a query, so the softmax cancels it;
+    its gradient is exactly 0 and Adam would turn the rounding noise it gets into lr-sized steps.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model.head.heads={heads} must divide the joint dim D={dim}")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def _split(self, x: Tensor) -> Tensor:
+        """``[B,N,D] -> [B,h,N,D/h]``."""
+        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+    def forward(self, x: Tensor, m: Tensor) -> Tensor:
+        o = F.scaled_dot_product_attention(self._split(self.q(x)), self._split(self.k(m)), self._split(self.v(m)))
+        return self.out(o.transpose(1, 2).flatten(2))
 
 
 class DecoderLayer(nn.Module):
@@ -17,13 +44,13 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_mem = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.attn = CrossAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, q: Tensor, mem: Tensor) -> Tensor:
         mem = self.norm_mem(mem)
-        q = q + self.attn(self.norm_q(q), mem, mem, need_weights=False)[0]
+        q = q + self.attn(self.norm_q(q), mem)
         return q + self.mlp(self.norm2(q))
 
 

@@ -8,7 +8,9 @@ hierarchical relation encoder isomorphic to ICI's, and NWGM approximates the sum
 0. The mediator's rows relative to each other, on one scale: ``M <- LN(M - mean_l M)`` (label texts share most
    of their embedding, "a video of a person ..."; only what tells them apart can mediate).
 1. Static context (``static=true``): ``V~ = V - mean_n V``. What persists over the whole clip is the carrier of C;
-   only the clip's dynamics go on.
+   only the clip's dynamics go on. With ``static_input=true`` (default) the same is done to the pixels before the
+   video encoder (``PCMCI.encode_video``: ``X_f - mean_f X_f``), since a nonlinear encoder mixes a still background
+   into every token differently and the token mean alone cannot take it out again.
 2. Relation encoder F: level 1 ``V1 = R_V(V~)`` (bases ``G^V_k[N,N]``); level 2, text-conditioned:
    ``G^M_k = softmax(M U_k (M U'_k)^T / sqrt(d))[L,L]``, ``Pi = softmax_L(V1 M^T / sqrt(D))``,
    ``G^{M->V}_k = rownorm(Pi G^M_k Pi^T)``, ``V' = LN(V1 + W_O sum_k pi_k G^{M->V}_k V1 W_k)``.

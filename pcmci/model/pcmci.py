@@ -70,11 +70,20 @@ class PCMCI(nn.Module):
                 v, align = self.ivc(v, t)
         return t, v, align
 
+    def encode_video(self, frames: Tensor) -> Tensor:
+        """TimeSformer tokens of ``frames[B,F,3,H,W]``. With IVC's ``static_input`` the encoder sees
+        ``X_f - mean_f X_f``: what persists over the whole clip (background, lighting, a still object, the carrier
+        of C) is taken out before the encoder, so it cannot enter V through interactions with the motion."""
+        if self.ivc is not None and self.cfg.ivc.static_input:
+            frames = frames - frames.mean(1, keepdim=True)
+        return self.video(frames)
+
     def forward(self, frames: Tensor) -> dict[str, Tensor]:
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"PCMCI expects frames [B,F,3,H,W], got {list(frames.shape)}")
+        frames = frames.to(self.text.dtype)  # float32, or float64 under run.dtype=float64
         vp = self.clip.encode_frames(frames) if self.ich is not None else None
-        t, v = self.inputs(self.video(frames), frames.shape[0])
+        t, v = self.inputs(self.encode_video(frames), frames.shape[0])
         t, v, align = self.stage_forward(t, v, vp)
         scores = self.head(t[:, : self.num_queries], v)
         c = len(self.classes)
@@ -121,7 +130,8 @@ class PCMCI(nn.Module):
         """
         was_training = self.training
         self.eval()
-        cached = [(self.clip.encode_frames(f), *self.inputs(self.video(f), f.shape[0])) for f in batches]
+        batches = [f.to(self.text.dtype) for f in batches]
+        cached = [(self.clip.encode_frames(f), *self.inputs(self.encode_video(f), f.shape[0])) for f in batches]
         if not cached:
             raise ValueError("build_dictionaries needs at least one batch of frames")
         texts = [t for _, t, _ in cached]
