@@ -122,8 +122,9 @@ def counterfactual_pairs(manifest: Path, split: str, frames: int, image_size: in
 @torch.no_grad()
 def stage_maps(model: PCMCI, frames: Tensor) -> dict[str, np.ndarray]:
     """Intermediate maps of one clip ``frames[1,F,3,H,W]``, following the configured stage order."""
+    frames = frames.to(model.text.dtype)
     vp = model.clip.encode_frames(frames)
-    t, v = model.inputs(model.video(frames), 1)
+    t, v = model.inputs(model.encode_video(frames), 1)
     maps: dict[str, np.ndarray] = {}
     for name in model.order:
         if name == "ich":
@@ -174,8 +175,8 @@ def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None
         raw, _ = decode_frames(path, segment_indices(info.num_frames, cfg.data.frames, train=False,
                                                      pad=cfg.data.pad_short_videos), cfg.data.backend, info)
         maps = stage_maps(model, preprocess(raw, cfg.data.image_size)[None].to(dev))
-        labels_text = model.classes + model.actions
-        plot_heatmaps(maps, out / "stage_maps.png", labels_text)
+        if maps:
+            plot_heatmaps(maps, out / "stage_maps.png", model.classes + model.actions)
         report["video"] = {"path": str(path), "maps": {k: v.round(4).tolist() for k, v in maps.items()}}
     (out / "diagnose.json").write_text(json.dumps(report, indent=2))
     (out / "diagnose.md").write_text(markdown(report))
@@ -208,5 +209,6 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{c['pairs']} pairs: flip rate **{c['flip_rate']:.4f}**; accuracy {c['acc_original']:.4f} on the "
                   f"originals, {c['acc_counterfactual']:.4f} on the counterfactuals.", ""]
     if "video" in report:
-        lines += [f"## Stage maps for `{report['video']['path']}`", "", "![stage maps](stage_maps.png)", ""]
+        drawn = "![stage maps](stage_maps.png)" if report["video"]["maps"] else "No stages in this model: nothing to draw."
+        lines += [f"## Stage maps for `{report['video']['path']}`", "", drawn, ""]
     return "\n".join(lines)

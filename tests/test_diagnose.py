@@ -83,3 +83,10 @@ def test_diagnose_command_end_to_end(synthetic_set: Path, tmp_path: Path, capsys
         assert sum(row) == pytest.approx(1.0, abs=1e-3)
     assert (run / "diagnose" / "stage_maps.png").stat().st_size > 0
     assert "flip rate" in capsys.readouterr().out
+
+    baseline = tmp_path / "baseline"  # no stages: the probes run, and there are no maps to draw
+    assert main(["--quiet", "train", "tiny", f"data.manifest={synthetic_set}", f"run.out_dir={baseline}",
+                 "model.stages=[]", "optim.epochs=1", "optim.batch_size=6"]) == 0
+    assert main(["--quiet", "diagnose", str(baseline / "checkpoint.pt"), "--video", str(video), "--limit", "6"]) == 0
+    assert json.loads((baseline / "diagnose" / "diagnose.json").read_text())["video"]["maps"] == {}
+    assert "nothing to draw" in (baseline / "diagnose" / "diagnose.md").read_text()
