@@ -51,7 +51,8 @@ class TimeSformerConfig:
 class ICHConfig:
     """OT-augmented backdoor on the texts. ``eps`` is both the Sinkhorn regularisation and the softmax temperature
     of the over-alignment proxy; ``adjust="prior"`` removes the clip's hallucinated component and adds the prior
-    expectation over the strata, ``"posterior"`` is the pre-fix variant that feeds the clip's proxy forward."""
+    expectation over the strata, ``"population"`` adds only the prior expectation (the clip's proxy shapes the
+    strata, never its own texts), ``"posterior"`` is the pre-fix variant that feeds the clip's proxy forward."""
 
     eps: float = 0.1
     iters: int = 50
@@ -302,7 +303,7 @@ def validate(cfg: Config) -> Config:
     choices = {
         "model.ich.proxy": (cfg.model.ich.proxy, ("overalign", "plan", "similarity")),
         "model.ich.dictionary": (cfg.model.ich.dictionary, ("kmeans", "learned")),
-        "model.ich.adjust": (cfg.model.ich.adjust, ("prior", "posterior")),
+        "model.ich.adjust": (cfg.model.ich.adjust, ("prior", "population", "posterior")),
         "model.ivc.dictionary": (cfg.model.ivc.dictionary, ("kmeans", "learned")),
         "optim.name": (cfg.optim.name, ("adamw", "adam")),
         "data.backend": (cfg.data.backend, ("auto", "pyav", "dali")),

@@ -123,6 +123,20 @@ def test_ivc_takes_the_static_frame_out_before_the_video_encoder(tiny_model) -> 
         assert (full.encode_video(frames + still) - full.encode_video(frames)).abs().max() > 1e-2
 
 
+def test_population_ich_runs_without_the_clip_frames(monkeypatch) -> None:
+    """``model.ich.adjust=population`` reads the CLIP frames only to fit its strata, never in ``forward``."""
+    torch.manual_seed(0)
+    cfg = load_config("tiny", ["model.ich.adjust=population"]).model
+    model = build_model(cfg, ["a", "b"], ["x"])
+    model.build_dictionaries([torch.rand(2, 8, 3, 64, 64)])
+
+    def no_frames(frames: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("forward read the CLIP frames")
+
+    monkeypatch.setattr(model.clip, "encode_frames", no_frames)
+    assert model(torch.rand(2, 8, 3, 64, 64))["logits"].shape == (2, 2)
+
+
 def test_text_is_initialised_from_clip_text_embeddings(tiny_model) -> None:
     model = tiny_model()
     want = model.clip.encode_text(model.classes + model.actions)

@@ -75,6 +75,9 @@ def ich_direct(ich: ICH, t: np.ndarray, vp: np.ndarray) -> np.ndarray:
         weights = over / np.maximum(over.sum(1, keepdims=True), 1e-6)
     h = weights @ vp
     z, prior = np_(ich.dictionary.atoms), np_(ich.dictionary.prior)
+    if ich.cfg.adjust == "population":
+        h_prior = nwgm(linear(t, ich.w_q), linear(z, ich.w_k), linear(z, ich.w_h), prior)
+        return layer_norm(t + linear(h_prior, ich.w_o), ich.norm)
     if ich.cfg.adjust == "posterior":
         h_hat = nwgm(linear(t + linear(h, ich.w_h), ich.w_q), linear(z, ich.w_k), linear(z, ich.w_h), prior)
         return layer_norm(t + linear(np.concatenate([t, h_hat], 1), ich.w_o), ich.norm)
@@ -88,7 +91,7 @@ def ich_direct(ich: ICH, t: np.ndarray, vp: np.ndarray) -> np.ndarray:
 
 @pytest.mark.filterwarnings("ignore:Sinkhorn did not converge")
 @pytest.mark.parametrize("proxy,adjust", [("overalign", "prior"), ("plan", "prior"), ("similarity", "prior"),
-                                          ("overalign", "posterior")])
+                                          ("overalign", "posterior"), ("overalign", "population")])
 def test_ich_matches_equation(proxy: str, adjust: str) -> None:
     b, l, f, d = 2, 5, 4, 16
     ich = ICH(ICHConfig(dict_size=6, proxy=proxy, adjust=adjust, iters=200, eps=0.1), d).double()
@@ -97,6 +100,18 @@ def test_ich_matches_equation(proxy: str, adjust: str) -> None:
     got = np_(ich(t, vp))
     for i in range(b):
         np.testing.assert_allclose(got[i], ich_direct(ich, np_(t[i]), np_(vp[i])), atol=1e-6)
+
+
+def test_ich_population_adjustment_ignores_the_clip() -> None:
+    """``adjust="population"``: T' is the same for any two clips (and for none); the model skips the CLIP frames."""
+    d = 16
+    ich = ICH(ICHConfig(dict_size=4, adjust="population"), d).double()
+    fit_dictionary(ich, d, 4)
+    t = torch.randn(1, 3, d, dtype=torch.float64)
+    a, b = (ich(t, torch.randn(1, 4, d, dtype=torch.float64)) for _ in range(2))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ich(t, None), a)
+    assert not ich.reads_frames and ICH(ICHConfig(dict_size=4), d).reads_frames
 
 
 def test_ich_removes_the_clips_hallucinated_direction() -> None:

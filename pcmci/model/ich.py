@@ -14,6 +14,9 @@ distributions to find disproportionately aligned features"). As built, texts ``t
    split, prior ``p``) takes its place, NWGM-approximated with a query from the text alone:
    ``h_l = sum_z p_z a_lz (Z W_H)_z / sum_z p_z a_lz``, ``a_l = softmax_z(t_l W_q (Z W_k)^T / sqrt(D))``,
    ``T'_b = LN(t_b - <t_b, u_b> u_b + W_o h)``.
+   ``adjust="population"``: the clip's own H enters only through the strata it helped fit (the dictionary over
+   the training population); ``T' = LN(t + W_o h)`` with the same prior NWGM ``h``, so nothing of this clip reaches
+   the texts, and the frames are not read at inference.
    ``adjust="posterior"`` is the pre-fix variant kept for ablations: the query is ``(t + H W_H) W_q``, so the clip
    picks its own stratum, and ``T' = LN(t + W_o [t; h])``.
 """
@@ -57,9 +60,16 @@ class ICH(nn.Module):
         """Hallucination proxy ``H[B,L,D]``: the visual evidence each label over-aligns with."""
         return self.overalignment(t, vp)[1] @ vp
 
-    def forward(self, t: Tensor, vp: Tensor) -> Tensor:
-        h = self.proxy(t, vp)
+    @property
+    def reads_frames(self) -> bool:
+        """Whether ``forward`` reads the clip's frames (all but ``adjust="population"``)."""
+        return self.cfg.adjust != "population"
+
+    def forward(self, t: Tensor, vp: Tensor | None) -> Tensor:
         z, prior = self.dictionary()
+        if not self.reads_frames:
+            return self.norm(t + self.w_o(nwgm_attention(self.w_q(t), self.w_k(z), self.w_h(z), prior)))
+        h = self.proxy(t, vp)
         if self.cfg.adjust == "posterior":
             h_hat = nwgm_attention(self.w_q(t + self.w_h(h)), self.w_k(z), self.w_h(z), prior)
             return self.norm(t + self.w_o(torch.cat([t, h_hat], dim=-1)))

@@ -82,7 +82,7 @@ class PCMCI(nn.Module):
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"PCMCI expects frames [B,F,3,H,W], got {list(frames.shape)}")
         frames = frames.to(self.text.dtype)  # float32, or float64 under run.dtype=float64
-        vp = self.clip.encode_frames(frames) if self.ich is not None else None
+        vp = self.clip.encode_frames(frames) if self.ich is not None and self.ich.reads_frames else None
         t, v = self.inputs(self.encode_video(frames), frames.shape[0])
         t, v, align = self.stage_forward(t, v, vp)
         scores = self.head(t[:, : self.num_queries], v)
