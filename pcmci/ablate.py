@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .config import STAGE_NAMES, Config, load_config
+from .diagnose import checkpoint_flip_rate, synthetic_pairs
 from .engine.evaluate import evaluate
 from .engine.plots import plot_grouped_bars
 from .engine.train import train
@@ -53,20 +54,6 @@ def variant_config(source: str, overrides: list[str], stages: list[str], seed: i
                                 f"run.out_dir={out_dir}"])
 
 
-def _flip_rate(cfg: Config, checkpoint: Path, split: str, limit: int = 240) -> float | None:
-    """Counterfactual flip rate on ``split`` of a synthetic set (same motion, other background and distractor);
-    None on other datasets."""
-    from .diagnose import counterfactual_pairs, flip_rate, predict_labels
-    from .engine.evaluate import load_model
-    from .engine.train import resolve_device
-
-    pairs = counterfactual_pairs(Path(cfg.data.manifest), split, cfg.data.frames, cfg.data.image_size, limit)
-    if pairs is None:
-        return None
-    model, _ = load_model(checkpoint, resolve_device(cfg.run.device))
-    return flip_rate(predict_labels(model, pairs[0]), predict_labels(model, pairs[1]))
-
-
 def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, device: str,
             progress: bool) -> dict[str, Any]:
     """Train + evaluate one (variant, seed); the result is kept in ``out/<name>-seed<k>/ablation_run.json`` and
@@ -86,8 +73,9 @@ def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, 
     splits = cfg.data.eval_splits
     checkpoint = train(cfg)
     results = evaluate(checkpoint, splits, device=cfg.run.device, progress=progress)
+    pairs = synthetic_pairs(cfg, splits[-1], limit=240)
     done = {"key": key, "results": {s: {m: float(results[s][m]) for m in METRICS} for s in splits},
-            "flip_rate": _flip_rate(cfg, checkpoint, splits[-1])}
+            "flip_rate": None if pairs is None else checkpoint_flip_rate(checkpoint, pairs, cfg.run.device)}
     tmp = saved.with_suffix(".tmp")
     tmp.write_text(json.dumps(done, indent=2))
     tmp.replace(saved)

@@ -16,8 +16,8 @@ import torch
 
 from .config import STAGE_NAMES, preset
 from .data.synthetic import GENERATOR, synthesize
-from .diagnose import counterfactual_pairs, flip_rate, predict_labels
-from .engine.evaluate import evaluate, load_model
+from .diagnose import checkpoint_flip_rate, counterfactual_pairs
+from .engine.evaluate import evaluate
 from .engine.plots import plot_grouped_bars, plot_training_curves
 from .engine.train import resolve_device, train
 from .profiling import ProfileOptions, run_profile
@@ -75,8 +75,7 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None =
             ckpt = train(cfg)
             results = evaluate(ckpt, list(SPLITS.values()), device=device, progress=progress)
             if pairs is not None:
-                model, _ = load_model(ckpt, resolve_device(device))
-                flips[variant].append(flip_rate(predict_labels(model, pairs[0]), predict_labels(model, pairs[1])))
+                flips[variant].append(checkpoint_flip_rate(ckpt, pairs, device))
             for short, split in SPLITS.items():
                 for metric in ("acc", "map", "top5"):
                     raw[variant][short][metric].append(results[split][metric])

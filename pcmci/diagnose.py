@@ -147,6 +147,19 @@ def stage_maps(model: PCMCI, frames: Tensor) -> dict[str, np.ndarray]:
     return maps
 
 
+def synthetic_pairs(cfg: Any, split: str, limit: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    """:func:`counterfactual_pairs` of a run's dataset; None unless it is a synthetic manifest set."""
+    if cfg.data.dataset != "manifest" or not cfg.data.manifest:
+        return None
+    return counterfactual_pairs(Path(cfg.data.manifest), split, cfg.data.frames, cfg.data.image_size, limit)
+
+
+def checkpoint_flip_rate(checkpoint: str | Path, pairs: tuple[Tensor, Tensor, Tensor], device: str = "auto") -> float:
+    """Flip rate of a trained checkpoint over counterfactual ``pairs`` (original, counterfactual, labels)."""
+    model, _ = load_model(checkpoint, resolve_device(device))
+    return flip_rate(predict_labels(model, pairs[0]), predict_labels(model, pairs[1]))
+
+
 def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None = None,
              out: str | Path | None = None, limit: int = 200, device: str = "auto",
              progress: bool = True) -> dict[str, Any]:
@@ -159,8 +172,7 @@ def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None
     clips, labels = load_clips(cfg, split, limit, progress)
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "split": split, "videos": len(labels),
                               "stages": model.order, "probes": static_bias_probes(model, clips, labels)}
-    pairs = counterfactual_pairs(Path(cfg.data.manifest), split, cfg.data.frames, cfg.data.image_size, limit) \
-        if cfg.data.dataset == "manifest" else None
+    pairs = synthetic_pairs(cfg, split, limit)
     if pairs is not None:
         own, other, truth = pairs
         pred_own, pred_other = predict_labels(model, own), predict_labels(model, other)

@@ -106,9 +106,10 @@ class DaliLoader:
     """Batches ``{"video": float [B,F,3,S,S] in [0,1] on the device, "label", "steps", "index", "bad"}``.
 
     Shard ``rank`` of ``world`` sees positions ``rank::world`` of the epoch order (seeded shuffle when
-    ``shuffle``), padded to a multiple of ``world`` as ``DistributedSampler`` does; ``set_epoch`` selects both the order and the training offsets. Videos that fail to
-    probe, or that fail inside the pipeline (found by decoding a failed batch one video at a time), are skipped
-    and listed in ``bad`` when the dataset has ``skip_bad``, else raise. Every ``pipe.run()`` runs under the
+    ``shuffle``), padded to a multiple of ``world`` as ``DistributedSampler`` does; ``set_epoch`` selects both the
+    order and the training offsets. Videos that fail to probe, or that fail inside the pipeline (found by
+    decoding a failed batch one video at a time), are skipped and listed in ``bad`` when the dataset has
+    ``skip_bad``, else raise. Every ``pipe.run()`` runs under the
     decode watchdog (``timeout`` seconds, default the dataset's).
     """
 

@@ -67,13 +67,11 @@ class ICH(nn.Module):
 
     def forward(self, t: Tensor, vp: Tensor | None) -> Tensor:
         z, prior = self.dictionary()
-        if not self.reads_frames:
-            return self.norm(t + self.w_o(nwgm_attention(self.w_q(t), self.w_k(z), self.w_h(z), prior)))
-        h = self.proxy(t, vp)
         if self.cfg.adjust == "posterior":
-            h_hat = nwgm_attention(self.w_q(t + self.w_h(h)), self.w_k(z), self.w_h(z), prior)
+            h_hat = nwgm_attention(self.w_q(t + self.w_h(self.proxy(t, vp))), self.w_k(z), self.w_h(z), prior)
             return self.norm(t + self.w_o(torch.cat([t, h_hat], dim=-1)))
-        u = F.normalize(h, dim=-1)
-        cleaned = t - (t * u).sum(-1, keepdim=True) * u
         h_prior = nwgm_attention(self.w_q(t), self.w_k(z), self.w_h(z), prior)
-        return self.norm(cleaned + self.w_o(h_prior))
+        if self.reads_frames:  # "prior": the clip's hallucinated direction is projected out first
+            u = F.normalize(self.proxy(t, vp), dim=-1)
+            t = t - (t * u).sum(-1, keepdim=True) * u
+        return self.norm(t + self.w_o(h_prior))

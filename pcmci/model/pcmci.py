@@ -131,7 +131,8 @@ class PCMCI(nn.Module):
         was_training = self.training
         self.eval()
         batches = [f.to(self.text.dtype) for f in batches]
-        cached = [(self.clip.encode_frames(f), *self.inputs(self.encode_video(f), f.shape[0])) for f in batches]
+        cached = [(self.clip.encode_frames(f) if self.ich is not None else None,  # VP is read by ICH alone
+                   *self.inputs(self.encode_video(f), f.shape[0])) for f in batches]
         if not cached:
             raise ValueError("build_dictionaries needs at least one batch of frames")
         texts = [t for _, t, _ in cached]
