@@ -1,7 +1,9 @@
 """``pcmci ablate``: the paper's variants on one dataset, each trained for N seeds with the same hyperparameters.
 
 Variants: the no-intervention baseline, each stage alone, each pair (in the paper's order), the full model and the
-reversed order. Every run is ``pcmci train`` + ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std
+reversed order; then switches inside a stage, named: ``ivc-noreweight`` (IVC's front-door without its
+training-time backdoor weights), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean frame
+and temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` + ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std
 of accuracy and mAP per split, and on synthetic sets the counterfactual flip rate (``ablation.json``, ``ablation.md``,
 ``ablation_acc.png``, ``ablation_map.png``). Each finished run is kept in its folder and reused when the ablation is
 run again; ``--jobs N`` trains N runs at a time.
@@ -38,7 +40,15 @@ VARIANTS: dict[str, list[str]] = {
     "ici+ivc": ["ici", "ivc"],
     "full": list(STAGE_NAMES),
     "reversed": list(reversed(STAGE_NAMES)),
+    "ivc-noreweight": ["ivc"],
+    "ivc-static": ["ivc"],
+    "full-static": list(STAGE_NAMES),
 }
+_STATIC = ["model.ivc.static=true", "model.ivc.static_input=true", "model.ivc.reweight=false"]
+SWITCHES: dict[str, list[str]] = {  # config choices of a variant beyond its stages
+    "ivc-noreweight": ["model.ivc.reweight=false"], "ivc-static": _STATIC, "full-static": _STATIC,
+}
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("ivc-noreweight", "ivc-static", "full-static")]
 METRICS = ("acc", "map")
 
 
@@ -47,10 +57,12 @@ def summarise(values: list[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
 
 
-def variant_config(source: str, overrides: list[str], stages: list[str], seed: int, out_dir: Path) -> Config:
-    """The config of one run: ``source`` + ``overrides``, with the variant's stages, the seed and its folder."""
+def variant_config(source: str, overrides: list[str], stages: list[str], seed: int, out_dir: Path,
+                   switches: list[str] | None = None) -> Config:
+    """The config of one run: ``source`` + ``overrides``, with the variant's stages and switches, the seed and its
+    folder."""
     stage_list = "[" + ",".join(stages) + "]"
-    return load_config(source, [*overrides, f"model.stages={stage_list}", f"run.seed={seed}",
+    return load_config(source, [*overrides, *(switches or []), f"model.stages={stage_list}", f"run.seed={seed}",
                                 f"run.out_dir={out_dir}"])
 
 
@@ -59,10 +71,11 @@ def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, 
     """Train + evaluate one (variant, seed); the result is kept in ``out/<name>-seed<k>/ablation_run.json`` and
     reused by a later ablation with the same config, stages and seed (an interrupted ablation loses no run)."""
     run_dir = out / f"{name}-seed{seed}"
-    cfg = variant_config(source, overrides, VARIANTS[name], seed, run_dir)
+    cfg = variant_config(source, overrides, VARIANTS[name], seed, run_dir, SWITCHES.get(name))
     cfg.run.device = device if device != "auto" else cfg.run.device
     cfg.run.progress = cfg.run.progress and progress
-    key = {"config": source, "overrides": overrides, "stages": VARIANTS[name], "seed": seed}
+    key = {"config": source, "overrides": overrides, "stages": VARIANTS[name], "switches": SWITCHES.get(name, []),
+           "seed": seed}
     saved = run_dir / "ablation_run.json"
     if saved.is_file():
         done = json.loads(saved.read_text())
@@ -96,7 +109,7 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    names = variants or list(VARIANTS)
+    names = variants or DEFAULT_VARIANTS
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
@@ -123,7 +136,7 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
             flips[name].append(result["flip_rate"])
     report = {
         "config": source, "overrides": overrides, "seeds": seeds, "splits": splits,
-        "variants": {name: {"stages": VARIANTS[name],
+        "variants": {name: {"stages": VARIANTS[name], "switches": SWITCHES.get(name, []),
                             **{split: {m: summarise(v) for m, v in ms.items()} for split, ms in per.items()},
                             "flip_rate": summarise(flips[name]) if flips[name] else None}
                      for name, per in runs.items()},
@@ -153,7 +166,8 @@ def markdown(report: dict[str, Any]) -> str:
         cells = " | ".join(f"{v[s][m]['mean']:.4f} ± {v[s][m]['std']:.4f}" for s in splits for m in METRICS)
         flip = v.get("flip_rate")
         cells += " | " + ("n/a" if flip is None else f"{flip['mean']:.4f} ± {flip['std']:.4f}")
-        rows.append(f"| {name} | `{v['stages']}` | {cells} |")
+        switches = " ".join(v.get("switches", []))
+        rows.append(f"| {name} | `{v['stages']}`{' ' + switches if switches else ''} | {cells} |")
     return "\n".join([
         f"# Ablation: {report['config']} {' '.join(report['overrides'])}".rstrip(),
         "",

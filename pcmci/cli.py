@@ -23,6 +23,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", type=int, default=720, help="synthetic training videos")
     p.add_argument("--test", type=int, default=240, help="synthetic test videos: half test_id, half test_ood")
     p.add_argument("--device", default="auto")
+    _add_scene(p)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +92,28 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", type=int, default=720, help="training videos")
     p.add_argument("--test", type=int, default=240, help="test videos in all: half test_id, half test_ood")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels")
+    _add_scene(p)
+
+
+def _add_scene(p: argparse.ArgumentParser) -> None:
+    """The synthetic scene's knobs (``pcmci.data.synthetic.Scene``); defaults are the demo's scene."""
+    from .data.synthetic import DEMO_SCENE
+
+    p.add_argument("--camera", type=float, default=DEMO_SCENE.camera,
+                   help="hand-held camera in [0, 1]: background scroll, zoom and shake (0 = a still room)")
+    p.add_argument("--lighting", type=float, default=DEMO_SCENE.lighting,
+                   help="light drift and flicker in [0, 1]")
+    p.add_argument("--distractor-motion", type=float, default=DEMO_SCENE.distractor_motion,
+                   help="the distractor's own speed in px/frame at 64 px, [0, 2]")
+    p.add_argument("--still-pairs", type=int, default=DEMO_SCENE.still_pairs,
+                   help="class pairs that share their motion and differ only by a still tool (0-2)")
+
+
+def scene_from(args: argparse.Namespace):  # -> pcmci.data.synthetic.Scene
+    from .data.synthetic import Scene
+
+    return Scene(camera=args.camera, lighting=args.lighting, distractor_motion=args.distractor_motion,
+                 still_pairs=args.still_pairs)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -175,7 +198,8 @@ def _run(args: argparse.Namespace) -> int | None:
         from .demo import run_demo
 
         report = run_demo(args.out, seeds=args.seeds, epochs=args.epochs, confound=args.confound,
-                          n_train=args.train, n_test=args.test, device=args.device, progress=progress)
+                          n_train=args.train, n_test=args.test, scene=scene_from(args), device=args.device,
+                          progress=progress)
         print((Path(args.out) / "report.md").read_text())
         print(f"report: {args.out}/report.md, {args.out}/report.json (full OOD acc "
               f"{report['full']['ood']['acc']:.4f}, baseline OOD acc {report['baseline']['ood']['acc']:.4f})")
@@ -251,7 +275,7 @@ def _run(args: argparse.Namespace) -> int | None:
         from .data.synthetic import synthesize
 
         path = synthesize(args.out, seed=args.seed, n_train=args.train, n_test=args.test, confound=args.confound,
-                          codec=args.codec, size=args.size, progress=progress)
+                          codec=args.codec, size=args.size, progress=progress, scene=scene_from(args))
         print(f"manifest: {path}")
     elif args.command == "data":
         from .config import DataConfig

@@ -50,15 +50,16 @@ class TimeSformerConfig:
 @dataclass
 class ICHConfig:
     """OT-augmented backdoor on the texts. ``eps`` is both the Sinkhorn regularisation and the softmax temperature
-    of the over-alignment proxy; ``adjust="prior"`` removes the clip's hallucinated component and adds the prior
-    expectation over the strata, ``"population"`` adds only the prior expectation (the clip's proxy shapes the
-    strata, never its own texts), ``"posterior"`` is the pre-fix variant that feeds the clip's proxy forward."""
+    of the over-alignment proxy. ``adjust="population"`` (default) adds the prior expectation over the strata (the
+    clips' proxies shape the strata, never their own texts: no clip-to-logit path outside the adjustment);
+    ``"prior"`` also projects the clip's hallucinated direction out of the texts (a path from the clip's scene to
+    the logits, kept for ablations), ``"posterior"`` is the pre-fix variant that feeds the clip's proxy forward."""
 
     eps: float = 0.1
     iters: int = 50
     ot_grad: bool = True
     proxy: str = "overalign"
-    adjust: str = "prior"
+    adjust: str = "population"
     dictionary: str = "kmeans"
     dict_size: int = 256
 
@@ -72,15 +73,26 @@ class ICIConfig:
 
 @dataclass
 class IVCConfig:
-    """Front-door on the video. ``static`` removes what persists over the clip's tokens (its temporal mean, the
-    carrier of background / clothing / habits) before the relation encoder, ``static_input`` the clip's mean frame
-    before the video encoder; ``mediator_only`` lets the clip reach
-    the head only through P(m|V) (``false`` is the pre-fix residual variant ``LN(V' + W_f[M^; V^])``)."""
+    """Front-door on the video, and the training-time backdoor over what single frames show.
+
+    ``reweight`` (default): each training clip's loss is weighted by ``P(y) / P(y|s)``, ``s`` its frames one at a
+    time, which estimates the risk of ``sum_c P(c) P(Y|X, c)`` (``pcmci.engine.propensity``). ``P(y|s)`` is
+    cross-fitted: ``reference_folds`` single-frame reference models (the baseline architecture, one frame per
+    clip), each trained ``reference_epochs`` epochs on the other folds; ``max_weight`` clips the weights.
+    ``mediator_only`` lets the clip reach the head only through P(m|V) (``false`` is the pre-fix residual variant
+    ``LN(V' + W_f[M^; V^])``). ``static`` (remove the clip's temporal-mean token before the relation encoder) and
+    ``static_input`` (remove its mean frame before the video encoder) are a hand-written "what stands still is the
+    confounder" model, kept only as ablation variants: they delete still causes and keep moving confounders.
+    """
 
     bases: int = 8
-    static: bool = True
-    static_input: bool = True  # also remove the clip's temporal-mean frame before the video encoder
+    static: bool = False
+    static_input: bool = False
     mediator_only: bool = True
+    reweight: bool = True
+    reference_folds: int = 2
+    reference_epochs: int = 6
+    max_weight: float = 10.0
     dictionary: str = "kmeans"
     dict_size: int = 512
     align_weight: float = 0.0
@@ -96,10 +108,10 @@ class HeadConfig:
 
 @dataclass
 class DictionaryConfig:
-    """k-means confounder dictionaries: fitted on ``clips`` training clips drawn at random (seeded) from the whole
-    training split, refitted after the warm-up and then every ``refit_every`` epochs (0 = never refit)."""
+    """k-means confounder dictionaries: fitted on ``clips`` training clips drawn at random (seeded, class-stratified)
+    from the whole training split, refitted after the warm-up and then every ``refit_every`` epochs (0 = never refit)."""
 
-    clips: int = 64
+    clips: int = 256
     refit_every: int = 10
 
 
@@ -181,6 +193,7 @@ def _tiny() -> Config:
     cfg.optim.epochs = 30
     cfg.model.ich = ICHConfig(dict_size=32)
     cfg.model.ivc = IVCConfig(dict_size=32)
+    cfg.model.dictionaries.clips = 64
     return cfg
 
 
@@ -197,6 +210,7 @@ def _paper() -> Config:
     cfg.model.timesformer = TimeSformerConfig(img_size=224, patch_size=16, frames=8, width=768, depth=12, heads=12)
     cfg.model.ici = ICIConfig(layers=1, mlp_ratio=2.0)
     cfg.model.head = HeadConfig(layers=1, heads=8, mlp_ratio=2.0)
+    cfg.model.dictionaries.clips = 1024  # class-stratified: COIN's 180 tasks x 5; IVC 8192 tokens / 512 atoms
     cfg.data.image_size = 224
     cfg.data.test_views = 2
     cfg.optim = OptimConfig(name="adam", lr=1e-5, weight_decay=0.0, epochs=100, warmup_epochs=0.0, batch_size=8)
@@ -219,6 +233,7 @@ def _coin() -> Config:
 def _charades() -> Config:
     cfg = _paper()
     cfg.model.multilabel = True
+    cfg.model.ivc.reweight = False  # the propensity P(c, y) is defined for one label per clip
     cfg.data.dataset = "charades"
     cfg.data.eval_splits = ["test"]
     return cfg
@@ -330,6 +345,13 @@ def validate(cfg: Config) -> Config:
                        ("optim.epochs", cfg.optim.epochs), ("model.dictionaries.clips", cfg.model.dictionaries.clips)):
         if value < 1:
             raise ConfigError(f"config key {key!r} = {value}; it must be at least 1")
+    if cfg.model.multilabel and cfg.model.ivc.reweight and "ivc" in cfg.model.stages:
+        raise ConfigError("model.ivc.reweight=true weights clips by P(c)P(y)/P(c,y), defined for one label per clip, "
+                          "but model.multilabel=true; set model.ivc.reweight=false")
+    if cfg.model.ivc.reference_folds < 2 or cfg.model.ivc.reference_epochs < 1 or cfg.model.ivc.max_weight < 1:
+        raise ConfigError(f"model.ivc.reference_folds={cfg.model.ivc.reference_folds} must be at least 2 (cross-"
+                          f"fitting), model.ivc.reference_epochs={cfg.model.ivc.reference_epochs} and "
+                          f"model.ivc.max_weight={cfg.model.ivc.max_weight} at least 1")
     if cfg.model.ivc.align_weight > 0 and "ivc" not in cfg.model.stages:
         raise ConfigError(f"model.ivc.align_weight={cfg.model.ivc.align_weight} asks for IVC's alignment loss but "
                           f"model.stages={cfg.model.stages} has no 'ivc'")

@@ -121,29 +121,19 @@ def counterfactual_pairs(manifest: Path, split: str, frames: int, image_size: in
 
 @torch.no_grad()
 def stage_maps(model: PCMCI, frames: Tensor) -> dict[str, np.ndarray]:
-    """Intermediate maps of one clip ``frames[1,F,3,H,W]``, following the configured stage order."""
-    frames = frames.to(model.text.dtype)
-    vp = model.clip.encode_frames(frames)
-    t, v = model.inputs(model.encode_video(frames), 1)
+    """Intermediate maps of one clip ``frames[1,F,3,H,W]``, captured by a pre-forward hook on each stage while the
+    model's own stage loop runs (``PCMCI.run_stages``), so the maps follow the configured order by construction."""
     maps: dict[str, np.ndarray] = {}
-    for name in model.order:
-        if name == "ich":
-            plan, over = model.ich.overalignment(t, vp)
-            maps["ICH transport plan L·Q (labels x frames)"] = plan[0].cpu().numpy()
-            maps["ICH over-alignment O (labels x frames)"] = over[0].cpu().numpy()
-            t = model.ich(t, vp)
-        elif name == "ici":
-            for i, layer in enumerate(model.ici.layers):
-                t, g = layer(t, return_maps=True)
-                for k in range(g.shape[1]):
-                    maps[f"ICI layer {i} base {k} (labels x labels)"] = g[0, k].cpu().numpy()
-        else:
-            v_prime, m, _ = model.ivc.encode(v, t)
-            maps["IVC P(m|V) (tokens x labels)"] = model.ivc.mediator_weights(v_prime, m)[0].cpu().numpy()
-            g = model.ivc.transported_maps(v_prime, m)
-            for k in range(g.shape[1]):
-                maps[f"IVC transported base {k} (tokens x tokens)"] = g[0, k].cpu().numpy()
-            v, _ = model.ivc(v, t)
+
+    def capture(stage: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        maps.update({name: m[0].cpu().numpy() for name, m in stage.maps(args[0]).items()})
+
+    handles = [stage.register_forward_pre_hook(capture) for stage in model.stages()]
+    try:
+        model.run_stages(model.initial_state(frames.to(model.text.dtype), with_frames=True))
+    finally:
+        for handle in handles:
+            handle.remove()
     return maps
 
 

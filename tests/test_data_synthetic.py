@@ -90,15 +90,17 @@ def test_all_codecs_decode(tmp_path, codec, suffix):
         assert frames.shape == (info.num_frames, 64, 64, 3) and frames.std() > 10
 
 
-def test_confounder_only_probe_is_a_shortcut_in_distribution_and_chance_out_of_it():
+@pytest.mark.parametrize("still_pairs", [0, 1])
+def test_confounder_only_probe_is_a_shortcut_in_distribution_and_chance_out_of_it(still_pairs: int):
     """A linear probe on the confounders alone (one-hot background + distractor) at the default confound 0.9 and
-    the demo's sizes: >= 0.85 in distribution, <= chance + 0.10 out of it."""
+    the demo's sizes: >= 0.85 in distribution, <= chance + 0.10 out of it (the demo scene adds a still-object
+    class; camera, light and the distractor's motion do not change which confounder a clip has)."""
     from sklearn.linear_model import LogisticRegression
 
-    from pcmci.data.synthetic import confounder_table
+    from pcmci.data.synthetic import activities, confounder_table
 
-    rows = confounder_table(seed=0, n_train=720, n_test=240, confound=0.9)
-    kinds = len(ACTIVITIES)
+    rows = confounder_table(seed=0, n_train=720, n_test=240, confound=0.9, still_pairs=still_pairs)
+    kinds = len(activities(still_pairs))
 
     def xy(split: str) -> tuple[np.ndarray, np.ndarray]:
         part = [r for r in rows if r["split"] == split]
@@ -127,3 +129,39 @@ def test_counterfactual_render_reproduces_the_video_and_swaps_only_the_confounde
     assert 0.3 < changed.mean() < 1.0  # the background and distractor changed, the hand's pixels did not
     hand = np.abs(own.astype(float) - np.array([225.0, 170.0, 130.0])).max(-1) < 30
     assert changed[hand].mean() < 0.05
+
+
+def test_still_cause_is_identical_in_every_frame_while_the_camera_moves_the_room() -> None:
+    """Demo scene: the tool of a still-object class has the same pixels in every frame (noise off) while the room
+    behind it scrolls, shakes and flickers, and its twin class shares the exact action sequence."""
+    from pcmci.data.synthetic import DEMO_SCENE, STILL_PAIRS, TOOLS, _plan, _render, activities, tools
+
+    table = activities(DEMO_SCENE.still_pairs)
+    own, twin, tool, _ = STILL_PAIRS[0]
+    assert table[own] == table[twin] and tools(1) == {own: tool, twin: STILL_PAIRS[0][3]}
+    label = list(table).index(own)
+    _, style, distractor, rng = _plan(0, "train", label, 0.9, DEMO_SCENE.still_pairs)
+    frames = _render(label, style, distractor, 8, 64, rng, DEMO_SCENE, noise=False).astype(float)
+    colour = np.array(TOOLS[tool], dtype=float)
+    tool_px = (np.abs(frames - colour).max(-1) < 1).all(0)  # the tool's colour in every frame, at the same pixels
+    assert tool_px.sum() >= 40, tool_px.sum()
+    assert np.ptp(frames[:, tool_px], axis=0).max() == 0  # identical in every frame
+    still = np.ptp(frames, axis=0).max(-1) == 0
+    assert still.mean() < 0.2, still.mean()  # the camera and light move nearly everything else
+    assert (still & tool_px).sum() == tool_px.sum()
+
+
+def test_scene_knobs_are_checked_and_recorded(tmp_path) -> None:
+    from pcmci.data.synthetic import Scene, scene_of
+
+    with pytest.raises(ValueError, match="camera must be in"):
+        Scene(camera=1.5)
+    with pytest.raises(ValueError, match="still_pairs must be in"):
+        Scene(still_pairs=5)
+    scene = Scene(camera=0.5, lighting=0.25, distractor_motion=1.0, still_pairs=1)
+    manifest = synthesize(tmp_path, n_train=7, n_test=2, codec="mjpeg", size=32, frames_per_action=2, progress=False,
+                          scene=scene)
+    meta = json.loads((manifest.parent / "meta.json").read_text())
+    assert scene_of(meta) == scene and len(meta["activities"]) == 7 and meta["generator"] == 3
+    labels = json.loads((manifest.parent / "labels.json").read_text())
+    assert labels["classes"][-1] == "boil egg"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 import logging
 
 import open_clip
@@ -10,7 +11,7 @@ import timm
 import torch
 
 from pcmci.config import ClipConfig, ConfigError, TimeSformerConfig, load_config, preset
-from pcmci.model import build_model
+from pcmci.model import PCMCI, build_model
 from pcmci.model.clip import FrozenCLIP
 from pcmci.model.timesformer import TimeSformer
 
@@ -103,30 +104,62 @@ def test_text_is_frozen_by_default_and_learnable_on_request(tiny_model) -> None:
 def test_stages_see_inputs_on_one_scale(tiny_model) -> None:
     """CLIP texts (norm 1) and TimeSformer tokens enter the stages LayerNorm'd: zero mean, unit variance."""
     model = tiny_model()
-    t, v = model.inputs(model.video(torch.rand(2, 8, 3, 64, 64)), 2)
-    for x in (t, v):
+    state = model.initial_state(torch.rand(2, 8, 3, 64, 64))
+    for x in (state.texts, state.video):
         torch.testing.assert_close(x.mean(-1), torch.zeros(x.shape[:-1]), atol=1e-5, rtol=0)
         torch.testing.assert_close(x.var(-1, unbiased=False), torch.ones(x.shape[:-1]), atol=1e-3, rtol=0)
 
 
-def test_ivc_takes_the_static_frame_out_before_the_video_encoder(tiny_model) -> None:
-    """With IVC (``static_input``) a still image added to every frame (a background) leaves the video tokens as they
-    were; without IVC, or with the switch off, it changes them."""
+def test_static_input_is_an_ablation_switch_off_by_default(tiny_model) -> None:
+    """A still image added to every frame changes the video tokens of the default full model (nothing is assumed
+    about what stands still); only the ablation switch ``model.ivc.static_input`` takes the mean frame out."""
     frames = torch.rand(2, 8, 3, 64, 64)
     still = torch.rand(2, 1, 3, 64, 64)
     with torch.no_grad():
         full = tiny_model().eval()
-        torch.testing.assert_close(full.encode_video(frames + still), full.encode_video(frames), atol=1e-5, rtol=0)
-        baseline = tiny_model([]).eval()
-        assert (baseline.encode_video(frames + still) - baseline.encode_video(frames)).abs().max() > 1e-2
-        full.cfg.ivc.static_input = False
+        assert not full.cfg.ivc.static_input and not full.cfg.ivc.static
         assert (full.encode_video(frames + still) - full.encode_video(frames)).abs().max() > 1e-2
+        full.cfg.ivc.static_input = True
+        torch.testing.assert_close(full.encode_video(frames + still), full.encode_video(frames), atol=1e-5, rtol=0)
+
+
+def _clip_sees_another_background(model: PCMCI, monkeypatch: pytest.MonkeyPatch, background: torch.Tensor) -> None:
+    """From now on CLIP sees every frame blended half-half with ``background``; the TimeSformer's input is untouched."""
+    encode = model.clip.encode_frames
+    monkeypatch.setattr(model.clip, "encode_frames", lambda frames: encode(0.5 * frames + 0.5 * background))
+
+
+@pytest.mark.slow
+def test_leak_the_background_clip_sees_does_not_reach_the_logits(tiny_run: Path, monkeypatch) -> None:
+    """Leak test on a trained checkpoint (the default full model): changing only what CLIP sees of the scene
+    leaves every logit as it was — bit for bit, since no stage reads the CLIP frames at inference. The same change
+    moves the logits of ``model.ich.adjust=prior`` (its ``t - <t,u>u`` reads the clip), so the test can fail."""
+    from pcmci.engine.evaluate import load_model
+
+    torch.manual_seed(1)
+    frames, background = torch.rand(4, 8, 3, 64, 64), torch.rand(4, 1, 3, 64, 64)
+    model, cfg = load_model(tiny_run / "checkpoint.pt", torch.device("cpu"))
+    assert cfg.model.ich.adjust == "population" and "ich" in model.order
+    with torch.no_grad():
+        before = model(frames)["logits"]
+        _clip_sees_another_background(model, monkeypatch, background)
+        assert torch.equal(model(frames)["logits"], before)
+
+    prior = build_model(load_config("tiny", ["model.ich.adjust=prior"]).model, ["a", "b", "c"], ["x"])
+    prior.build_dictionaries([torch.rand(4, 8, 3, 64, 64)])
+    prior.eval()
+    with torch.no_grad():
+        before = prior(frames)["logits"]
+        _clip_sees_another_background(prior, monkeypatch, background)
+        assert (prior(frames)["logits"] - before).abs().max() > 1e-4
 
 
 def test_population_ich_runs_without_the_clip_frames(monkeypatch) -> None:
-    """``model.ich.adjust=population`` reads the CLIP frames only to fit its strata, never in ``forward``."""
+    """``model.ich.adjust=population`` (the default) reads the CLIP frames only to fit its strata, never in an
+    evaluation ``forward``."""
     torch.manual_seed(0)
-    cfg = load_config("tiny", ["model.ich.adjust=population"]).model
+    cfg = load_config("tiny").model
+    assert cfg.ich.adjust == "population"
     model = build_model(cfg, ["a", "b"], ["x"])
     model.build_dictionaries([torch.rand(2, 8, 3, 64, 64)])
 
@@ -134,7 +167,7 @@ def test_population_ich_runs_without_the_clip_frames(monkeypatch) -> None:
         raise AssertionError("forward read the CLIP frames")
 
     monkeypatch.setattr(model.clip, "encode_frames", no_frames)
-    assert model(torch.rand(2, 8, 3, 64, 64))["logits"].shape == (2, 2)
+    assert model.eval()(torch.rand(2, 8, 3, 64, 64))["logits"].shape == (2, 2)
 
 
 def test_text_is_initialised_from_clip_text_embeddings(tiny_model) -> None:

@@ -6,6 +6,16 @@ distractor object. In ``train`` and ``test_id`` each takes the activity's own va
 ``confound`` and a uniformly random one (its own included) otherwise, so ``confound=0`` makes them independent of
 the activity; in ``test_ood`` both are uniform and independent of the activity, so a model that relies on them
 falls to chance there.
+
+A :class:`Scene` makes the set hard for shortcuts that remove what stands still (real video is like that):
+
+- ``camera``: a hand-held camera over the room — the background scrolls at a per-clip velocity, zooms and shakes
+  (the distractor, which stands in the room, shakes with it); the actor's layer (hand, tool) is the camera's
+  frame of reference (an egocentric view of the work surface).
+- ``lighting``: the room's light drifts over the clip and flickers frame to frame (background and distractor).
+- ``distractor_motion``: the distractor moves on its own (bounces around the frame).
+- ``still_pairs``: class pairs that share their motion exactly and differ only by a tool that sits still in every
+  frame ("fry egg" with a pan / "boil egg" with a pot): the still object is the cause, not a confounder.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 from fractions import Fraction
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -33,10 +44,15 @@ ACTIVITIES = {
     "make juice": ["move left", "spin counter-clockwise", "rise", "grow"],
     "make sandwich": ["fall", "shrink", "spin counter-clockwise", "move right"],
 }
-BACKGROUNDS = ["sky gradient", "warm lamp", "dim room", "green stripes", "tiles", "purple dusk"]
+# Still-object pairs: (activity with a tool, its twin with the same actions, the first's tool, the twin's tool).
+STILL_PAIRS = [("fry egg", "boil egg", "pan", "pot"), ("make juice", "make smoothie", "jug", "blender")]
+TOOLS = {"pan": (35, 35, 40), "pot": (150, 150, 165), "jug": (90, 160, 230), "blender": (240, 120, 40)}
+BACKGROUNDS = ["sky gradient", "warm lamp", "dim room", "green stripes", "tiles", "purple dusk", "brick wall",
+               "teal waves"]
 DISTRACTORS = {
     "red ball": (220, 30, 30), "yellow cone": (240, 210, 40), "cyan ring": (40, 210, 220),
     "magenta cross": (210, 40, 200), "white diamond": (250, 250, 250), "navy box": (20, 30, 110),
+    "lime triangle": (150, 230, 40), "orange bar": (250, 140, 20),
 }
 CODECS = {"vp9": ("libvpx-vp9", "webm"), "h264": ("libx264", "mp4"), "mjpeg": ("mjpeg", "avi")}
 _ENCODER_OPTIONS = {
@@ -54,14 +70,55 @@ _MOTION = {
 }
 
 
+@dataclass(frozen=True)
+class Scene:
+    """How the scene around the activity behaves; every knob 0 is the still scene of generator 2.
+
+    ``camera`` in [0, 1]: background scroll up to 1 px/frame (at 64 px), zoom drift up to 1%/frame, shake of
+    std 1 px; ``lighting`` in [0, 1]: drift up to +-30% of brightness over the clip, flicker of std 6%;
+    ``distractor_motion`` in [0, 2]: the distractor's own speed in px/frame; ``still_pairs`` in 0..2: how many
+    still-object class pairs (each adds one class).
+    """
+
+    camera: float = 0.0
+    lighting: float = 0.0
+    distractor_motion: float = 0.0
+    still_pairs: int = 0
+
+    def __post_init__(self) -> None:
+        for name, hi in (("camera", 1.0), ("lighting", 1.0), ("distractor_motion", 2.0)):
+            value = getattr(self, name)
+            if not 0.0 <= value <= hi:
+                raise ValueError(f"scene {name} must be in [0, {hi:g}], got {value}")
+        if self.still_pairs not in range(len(STILL_PAIRS) + 1):
+            raise ValueError(f"scene still_pairs must be in 0..{len(STILL_PAIRS)}, got {self.still_pairs}")
+
+
+DEMO_SCENE = Scene(camera=1.0, lighting=1.0, distractor_motion=1.0, still_pairs=1)
+
+
+def activities(still_pairs: int = 0) -> dict[str, list[str]]:
+    """Class name -> its ordered actions: the six base activities plus the twin of each still-object pair."""
+    found = dict(ACTIVITIES)
+    for own, twin, _, _ in STILL_PAIRS[:still_pairs]:
+        found[twin] = list(ACTIVITIES[own])
+    return found
+
+
+def tools(still_pairs: int = 0) -> dict[str, str]:
+    """Class name -> the still tool that defines it (classes of a still-object pair only)."""
+    return {name: tool for own, twin, tool_a, tool_b in STILL_PAIRS[:still_pairs]
+            for name, tool in ((own, tool_a), (twin, tool_b))}
+
+
 def _alpha(margin: np.ndarray) -> np.ndarray:
     """Soft coverage from a signed inside-distance in pixels (> 0 inside)."""
     return np.clip(margin + 0.5, 0.0, 1.0)
 
 
-def _background(style: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """float [H, W, 3] in 0..255 for a style, with per-video brightness, tint and pattern-phase jitter."""
-    y, x = np.mgrid[0:size, 0:size] / size
+def _background(style: int, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """float [..., 3] in 0..255 for a style at scene coordinates ``x, y`` (frame widths; the frame is [0, 1)),
+    with per-video brightness, tint and pattern-phase jitter and a faint texture, so a moving camera shows."""
     phase = rng.uniform(0, 1)
     if style == 0:
         base = (1 - y)[..., None] * [70, 110, 200] + y[..., None] * [200, 225, 245]
@@ -76,9 +133,17 @@ def _background(style: int, size: int, rng: np.random.Generator) -> np.ndarray:
     elif style == 4:
         tile = (((x + phase) * 8).astype(int) + (y * 8).astype(int)) % 2 == 0
         base = np.where(tile[..., None], [210, 200, 170], [165, 155, 125])
-    else:
+    elif style == 5:
         base = (1 - x)[..., None] * [120, 60, 140] + x[..., None] * [230, 170, 220]
-    return base * rng.uniform(0.85, 1.15) + rng.uniform(-10, 10, 3)
+    elif style == 6:
+        row = np.floor(y * 6)
+        mortar = (((y * 6) % 1 < 0.15) | (((x * 4 + 0.5 * (row % 2) + phase) % 1) < 0.08))[..., None]
+        base = np.where(mortar, [200, 195, 185], [160, 70, 50])
+    else:
+        wave = (0.5 + 0.5 * np.sin(2 * np.pi * (3 * x + 0.5 * np.sin(2 * np.pi * (2 * y + phase)))))[..., None]
+        base = wave * [30, 150, 150] + (1 - wave) * [10, 80, 90]
+    texture = 8 * np.sin(2 * np.pi * (5 * x + phase)) * np.sin(2 * np.pi * (4 * y + 2 * phase))
+    return base * rng.uniform(0.85, 1.15) + rng.uniform(-10, 10, 3) + texture[..., None]
 
 
 def _distractor_margin(kind: int, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
@@ -96,7 +161,24 @@ def _distractor_margin(kind: int, u: np.ndarray, v: np.ndarray, r: float) -> np.
         return np.maximum(horizontal, vertical)
     if kind == 4:
         return (r - np.abs(u) - np.abs(v)) * 0.7
-    return 0.75 * r - np.maximum(np.abs(u), np.abs(v))
+    if kind == 5:
+        return 0.75 * r - np.maximum(np.abs(u), np.abs(v))
+    if kind == 6:
+        return np.minimum(v + 0.5 * r, 0.45 * (r - v) - 0.5 * np.abs(u))
+    return np.minimum(r - np.abs(u), 0.35 * r - np.abs(v))
+
+
+def _tool_margin(tool: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+    """Signed inside-distance of a still tool of size ``r`` at local offsets (u, v)."""
+    if tool == "pan":  # a disc with a handle to the right
+        return np.maximum(r - np.hypot(u, v), np.minimum(0.25 * r - np.abs(v), np.minimum(u - 0.8 * r, 2 * r - u)))
+    if tool == "pot":  # a wide box with two ears
+        body = np.minimum(1.1 * r - np.abs(u), 0.8 * r - np.abs(v))
+        ears = np.minimum(1.4 * r - np.abs(u), 0.2 * r - np.abs(v + 0.4 * r))
+        return np.maximum(body, ears)
+    if tool == "jug":  # a tall box
+        return np.minimum(0.6 * r - np.abs(u), 1.1 * r - np.abs(v))
+    return np.minimum(0.8 * r - np.abs(u), np.minimum(1.1 * r - np.abs(v), 0.3 * r + 0.5 * (v + r) - np.abs(u)))
 
 
 def _trajectory(
@@ -120,21 +202,53 @@ def _trajectory(
     return state
 
 
-def _render(
-    label: int, style: int, distractor: int, frames_per_action: int, size: int, rng: np.random.Generator
-) -> np.ndarray:
-    """uint8 [T, size, size, 3] RGB frames of one video."""
-    state = _trajectory(ACTIVITIES[list(ACTIVITIES)[label]], frames_per_action, size, rng)
+def _camera(scene: Scene, frames: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Per-frame camera of one clip: (scroll ``[T,2]`` px, zoom ``[T]``, shake ``[T,2]`` px, light gain ``[T]``)."""
+    unit, t = size / 64, np.arange(frames)
+    if scene.camera > 0:
+        angle = rng.uniform(0, 2 * np.pi)
+        speed = rng.uniform(0.3, 1.0) * scene.camera * unit
+        scroll = np.outer(t, [np.cos(angle) * speed, np.sin(angle) * speed])
+        zoom = np.exp(rng.uniform(-0.01, 0.01) * scene.camera * (t - frames / 2))
+        shake = rng.normal(0, scene.camera * unit, (frames, 2))
+    else:
+        scroll, zoom, shake = np.zeros((frames, 2)), np.ones(frames), np.zeros((frames, 2))
+    if scene.lighting > 0:
+        drift = rng.uniform(-0.3, 0.3) * scene.lighting
+        gain = 1 + drift * (t / max(1, frames - 1) - 0.5) + rng.normal(0, 0.06 * scene.lighting, frames)
+    else:
+        gain = np.ones(frames)
+    return scroll, zoom, shake, gain
+
+
+def _render(label: int, style: int, distractor: int, frames_per_action: int, size: int, rng: np.random.Generator,
+            scene: Scene = Scene(), noise: bool = True) -> np.ndarray:
+    """uint8 [T, size, size, 3] RGB frames of one video (``noise=False``: without the sensor noise)."""
+    classes = activities(scene.still_pairs)
+    name = list(classes)[label]
+    state = _trajectory(classes[name], frames_per_action, size, rng)
     frames = len(state)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     unit = size / 64
-    # distractor: fixed corner region, slow drift
+    scroll, zoom, shake, gain = _camera(scene, frames, size, rng)
+    # the room (background, distractor) as the camera sees it: scene point = (pixel - centre) / zoom + centre + ...
+    cx = (xx[None] - size / 2) / zoom[:, None, None] + size / 2 + scroll[:, 0, None, None] + shake[:, 0, None, None]
+    cy = (yy[None] - size / 2) / zoom[:, None, None] + size / 2 + scroll[:, 1, None, None] + shake[:, 1, None, None]
+    room = _background(style, cx / size, cy / size, rng)
+    # distractor: a corner region, slow drift (plus its own bouncing motion), shaken with the room
     r = rng.uniform(5, 7) * unit
     corner = rng.integers(0, 2, 2) * (size - 2 * r - 4 * unit) + r + 2 * unit
     drift = rng.uniform(-0.15, 0.15, 2) * unit * np.arange(frames)[:, None]
-    centre = corner + drift  # [T, 2] (x, y)
+    centre = corner + drift - shake  # [T, 2] (x, y)
+    if scene.distractor_motion > 0:
+        heading = rng.uniform(0, 2 * np.pi)
+        walk = np.outer(np.arange(frames), [np.cos(heading), np.sin(heading)]) * scene.distractor_motion * unit
+        lo, span = r + unit, size - 2 * r - 2 * unit  # bounce inside the frame: a triangle wave over [lo, lo+span]
+        centre = lo + span - np.abs((centre + walk - lo) % (2 * span) - span)
     du, dv = xx - centre[:, 0, None, None], yy - centre[:, 1, None, None]
     d_alpha = _alpha(_distractor_margin(distractor, du, dv, r))[..., None]
+    d_rgb = np.array(list(DISTRACTORS.values())[distractor])
+    video = (room * (1 - d_alpha) + d_alpha * d_rgb) * gain[:, None, None, None]
     # hand: rotated, scaled block
     x, y, angle, log_scale = (state[:, i, None, None] for i in range(4))
     scale = np.exp(log_scale)
@@ -143,10 +257,14 @@ def _render(
     v = (-sin * (xx - x) + cos * (yy - y)) / scale
     h_alpha = _alpha(np.minimum(9 * unit - np.abs(u), 4 * unit - np.abs(v)) * scale)[..., None]
     hand_rgb = _HAND_RGB + rng.uniform(-25, 25, 3)
-    d_rgb = np.array(list(DISTRACTORS.values())[distractor])
-    video = _background(style, size, rng)[None] * (1 - d_alpha) + d_alpha * d_rgb
     video = video * (1 - h_alpha) + h_alpha * hand_rgb
-    video += rng.normal(0, 2.0, video.shape)
+    tool = tools(scene.still_pairs).get(name)
+    if tool is not None:  # the still cause: the same pixels in every frame, in front of the hand
+        at = np.array([rng.uniform(0.3, 0.7), rng.uniform(0.72, 0.82)]) * size
+        t_alpha = _alpha(_tool_margin(tool, xx - at[0], yy - at[1], 5.5 * unit))[None, ..., None]
+        video = video * (1 - t_alpha) + t_alpha * np.array(TOOLS[tool], dtype=np.float64)
+    if noise:
+        video = video + rng.normal(0, 2.0, video.shape)
     return np.clip(video, 0, 255).round().astype(np.uint8)
 
 
@@ -168,10 +286,9 @@ def encode_video(path: str | Path, frames: Iterable[np.ndarray], codec: str = "v
         container.mux(stream.encode())
 
 
-def _confounder(own: int, confound: float, ood: bool, rng: np.random.Generator) -> int:
-    """The activity's own confounder id with probability ``confound``, else a uniform one (so
+def _confounder(own: int, confound: float, ood: bool, rng: np.random.Generator, k: int) -> int:
+    """The activity's own confounder id with probability ``confound``, else a uniform one of ``k`` (so
     ``P(own) = confound + (1 - confound) / k``, and ``confound=0`` is independence); uniform if ``ood``."""
-    k = len(ACTIVITIES)
     if ood:
         return int(rng.integers(k))
     if rng.random() < confound:
@@ -180,15 +297,17 @@ def _confounder(own: int, confound: float, ood: bool, rng: np.random.Generator) 
 
 
 SPLITS = ("train", "test_id", "test_ood")
-GENERATOR = 2  # bumped whenever the same arguments would synthesize different videos (2: confound 0 = independent)
+GENERATOR = 3  # bumped whenever the same arguments would synthesize different videos (3: scenes, textures)
 
 
-def _plan(seed: int, split: str, index: int, confound: float) -> tuple[int, int, int, np.random.Generator]:
+def _plan(seed: int, split: str, index: int, confound: float,
+          still_pairs: int = 0) -> tuple[int, int, int, np.random.Generator]:
     """(label, background, distractor, the generator that then renders the video) of one video."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    label = index % len(ACTIVITIES)
-    style = _confounder(label, confound, split == "test_ood", rng)
-    distractor = _confounder(label, confound, split == "test_ood", rng)
+    k = len(activities(still_pairs))
+    label = index % k
+    style = _confounder(label, confound, split == "test_ood", rng, k)
+    distractor = _confounder(label, confound, split == "test_ood", rng, k)
     return label, style, distractor, rng
 
 
@@ -197,23 +316,30 @@ def split_sizes(n_train: int, n_test: int) -> list[tuple[str, int]]:
     return list(zip(SPLITS, (n_train, n_test // 2, n_test - n_test // 2)))
 
 
-def confounder_table(seed: int, n_train: int, n_test: int, confound: float) -> list[dict]:
+def confounder_table(seed: int, n_train: int, n_test: int, confound: float, still_pairs: int = 0) -> list[dict]:
     """Per video ``{"split", "label", "background", "distractor"}`` exactly as :func:`synthesize` assigns them,
     without rendering anything (for probing the confounders alone)."""
     rows = []
     for split, count in split_sizes(n_train, n_test):
         for i in range(count):
-            label, style, distractor, _ = _plan(seed, split, i, confound)
+            label, style, distractor, _ = _plan(seed, split, i, confound, still_pairs)
             rows.append({"split": split, "label": label, "background": style, "distractor": distractor})
     return rows
 
 
+def scene_of(meta: dict) -> Scene:
+    """The :class:`Scene` a set was written with (a still scene for sets written before scenes existed)."""
+    return Scene(**meta.get("scene", {}))
+
+
 def render_counterfactual(meta: dict, video: dict, background: int, distractor: int) -> np.ndarray:
     """uint8 [T, size, size, 3]: video ``video`` of a set written by :func:`synthesize` (``meta`` = its meta.json),
-    re-rendered with the same random draws — same motion, speeds, positions, hand colour, noise — but the given
-    background style and distractor kind. With the video's own ids it reproduces the frames before encoding."""
-    label, _, _, rng = _plan(meta["seed"], video["split"], int(video["index"]), meta["confound"])
-    return _render(label, background, distractor, meta["frames_per_action"], meta["size"], rng)
+    re-rendered with the same random draws — same motion, speeds, positions, camera, light, hand colour, tool,
+    noise — but the given background style and distractor kind. With the video's own ids it reproduces the frames
+    before encoding."""
+    scene = scene_of(meta)
+    label, _, _, rng = _plan(meta["seed"], video["split"], int(video["index"]), meta["confound"], scene.still_pairs)
+    return _render(label, background, distractor, meta["frames_per_action"], meta["size"], rng, scene)
 
 
 def synthesize(
@@ -227,11 +353,13 @@ def synthesize(
     frames_per_action: int = 8,
     fps: int = 8,
     progress: bool = True,
+    scene: Scene = Scene(),
 ) -> Path:
     """Write the dataset under ``out`` and return ``out/manifest.csv``.
 
     Splits: ``train`` (n_train videos), ``test_id`` (n_test // 2, same confounding as train) and
-    ``test_ood`` (the rest of n_test, confounders uniform). Classes are balanced (label = i mod C).
+    ``test_ood`` (the rest of n_test, confounders uniform). Classes are balanced (label = i mod C). ``scene``
+    sets camera motion, lighting, the distractor's motion and the still-object pairs (see :class:`Scene`).
     Also writes ``labels.json`` (classes, actions) and ``meta.json`` (settings and, per video, the
     background and distractor ids). Deterministic from ``seed``.
     """
@@ -243,17 +371,18 @@ def synthesize(
         raise ValueError(f"size must be an even number >= 16 (yuv420p), got {size}")
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    classes = list(ACTIVITIES)
+    table = activities(scene.still_pairs)
+    classes = list(table)
     splits = split_sizes(n_train, n_test)
     rows, videos = [], []
     with tqdm(total=n_train + n_test, desc=f"synthesizing {codec} videos", disable=not progress) as bar:
         for split, count in splits:
             for i in range(count):
-                label, style, distractor, rng = _plan(seed, split, i, confound)
-                frames = _render(label, style, distractor, frames_per_action, size, rng)
+                label, style, distractor, rng = _plan(seed, split, i, confound, scene.still_pairs)
+                frames = _render(label, style, distractor, frames_per_action, size, rng, scene)
                 rel = f"videos/{split}_{i:04d}.{CODECS[codec][1]}"
                 encode_video(out / rel, frames, codec, fps, gop=frames_per_action)
-                rows.append([rel, classes[label], split, ";".join(ACTIVITIES[classes[label]])])
+                rows.append([rel, classes[label], split, ";".join(table[classes[label]])])
                 videos.append(
                     {"path": rel, "split": split, "index": i, "label": label, "background": style,
                      "distractor": distractor, "num_frames": len(frames)}
@@ -264,8 +393,9 @@ def synthesize(
     (out / "labels.json").write_text(json.dumps({"classes": classes, "actions": ACTIONS}, indent=2) + "\n")
     meta = {
         "generator": GENERATOR, "seed": seed, "confound": confound, "codec": codec, "size": size, "fps": fps,
-        "frames_per_action": frames_per_action, "n_train": n_train, "n_test": n_test,
-        "activities": ACTIVITIES, "backgrounds": BACKGROUNDS, "distractors": list(DISTRACTORS),
+        "frames_per_action": frames_per_action, "n_train": n_train, "n_test": n_test, "scene": asdict(scene),
+        "activities": table, "tools": tools(scene.still_pairs), "backgrounds": BACKGROUNDS[: len(classes)],
+        "distractors": list(DISTRACTORS)[: len(classes)],
         "videos": videos,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -1,9 +1,11 @@
 """When and on what the k-means confounder dictionaries are fitted during training.
 
 The strata must represent the population: ``model.dictionaries.clips`` clips drawn at random (seeded by
-``run.seed`` and the epoch) from the whole training split, sampled as in training, encoded by the model as it is at that
-moment. They are fitted before the first epoch (the stages need them to run), refitted once the warm-up is over
-(the features have moved away from the random init) and then every ``refit_every`` epochs.
+``run.seed`` and the epoch) from the whole training split, the same number from every class (so every class is
+covered), sampled as in training, encoded by the model as it is at that moment. They are fitted before the first
+epoch (the stages need them to run), refitted once the warm-up is over (the features have moved away from the random
+init) and then every ``refit_every`` epochs. IVC's context strata read the frozen CLIP only: they are fitted once,
+before the first epoch, on ``model.dictionaries.context_clips`` clips (0 = all) with their labels.
 """
 from __future__ import annotations
 
@@ -31,12 +33,30 @@ def refit_epochs(cfg: Config) -> set[int]:
     return {e for e in due if e < epochs}
 
 
-def sample_indices(size: int, clips: int, seed: int, epoch: int) -> list[int]:
-    """``min(clips, size)`` distinct indices drawn uniformly from ``range(size)``, a function of (seed, epoch)."""
+def sample_indices(size: int, clips: int, seed: int, epoch: int, groups: list[int] | None = None) -> list[int]:
+    """``min(clips, size)`` distinct indices of ``range(size)``, a function of (seed, epoch). With ``groups`` (the
+    class of each index) the sample is stratified: classes take turns, each contributing its next random member,
+    so every class is covered by ``clips >= classes`` and the classes are as balanced as their sizes allow."""
     if clips < 1:
         raise ValueError(f"model.dictionaries.clips must be >= 1, got {clips}")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return sorted(torch.randperm(size, generator=generator)[:clips].tolist())
+    order = torch.randperm(size, generator=generator).tolist()
+    if groups is None:
+        return sorted(order[:clips])
+    queues: dict[int, list[int]] = {}
+    for i in order:
+        queues.setdefault(groups[i], []).append(i)
+    chosen: list[int] = []
+    while len(chosen) < min(clips, size):
+        for queue in queues.values():
+            if queue and len(chosen) < clips:
+                chosen.append(queue.pop(0))
+    return sorted(chosen)
+
+
+def _classes(dataset: VideoDataset) -> list[int] | None:
+    """The class of each clip (single-label sets; None for multi-label, sampled without strata)."""
+    return None if dataset.multilabel else [int(r.target) for r in dataset.records]
 
 
 @torch.no_grad()
@@ -49,11 +69,18 @@ def fit_dictionaries(cfg: Config, model: PCMCI, dataset: VideoDataset, device: t
     """
     if not model.dictionaries():
         return
-    chosen = sample_indices(len(dataset), cfg.model.dictionaries.clips, cfg.run.seed, epoch)
+    chosen = sample_indices(len(dataset), cfg.model.dictionaries.clips, cfg.run.seed, epoch, _classes(dataset))
+    batches = [b["video"] for b in _clips(cfg, dataset, chosen, epoch, world, device, "dictionaries")]
+    used = model.build_dictionaries(batches, seed=cfg.run.seed + epoch)
+    log.info("epoch %d: fitted confounder dictionaries on %d clips (%s feature vectors)", epoch, len(chosen), used)
+
+
+def _clips(cfg: Config, dataset: VideoDataset, chosen: list[int], epoch: int, world: int,
+           device: torch.device, what: str) -> list[dict]:
+    """The chosen clips in batches of the global size (every rank the same), sampled as in ``epoch``."""
     dataset.set_epoch(epoch)
     loader = DataLoader(Subset(dataset, chosen), batch_size=cfg.optim.batch_size * world,
                         num_workers=cfg.data.num_workers, collate_fn=collate_videos)
-    batches = [b["video"].to(device) for b in tqdm(loader, desc=f"dictionaries (epoch {epoch})",
-                                                  disable=not cfg.run.progress, leave=False) if "video" in b]
-    used = model.build_dictionaries(batches, seed=cfg.run.seed + epoch)
-    log.info("epoch %d: fitted confounder dictionaries on %d clips (%s feature vectors)", epoch, len(chosen), used)
+    return [{"video": b["video"].to(device)}
+            for b in tqdm(loader, desc=f"{what} (epoch {epoch})", disable=not cfg.run.progress, leave=False)
+            if "video" in b]

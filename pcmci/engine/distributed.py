@@ -57,6 +57,15 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def broadcast_tensor(tensor: torch.Tensor, device: torch.device, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s copy of ``tensor`` on every rank (sent through ``device``, returned where it was)."""
+    if not active():
+        return tensor
+    moved = tensor.to(device)
+    dist.broadcast(moved, src)
+    return moved.to(tensor.device)
+
+
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     """Copy every buffer of ``module`` (e.g. fitted confounder dictionaries) from rank ``src`` to all ranks."""
     if not active():

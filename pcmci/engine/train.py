@@ -32,6 +32,7 @@ from ..model.weights import require_weights
 from . import distributed
 from .checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from .dictionaries import fit_dictionaries, refit_epochs
+from .propensity import clip_weights
 from .run_state import config_changes, restore_rng, rng_state, use_compile
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,11 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
         net = torch.compile(net)
     board = _tensorboard(out, start_epoch * steps_per_epoch) if cfg.run.tensorboard and ctx.main else None
     show = cfg.run.progress and ctx.main
+    weights = None  # IVC's backdoor: per-clip loss weights P(y)/P(y|s), fitted once per run
+    if model.ivc is not None and cfg.model.ivc.reweight:
+        saved = state.get("clip_weights") if state is not None else None
+        weights = saved if saved is not None else clip_weights(cfg, dataset, device, show)
+        weights = distributed.broadcast_tensor(weights, device)
     if ctx.world > 1:
         log.info("DDP: %d processes (%s), %d clips per process per step x %d accumulated = global batch %d",
                  ctx.world, torch.distributed.get_backend(), cfg.optim.batch_size, accum,
@@ -207,7 +213,8 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
                             started = time.perf_counter()
                             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                                 out = net(frames)
-                                loss = model.loss(out, target, batch["steps"].to(device))
+                                loss = model.loss(out, target, batch["steps"].to(device),
+                                                  None if weights is None else weights[batch["index"]].to(device))
                             (loss * (size / sum(group))).backward()
                             if first:
                                 _log_compile(time.perf_counter() - started)
@@ -265,6 +272,7 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
                 "world": ctx.world,
                 "config": to_dict(cfg),
                 "labels": {"classes": dataset.labels.classes, "actions": dataset.labels.actions},
+                "clip_weights": weights,
             })
     if board is not None:
         board.close()

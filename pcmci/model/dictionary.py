@@ -2,8 +2,9 @@
 
 ``kmeans`` dictionaries are fitted on features of clips drawn at random from the whole training split (cluster
 centres, prior = cluster frequencies), refitted during training by the engine, and kept as buffers, so they travel
-with checkpoints; ``learned`` ones are parameters with a uniform prior. A dictionary asked for more strata than
-there are features uses one stratum per feature (the rest get prior 0) and says so once.
+with checkpoints; ``learned`` ones are parameters with a uniform prior. A stratum stands for a part of the
+population only when several features fall in it: a dictionary asked for more than ``n / MIN_PER_ATOM`` strata
+(``n`` features) uses that many (the rest get prior 0) and says so once.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
+MIN_PER_ATOM = 4  # features per stratum at least: k-means with k close to n is one stratum per feature
 
 
 def kmeans(x: Tensor, k: int, iters: int = 30, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -68,11 +70,12 @@ class ConfounderDictionary(nn.Module):
             return
         if features.dim() != 2 or features.shape[0] == 0 or not torch.isfinite(features).all():
             raise ValueError(f"{self.name}: k-means needs finite features [n>0, D], got {list(features.shape)}")
-        size = self.atoms.shape[0]
-        k = min(size, features.shape[0])
+        size, n = self.atoms.shape[0], features.shape[0]
+        k = min(size, max(1, n // MIN_PER_ATOM))
         if k < size and not self._warned:
-            log.warning("%s: %d strata requested but only %d features to fit them on; using %d strata "
-                        "(raise model.dictionaries.clips or lower the dictionary size)", self.name, size, k, k)
+            log.warning("%s: %d strata requested but only %d features to fit them on (%d per stratum at least); "
+                        "using %d strata (raise model.dictionaries.clips or lower the dictionary size)",
+                        self.name, size, n, MIN_PER_ATOM, k)
             self._warned = True
         centres, counts = kmeans(features, k, seed=seed)
         self.atoms.zero_()

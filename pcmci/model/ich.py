@@ -19,6 +19,10 @@ distributions to find disproportionately aligned features"). As built, texts ``t
    the texts, and the frames are not read at inference.
    ``adjust="posterior"`` is the pre-fix variant kept for ablations: the query is ``(t + H W_H) W_q``, so the clip
    picks its own stratum, and ``T' = LN(t + W_o [t; h])``.
+
+Default ``adjust="population"``: the causal graph allows no path from the clip's own (confounded) frames to the
+logits outside the adjustment, and ``prior``'s projection is one (``tests/test_model_pcmci.py`` leak test: change
+only the background CLIP sees, watch the logits). The Sinkhorn plan then runs only to fit the strata.
 """
 from __future__ import annotations
 
@@ -29,10 +33,12 @@ from torch import Tensor, nn
 from ..config import ICHConfig
 from ..kernels import log_sinkhorn
 from .dictionary import ConfounderDictionary, nwgm_attention
+from .state import StageState
 
 
 class ICH(nn.Module):
-    """``forward(t[B,L,D], vp[B,F,D]) -> t'[B,L,D]``."""
+    """``forward(state) -> state`` with texts ``t[B,L,D] -> t'[B,L,D]`` (:meth:`adjust`), reading ``frames[B,F,D]``
+    unless ``adjust="population"``."""
 
     def __init__(self, cfg: ICHConfig, dim: int) -> None:
         super().__init__()
@@ -65,7 +71,19 @@ class ICH(nn.Module):
         """Whether ``forward`` reads the clip's frames (all but ``adjust="population"``)."""
         return self.cfg.adjust != "population"
 
-    def forward(self, t: Tensor, vp: Tensor | None) -> Tensor:
+    def forward(self, state: StageState) -> StageState:
+        return state._replace(texts=self.adjust(state.texts, state.frames))
+
+    def dictionary_features(self, state: StageState) -> Tensor:
+        """The strata are fitted on the proxy ``H`` of every label of every clip: ``[B*L, D]``."""
+        return self.proxy(state.texts, state.frames).flatten(0, 1)
+
+    def maps(self, state: StageState) -> dict[str, Tensor]:
+        plan, over = self.overalignment(state.texts, state.frames)
+        return {"ICH transport plan L·Q (labels x frames)": plan, "ICH over-alignment O (labels x frames)": over}
+
+    def adjust(self, t: Tensor, vp: Tensor | None) -> Tensor:
+        """The backdoor adjustment ``t[B,L,D] -> t'[B,L,D]`` (see the module docstring)."""
         z, prior = self.dictionary()
         if self.cfg.adjust == "posterior":
             h_hat = nwgm_attention(self.w_q(t + self.w_h(self.proxy(t, vp))), self.w_k(z), self.w_h(z), prior)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..config import ICIConfig
 from ..kernels import relation
+from .state import StageState
 
 
 class RelationLayer(nn.Module):
@@ -46,13 +47,30 @@ class RelationLayer(nn.Module):
 
 
 class ICI(nn.Module):
-    """``forward(t'[B,L,D]) -> t*[B,L,D]``: ``layers`` relation layers over the label texts."""
+    """``forward(state) -> state`` with texts ``t'[B,L,D] -> t*[B,L,D]`` (:meth:`relate`): ``layers`` relation
+    layers over the label texts."""
+
+    reads_frames = False
 
     def __init__(self, cfg: ICIConfig, dim: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(RelationLayer(dim, cfg.bases, cfg.mlp_ratio) for _ in range(cfg.layers))
 
-    def forward(self, t: Tensor) -> Tensor:
+    def relate(self, t: Tensor) -> Tensor:
         for layer in self.layers:
             t = layer(t)
         return t
+
+    def forward(self, state: StageState) -> StageState:
+        return state._replace(texts=self.relate(state.texts))
+
+    def dictionary_features(self, state: StageState) -> None:
+        """ICI's prior is over its relation bases (a parameter), not a fitted dictionary."""
+        return None
+
+    def maps(self, state: StageState) -> dict[str, Tensor]:
+        maps, t = {}, state.texts
+        for i, layer in enumerate(self.layers):
+            t, g = layer(t, return_maps=True)
+            maps |= {f"ICI layer {i} base {k} (labels x labels)": g[:, k] for k in range(g.shape[1])}
+        return maps

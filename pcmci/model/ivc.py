@@ -7,10 +7,9 @@ hierarchical relation encoder isomorphic to ICI's, and NWGM approximates the sum
 
 0. The mediator's rows relative to each other, on one scale: ``M <- LN(M - mean_l M)`` (label texts share most
    of their embedding, "a video of a person ..."; only what tells them apart can mediate).
-1. Static context (``static=true``): ``V~ = V - mean_n V``. What persists over the whole clip is the carrier of C;
-   only the clip's dynamics go on. With ``static_input=true`` (default) the same is done to the pixels before the
-   video encoder (``PCMCI.encode_video``: ``X_f - mean_f X_f``), since a nonlinear encoder mixes a still background
-   into every token differently and the token mean alone cannot take it out again.
+1. (Ablation only, ``static=true``: ``V~ = V - mean_n V``; ``static_input=true``: ``X_f - mean_f X_f`` before the
+   video encoder. Both assume that what stands still is the confounder: they delete a still cause — the pan on
+   the stove — and keep a confounder that moves with a hand-held camera. Off by default.)
 2. Relation encoder F: level 1 ``V1 = R_V(V~)`` (bases ``G^V_k[N,N]``); level 2, text-conditioned:
    ``G^M_k = softmax(M U_k (M U'_k)^T / sqrt(d))[L,L]``, ``Pi = softmax_L(V1 M^T / sqrt(D))``,
    ``G^{M->V}_k = rownorm(Pi G^M_k Pi^T)``, ``V' = LN(V1 + W_O sum_k pi_k G^{M->V}_k V1 W_k)``.
@@ -23,6 +22,11 @@ hierarchical relation encoder isomorphic to ICI's, and NWGM approximates the sum
    ``E_pos`` is a learned token-position embedding (order carries no confounder). ``mediator_only=false`` is the
    pre-fix residual variant ``V* = LN(V' + W_f [M^; V^])`` kept for ablations.
 Optional alignment loss ``lambda mean_k ||G^V_k - G^{M->V}_k||_F^2 / N^2``.
+
+Training (``reweight=true``): the confounder C reaches Y through how the data were collected, so the encoder that
+feeds this stage is trained on the backdoor-adjusted risk ``sum_c P(c) P(Y|X,c)``, estimated by weighting each
+clip with ``P(y)/P(y|s)``, ``s`` what single frames show (``pcmci.engine.propensity``). It changes what the encoder
+learns, not the inference graph.
 """
 from __future__ import annotations
 
@@ -36,10 +40,14 @@ from ..config import IVCConfig
 from ..kernels import relation_maps
 from .dictionary import ConfounderDictionary, nwgm_attention
 from .ici import RelationLayer
+from .state import StageState
 
 
 class IVC(nn.Module):
-    """``forward(v[B,N,D], m[B,L,D]) -> (v*[B,N,D], align_loss scalar)``; ``tokens`` is N."""
+    """``forward(state) -> state`` with video ``v[B,N,D] -> v*[B,N,D]`` given the texts ``m[B,L,D]`` as mediator
+    (:meth:`deconfound`) and the loss ``"align"``; ``tokens`` is N."""
+
+    reads_frames = False
 
     def __init__(self, cfg: IVCConfig, dim: int, tokens: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -110,6 +118,21 @@ class IVC(nn.Module):
         v_prime, align = self.relate(v, m)
         return v_prime, m, align
 
-    def forward(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    def deconfound(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        """``(v[B,N,D], m[B,L,D]) -> (v*[B,N,D], alignment loss)``."""
         v_prime, m, align = self.encode(v, m)
         return self.intervene(v_prime, m), align
+
+    def forward(self, state: StageState) -> StageState:
+        v, align = self.deconfound(state.video, state.texts)
+        return state._replace(video=v, losses={**state.losses, "align": align})
+
+    def dictionary_features(self, state: StageState) -> Tensor:
+        """``D_V`` is fitted on the relation-encoded tokens ``V'`` of every clip: ``[B*N, D]``."""
+        return self.encode(state.video, state.texts)[0].flatten(0, 1)
+
+    def maps(self, state: StageState) -> dict[str, Tensor]:
+        v_prime, m, _ = self.encode(state.video, state.texts)
+        g = self.transported_maps(v_prime, m)
+        return {"IVC P(m|V) (tokens x labels)": self.mediator_weights(v_prime, m)} | {
+            f"IVC transported base {k} (tokens x tokens)": g[:, k] for k in range(g.shape[1])}

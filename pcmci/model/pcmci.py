@@ -1,11 +1,15 @@
 """PCMCI: frozen CLIP + trainable TimeSformer + the causal stages in the configured order + the head.
 
-State flowing through the stages: texts ``t[B,L,D]`` and video tokens ``v[B,N,D]``, both entering on one scale:
-``t = LN(T)`` from the frozen CLIP text embeddings ``T`` (a buffer; a parameter with ``learn_text``) and
-``v = LN(V)`` from the TimeSformer (LayerNorm without affine weights). ``ich``: t <- ICH(t, VP);
-``ici``: t <- ICI(t); ``ivc``: v <- IVC(v, t). Any subset, any order; ``stages=[]`` is the no-intervention
-baseline. The head scores the C class rows of the final texts (plus the A atomic-action rows when the auxiliary
-loss is on) against the final video tokens.
+State flowing through the stages (:class:`~pcmci.model.state.StageState`): texts ``t[B,L,D]`` and video tokens
+``v[B,N,D]``, both entering on one scale: ``t = LN(T)`` from the frozen CLIP text embeddings ``T`` (a buffer; a
+parameter with ``learn_text``) and ``v = LN(V)`` from the TimeSformer (LayerNorm without affine weights), plus the
+CLIP frames VP when a stage reads them. ``ich``: t <- ICH(t, VP); ``ici``: t <- ICI(t); ``ivc``: v <- IVC(v, t).
+Every stage is ``forward(state) -> state`` from one registry (``pcmci.model.stages``); any subset, any order;
+``stages=[]`` is the no-intervention baseline. The head scores the C class rows of the final texts (plus the A
+atomic-action rows when the auxiliary loss is on) against the final video tokens.
+
+Training with IVC's backdoor (``model.ivc.reweight``): :meth:`PCMCI.loss` takes per-clip weights
+``P(y)/P(y|s)`` estimated by the engine (``pcmci.engine.propensity``).
 """
 from __future__ import annotations
 
@@ -15,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import STAGE_NAMES, ModelConfig
 from .clip import FrozenCLIP
 from .head import CrossAttentionHead
-from .ich import ICH
-from .ici import ICI
-from .ivc import IVC
+from .stages import StageSizes, build_stage
+from .state import StageState
 from .timesformer import TimeSformer
 
 
@@ -45,62 +48,70 @@ class PCMCI(nn.Module):
             self.text = nn.Parameter(text)
         else:
             self.register_buffer("text", text)
-        self.ich = ICH(cfg.ich, dim) if "ich" in self.order else None
-        self.ici = ICI(cfg.ici, dim) if "ici" in self.order else None
-        tokens = cfg.timesformer.frames
-        self.ivc = IVC(cfg.ivc, dim, tokens, cfg.ici.mlp_ratio) if "ivc" in self.order else None
+        sizes = StageSizes(dim, cfg.timesformer.frames)
+        for name in STAGE_NAMES:  # model.ich / .ici / .ivc: the stage, or None when not configured
+            setattr(self, name, build_stage(name, cfg, sizes) if name in self.order else None)
         self.num_queries = len(self.classes) + (len(self.actions) if cfg.head.aux_weight > 0 else 0)
         self.head = CrossAttentionHead(cfg.head, dim, self.num_queries)
 
-    def inputs(self, video: Tensor, batch: int) -> tuple[Tensor, Tensor]:
-        """Stage inputs on one scale: ``(LN(T) [B,L,D], LN(V) [B,N,D])``."""
-        dim = video.shape[-1]
-        return F.layer_norm(self.text, (dim,)).expand(batch, -1, -1), F.layer_norm(video, (dim,))
+    def stages(self) -> list[nn.Module]:
+        """The configured stages in order."""
+        return [getattr(self, name) for name in self.order]
 
-    def stage_forward(self, t: Tensor, v: Tensor, vp: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Run the stages in order: -> (texts ``[B,L,D]``, video ``[B,N,D]``, alignment loss). ``vp`` (the CLIP
-        frame embeddings ``[B,F,D]``) is only read by ICH."""
-        align = v.new_zeros(())
-        for name in self.order:
-            if name == "ich":
-                t = self.ich(t, vp)
-            elif name == "ici":
-                t = self.ici(t)
-            else:
-                v, align = self.ivc(v, t)
-        return t, v, align
+    @property
+    def reads_frames(self) -> bool:
+        """Whether a stage's ``forward`` reads the CLIP frames VP."""
+        return any(stage.reads_frames for stage in self.stages())
+
+    def initial_state(self, frames: Tensor, with_frames: bool | None = None) -> StageState:
+        """The stage inputs of ``frames[B,F,3,H,W]`` on one scale: ``LN(T) [B,L,D]``, ``LN(V) [B,N,D]`` and VP
+        ``[B,F,D]`` when a stage reads it (``with_frames`` overrides)."""
+        with_frames = self.reads_frames if with_frames is None else with_frames
+        video = self.encode_video(frames)
+        dim, batch = video.shape[-1], frames.shape[0]
+        return StageState(F.layer_norm(self.text, (dim,)).expand(batch, -1, -1), F.layer_norm(video, (dim,)),
+                          self.clip.encode_frames(frames) if with_frames else None, {})
+
+    def run_stages(self, state: StageState) -> StageState:
+        """The configured stages in order, each ``forward(state) -> state``."""
+        for stage in self.stages():
+            state = stage(state)
+        return state
 
     def encode_video(self, frames: Tensor) -> Tensor:
-        """TimeSformer tokens of ``frames[B,F,3,H,W]``. With IVC's ``static_input`` the encoder sees
-        ``X_f - mean_f X_f``: what persists over the whole clip (background, lighting, a still object, the carrier
-        of C) is taken out before the encoder, so it cannot enter V through interactions with the motion."""
+        """TimeSformer tokens of ``frames[B,F,3,H,W]``. Only under the ablation switch ``model.ivc.static_input``
+        does the encoder see ``X_f - mean_f X_f`` (the clip's mean frame removed: still causes go with it)."""
         if self.ivc is not None and self.cfg.ivc.static_input:
             frames = frames - frames.mean(1, keepdim=True)
         return self.video(frames)
 
     def forward(self, frames: Tensor) -> dict[str, Tensor]:
+        """``frames[B,F,3,H,W]`` -> ``logits[B,C]``, ``aux_logits[B,A']``, ``align_loss``."""
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"PCMCI expects frames [B,F,3,H,W], got {list(frames.shape)}")
         frames = frames.to(self.text.dtype)  # float32, or float64 under run.dtype=float64
-        vp = self.clip.encode_frames(frames) if self.ich is not None and self.ich.reads_frames else None
-        t, v = self.inputs(self.encode_video(frames), frames.shape[0])
-        t, v, align = self.stage_forward(t, v, vp)
-        scores = self.head(t[:, : self.num_queries], v)
+        state = self.run_stages(self.initial_state(frames))
+        scores = self.head(state.texts[:, : self.num_queries], state.video)
         c = len(self.classes)
-        return {"logits": scores[:, :c], "aux_logits": scores[:, c:], "align_loss": align}
+        return {"logits": scores[:, :c], "aux_logits": scores[:, c:],
+                "align_loss": state.losses.get("align", state.video.new_zeros(()))}
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """Class scores ``[B,C]``: softmax for single-label, per-class sigmoid for multi-label."""
         return torch.sigmoid(logits) if self.cfg.multilabel else torch.softmax(logits, dim=-1)
 
-    def loss(self, out: dict[str, Tensor], target: Tensor, steps: Tensor | None = None) -> Tensor:
+    def loss(self, out: dict[str, Tensor], target: Tensor, steps: Tensor | None = None,
+             weights: Tensor | None = None) -> Tensor:
         """Classification loss (CE, or BCE when multi-label) + optional atomic-action BCE and alignment terms.
 
-        ``target`` is ``[B]`` class indices, or ``[B,C]`` multi-hot when ``cfg.multilabel``; ``steps[B,A]``.
+        ``target`` is ``[B]`` class indices, or ``[B,C]`` multi-hot when ``cfg.multilabel``; ``steps[B,A]``;
+        ``weights[B]`` per-clip weights of the single-label CE (IVC's backdoor; mean 1 over the training split).
         """
         logits = out["logits"].float()
         if self.cfg.multilabel:
             loss = F.binary_cross_entropy_with_logits(logits, target.float())
+        elif weights is not None:  # IVC's backdoor: the clip's weight P(y)/P(y|s) (pcmci.engine.propensity)
+            loss = (weights.to(logits.dtype) * F.cross_entropy(logits, target, reduction="none")).mean()
         else:
             loss = F.cross_entropy(logits, target)
         if self.cfg.head.aux_weight > 0 and steps is not None and steps.shape[-1] > 0:
@@ -124,33 +135,23 @@ class PCMCI(nn.Module):
     def build_dictionaries(self, batches: Iterable[Tensor], seed: int = 0) -> dict[str, int]:
         """Fit the k-means strata from training clips ``frames[B,F,3,H,W]`` (a random sample of the split).
 
-        ICH's strata cluster the proxy ``H`` of every label in every clip; IVC's cluster the relation-encoded
-        video tokens ``V'``. Stages are fitted in order, each on the texts the earlier stages produce.
+        Each stage with a dictionary is fitted on its ``dictionary_features`` of the states the earlier stages
+        produce (ICH: the proxy ``H`` of every label in every clip; IVC: the relation-encoded tokens ``V'``).
         Returns the number of feature vectors each dictionary was fitted on.
         """
         was_training = self.training
         self.eval()
-        batches = [f.to(self.text.dtype) for f in batches]
-        cached = [(self.clip.encode_frames(f) if self.ich is not None else None,  # VP is read by ICH alone
-                   *self.inputs(self.encode_video(f), f.shape[0])) for f in batches]
-        if not cached:
+        needs_frames = self.ich is not None  # ICH's proxy reads VP, even when its forward does not
+        states = [self.initial_state(f.to(self.text.dtype), needs_frames) for f in batches]
+        if not states:
             raise ValueError("build_dictionaries needs at least one batch of frames")
-        texts = [t for _, t, _ in cached]
-        videos = [v for _, _, v in cached]
         used: dict[str, int] = {}
-        for name in self.order:
-            if name == "ich":
-                feats = torch.cat([self.ich.proxy(t, vp).flatten(0, 1) for t, (vp, _, _) in zip(texts, cached)])
-                self.ich.dictionary.fit(feats, seed)
-                used[name] = feats.shape[0]
-                texts = [self.ich(t, vp) for t, (vp, _, _) in zip(texts, cached)]
-            elif name == "ici":
-                texts = [self.ici(t) for t in texts]
-            else:
-                feats = torch.cat([self.ivc.encode(v, t)[0].flatten(0, 1) for v, t in zip(videos, texts)])
-                self.ivc.dictionary.fit(feats, seed)
-                used[name] = feats.shape[0]
-                videos = [self.ivc(v, t)[0] for v, t in zip(videos, texts)]
+        for name, stage in zip(self.order, self.stages()):
+            feats = [stage.dictionary_features(s) for s in states]
+            if feats[0] is not None:
+                stage.dictionary.fit(torch.cat(feats), seed)
+                used[name] = sum(f.shape[0] for f in feats)
+            states = [stage(s) for s in states]
         self.train(was_training)
         return used
 

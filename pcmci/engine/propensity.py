@@ -1,0 +1,156 @@
+"""IVC's training-time backdoor: clip weights ``P(y) / P(y|s)`` from cross-fitted single-frame reference models.
+
+Causal graph (per clip): ``C -> X``, ``X -> Y``, and ``C -> Y`` through how the data were collected (a kitchen, a
+camera, a badge go with an activity). ``C`` is not observed and need not stand still: a hand-held camera moves the
+background, a badge jitters. The backdoor adjustment ``P(Y|do(X)) = sum_c P(c) P(Y|X,c)`` is the risk under a
+population where the context is independent of the label; weighting each training clip by
+``w = P(c) P(y) / P(c, y) = P(y) / P(y|c)`` estimates it from the data we have (inverse-propensity weighting,
+``sum_c P(c)`` by sampling). ``C`` is read through what it leaves in single frames: ``s`` = the clip's frames one at
+a time, so ``P(y|s)`` is what a model that cannot see motion predicts. Scene, light, props — moving or not — are
+visible in one frame; the activity's motion is not.
+
+- **Cross-fitted** (``model.ivc.reference_folds`` class-stratified folds): each clip's ``P(y|s)`` comes from a
+  reference model trained on the other folds, so the minority clips it must find are not memorised away.
+- **Reference model**: the no-intervention baseline architecture of the run's config, built for one frame
+  (``timesformer.frames=1``), trained ``model.ivc.reference_epochs`` epochs on one random frame per clip, and read
+  as the mean of its per-frame class probabilities over the clip's F frames.
+- **A still cause keeps its evidence.** Weights are normalised to mean 1 *within each class*: the weighted data
+  keep every class's share, and inside a class the clips whose frames point to another class gain weight. A cause
+  that defines its class (the pan on the stove) is in every clip of the class, so it moves no clip's weight within
+  the class — nothing teaches the model to ignore it, unlike removing what stands still.
+- ``model.ivc.max_weight`` clips ``P(y)/P(y|s)`` before normalisation (the variance of importance weights).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from ..config import Config
+from ..data.datasets import VideoDataset, collate_videos
+from ..model import PCMCI, build_model
+
+log = logging.getLogger(__name__)
+
+
+def stratified_folds(targets: list[int], folds: int, seed: int) -> list[int]:
+    """The fold of each clip: classes dealt out in a seeded random order, so every fold holds every class."""
+    generator = torch.Generator().manual_seed(seed * 7919 + 17)
+    order = torch.randperm(len(targets), generator=generator).tolist()
+    fold, seen = [0] * len(targets), {}
+    for i in order:
+        fold[i] = seen.get(targets[i], 0) % folds
+        seen[targets[i]] = seen.get(targets[i], 0) + 1
+    return fold
+
+
+def propensity_weights(p_label: Tensor, targets: Tensor, max_weight: float) -> Tensor:
+    """``w_i = min(P(y_i) / P(y_i|s_i), max_weight)``, rescaled to mean 1 within each class. ``p_label[n]`` is
+    ``P(y_i|s_i)``, ``targets[n]`` the class indices; ``P(y)`` is the classes' share of ``targets``."""
+    p_label, targets = p_label.double(), targets.long()
+    prior = torch.bincount(targets).double() / len(targets)
+    w = (prior[targets] / p_label.clamp_min(1e-12)).clamp(max=max_weight)
+    sums = torch.zeros_like(prior).index_add_(0, targets, w)
+    counts = torch.bincount(targets, minlength=len(prior)).double()
+    return w * counts[targets] / sums[targets]
+
+
+def reference_config(cfg: Config) -> Config:
+    """The run's config for the single-frame reference: the baseline architecture on one frame."""
+    ref = copy.deepcopy(cfg)
+    ref.model.stages = []
+    ref.model.timesformer.frames = 1
+    ref.model.head.aux_weight = 0.0
+    return ref
+
+
+def _one_frame(video: Tensor, generator: torch.Generator) -> Tensor:
+    """``[B,F,3,H,W] -> [B,1,3,H,W]``: a random frame of each clip (the motion is gone)."""
+    pick = torch.randint(video.shape[1], (video.shape[0],), generator=generator).to(video.device)
+    return video[torch.arange(video.shape[0], device=video.device), pick][:, None]
+
+
+def _loader(dataset: VideoDataset, indices: list[int], batch: int, workers: int, shuffle: bool,
+            seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(Subset(dataset, indices), batch_size=batch, shuffle=shuffle, generator=generator,
+                      num_workers=workers, collate_fn=collate_videos)
+
+
+def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], device: torch.device,
+                     seed: int, progress: bool) -> PCMCI:
+    """A single-frame baseline trained on ``indices`` (AdamW at the run's lr, cosine over the epochs)."""
+    ref_cfg = reference_config(cfg)
+    torch.manual_seed(seed)
+    model = build_model(ref_cfg.model, dataset.labels.classes, dataset.labels.actions).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    epochs = cfg.model.ivc.reference_epochs
+    total = epochs * math.ceil(len(indices) / cfg.optim.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        batches = _loader(dataset, indices, cfg.optim.batch_size, cfg.data.num_workers, True, seed + epoch)
+        for batch in tqdm(batches, desc=f"single-frame reference, epoch {epoch + 1}/{epochs}", leave=False,
+                          disable=not progress):
+            if "video" not in batch:
+                continue
+            frames = _one_frame(batch["video"].to(device), generator)
+            loss = F.cross_entropy(model(frames)["logits"].float(), batch["label"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def _label_probability(model: PCMCI, dataset: VideoDataset, indices: list[int], cfg: Config,
+                       device: torch.device) -> Tensor:
+    """``P(y_i|s_i)`` for ``indices``: the reference's class probabilities averaged over each clip's F frames."""
+    dataset.set_epoch(0)
+    out = torch.ones(len(indices), dtype=torch.float64)
+    position = {index: row for row, index in enumerate(indices)}
+    for batch in _loader(dataset, indices, cfg.optim.batch_size, cfg.data.num_workers, False, 0):
+        if "video" not in batch:
+            continue
+        video = batch["video"].to(device)
+        b, f = video.shape[:2]
+        probs = torch.softmax(model(video.reshape(b * f, 1, *video.shape[2:]))["logits"].float(), -1)
+        probs = probs.view(b, f, -1).mean(1)
+        label = batch["label"].to(device)
+        rows = [position[int(i)] for i in batch["index"]]
+        out[rows] = probs[torch.arange(b, device=device), label].double().cpu()
+    return out
+
+
+def clip_weights(cfg: Config, dataset: VideoDataset, device: torch.device, progress: bool = True) -> Tensor:
+    """The training split's clip weights ``[n]`` (float64, mean 1 within each class); see the module docstring."""
+    if dataset.multilabel:
+        raise ValueError("IVC's propensity weights need one label per clip (set model.ivc.reweight=false)")
+    targets = [int(r.target) for r in dataset.records]
+    folds = stratified_folds(targets, cfg.model.ivc.reference_folds, cfg.run.seed)
+    p_label = torch.ones(len(targets), dtype=torch.float64)
+    was_training = dataset.train
+    for k in range(cfg.model.ivc.reference_folds):
+        fit_on = [i for i, f in enumerate(folds) if f != k]
+        held = [i for i, f in enumerate(folds) if f == k]
+        dataset.train = True
+        model = _train_reference(cfg, dataset, fit_on, device, cfg.run.seed * 1009 + k, progress)
+        dataset.train = False  # centre-sampled frames for the read-out
+        p_label[held] = _label_probability(model, dataset, held, cfg, device)
+    dataset.train = was_training
+    weights = propensity_weights(p_label, torch.tensor(targets), cfg.model.ivc.max_weight)
+    ess = float(weights.sum() ** 2 / (weights**2).sum())
+    log.info("IVC backdoor weights: %d clips, P(y|s) median %.3f, weights %.2f..%.2f, effective sample size %.0f",
+             len(targets), float(p_label.median()), float(weights.min()), float(weights.max()), ess)
+    return weights
