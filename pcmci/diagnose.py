@@ -2,8 +2,14 @@
 
 - Static-bias probes: accuracy on the clips as sampled, on clips made of one repeated frame (no motion left), on
   time-reversed and on shuffled clips. A motion-reliant model drops on all three; a static-biased one does not.
+  A probe that cannot inform about a model by construction is reported as such, without a number (the
+  repeated-frame probe of a model that removes the clip's mean frame sees an all-zero clip).
 - Counterfactual pairs (synthetic sets, found by their ``meta.json``): each test video re-rendered with the same
-  motion and another background and distractor; the flip rate is the share of pairs whose prediction changes.
+  motion, camera and light and another background and distractor; the flip rate is the share of pairs whose
+  prediction changes. Still-object probe: accuracy on the classes that differ only by a still tool.
+- IVC's mediator over the split: the entropy of ``P(m|V)`` (share of ``log L``; near 0 = every token picks one
+  label) and the effective rank of ``M^`` (exp of the entropy of its singular values; near 1 = one mediator for
+  every clip, nothing of the video reaches the head).
 - Stage maps for one video (``--video``): ICH transport plans and over-alignment maps (labels x frames), ICI's and
   IVC's relation bases, IVC's P(m|V) (tokens x labels), as heatmaps.
 Writes ``diagnose.json``, ``diagnose.md`` and PNGs.
@@ -67,10 +73,55 @@ def predict_labels(model: Classifier, clips: Tensor, batch: int = 16) -> Tensor:
     return torch.cat(preds)
 
 
-def static_bias_probes(model: Classifier, clips: Tensor, labels: Tensor) -> dict[str, float]:
-    """Accuracy on each probe's version of ``clips``; ``labels[n]`` class indices."""
-    return {name: float((predict_labels(model, probe_fn(clips)) == labels).float().mean())
+def uninformative_probes(model: Classifier) -> dict[str, str]:
+    """Probes that say nothing about ``model`` by construction, with the reason."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and getattr(model, "ivc", None) is not None and cfg.ivc.static_input:
+        return {"repeated frame": "model.ivc.static_input removes the clip's mean frame: a repeated-frame clip is an "
+                                  "all-zero input, at chance whatever the model learned"}
+    return {}
+
+
+def static_bias_probes(model: Classifier, clips: Tensor, labels: Tensor) -> dict[str, float | None]:
+    """Accuracy on each probe's version of ``clips``; ``labels[n]`` class indices. None for a probe that is
+    uninformative for this model by construction (:func:`uninformative_probes`)."""
+    skip = uninformative_probes(model)
+    return {name: None if name in skip else float((predict_labels(model, probe_fn(clips)) == labels).float().mean())
             for name, probe_fn in PROBES.items()}
+
+
+def still_object_accuracy(pred: Tensor, labels: Tensor, classes: list[int]) -> float | None:
+    """Accuracy on the clips whose class is one of ``classes`` (the still-object pairs); None if there are none."""
+    keep = torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))
+    return float((pred[keep] == labels[keep]).float().mean()) if keep.any() else None
+
+
+@torch.no_grad()
+def mediator_collapse(model: PCMCI, clips: Tensor, batch: int = 16) -> dict[str, float] | None:
+    """IVC's ``P(m|V)`` entropy (mean over tokens and clips, as a share of ``log L``) and the effective rank of
+    ``M^ = P(m|V) M`` over all tokens of ``clips`` (exp of the Shannon entropy of its normalised singular values).
+    Read through a pre-forward hook on IVC while the model runs; None for a model without IVC."""
+    if getattr(model, "ivc", None) is None:
+        return None
+    weights, mediated = [], []
+
+    def capture(stage: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        v_prime, m, _ = stage.encode(args[0].video, args[0].texts)
+        a = stage.mediator_weights(v_prime, m)
+        weights.append(a.cpu())
+        mediated.append((a @ m).flatten(0, 1).cpu())
+
+    handle = model.ivc.register_forward_pre_hook(capture)
+    try:
+        predict_labels(model, clips, batch)
+    finally:
+        handle.remove()
+    a = torch.cat(weights).double()
+    entropy = float(-(a * a.clamp_min(1e-30).log()).sum(-1).mean() / np.log(a.shape[-1]))
+    s = torch.linalg.svdvals(torch.cat(mediated).double())
+    p = s / s.sum()
+    return {"pm_entropy": entropy, "mediator_effective_rank": float(torch.exp(-(p * p.clamp_min(1e-30).log()).sum())),
+            "mediator_rank_max": int(min(a.shape[-1], mediated[0].shape[-1]))}
 
 
 def flip_rate(pred_a: Tensor, pred_b: Tensor) -> float:
@@ -137,6 +188,15 @@ def stage_maps(model: PCMCI, frames: Tensor) -> dict[str, np.ndarray]:
     return maps
 
 
+def still_object_classes(cfg: Any, classes: list[str]) -> list[int]:
+    """Indices of the classes that differ from a twin only by a still tool (synthetic sets; [] otherwise)."""
+    if cfg.data.dataset != "manifest" or not cfg.data.manifest:
+        return []
+    meta_path = Path(cfg.data.manifest).parent / "meta.json"
+    tools = json.loads(meta_path.read_text()).get("tools", {}) if meta_path.is_file() else {}
+    return [classes.index(name) for name in tools if name in classes]
+
+
 def synthetic_pairs(cfg: Any, split: str, limit: int) -> tuple[Tensor, Tensor, Tensor] | None:
     """:func:`counterfactual_pairs` of a run's dataset; None unless it is a synthetic manifest set."""
     if cfg.data.dataset != "manifest" or not cfg.data.manifest:
@@ -161,7 +221,13 @@ def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None
     out.mkdir(parents=True, exist_ok=True)
     clips, labels = load_clips(cfg, split, limit, progress)
     report: dict[str, Any] = {"checkpoint": str(checkpoint), "split": split, "videos": len(labels),
-                              "stages": model.order, "probes": static_bias_probes(model, clips, labels)}
+                              "stages": model.order, "probes": static_bias_probes(model, clips, labels),
+                              "uninformative": uninformative_probes(model)}
+    still = still_object_classes(cfg, model.classes)
+    if still:
+        report["still_object"] = {"classes": [model.classes[i] for i in still],
+                                  "acc": still_object_accuracy(predict_labels(model, clips), labels, still)}
+    report["mediator"] = mediator_collapse(model, clips)
     pairs = synthetic_pairs(cfg, split, limit)
     if pairs is not None:
         own, other, truth = pairs
@@ -169,8 +235,8 @@ def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None
         report["counterfactual"] = {"pairs": len(truth), "flip_rate": flip_rate(pred_own, pred_other),
                                     "acc_original": float((pred_own == truth).float().mean()),
                                     "acc_counterfactual": float((pred_other == truth).float().mean())}
-    plot_grouped_bars({"accuracy": {k: (v, 0.0) for k, v in report["probes"].items()}}, out / "probes.png",
-                      "top-1 accuracy", f"static-bias probes on {split}")
+    plot_grouped_bars({"accuracy": {k: (v, 0.0) for k, v in report["probes"].items() if v is not None}},
+                      out / "probes.png", "top-1 accuracy", f"static-bias probes on {split}")
     if video:
         path = Path(video)
         info = probe(path)
@@ -186,8 +252,9 @@ def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None
 
 
 def markdown(report: dict[str, Any]) -> str:
-    probes = report["probes"]
-    rows = [f"| {name} | {acc:.4f} | {acc - probes['original']:+.4f} |" for name, acc in probes.items()]
+    probes, skipped = report["probes"], report.get("uninformative", {})
+    rows = [f"| {name} | uninformative for this model: {skipped[name]} | |" if acc is None else
+            f"| {name} | {acc:.4f} | {acc - probes['original']:+.4f} |" for name, acc in probes.items()]
     lines = [
         f"# Diagnostics: {report['checkpoint']}",
         "",
@@ -205,6 +272,17 @@ def markdown(report: dict[str, Any]) -> str:
         "![probes](probes.png)",
         "",
     ]
+    if report.get("still_object"):
+        so = report["still_object"]
+        lines += ["## Still-object probe", "", f"Accuracy on the classes that differ only by a still tool "
+                  f"({', '.join(so['classes'])}): **{so['acc']:.4f}**. A model that removes what stands still cannot "
+                  "tell them apart.", ""]
+    if report.get("mediator"):
+        med = report["mediator"]
+        lines += ["## IVC mediator", "", f"Entropy of P(m|V): {med['pm_entropy']:.3f} of log L (0 = every token picks "
+                  f"one label); effective rank of M^ over the split: {med['mediator_effective_rank']:.2f} of at most "
+                  f"{med['mediator_rank_max']} (1 = the same mediator for every clip: little of the video reaches the "
+                  "head).", ""]
     if "counterfactual" in report:
         c = report["counterfactual"]
         lines += ["## Counterfactual pairs (same motion, other background and distractor)", "",

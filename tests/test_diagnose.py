@@ -90,3 +90,42 @@ def test_diagnose_command_end_to_end(synthetic_set: Path, tmp_path: Path, capsys
     assert main(["--quiet", "diagnose", str(baseline / "checkpoint.pt"), "--video", str(video), "--limit", "6"]) == 0
     assert json.loads((baseline / "diagnose" / "diagnose.json").read_text())["video"]["maps"] == {}
     assert "nothing to draw" in (baseline / "diagnose" / "diagnose.md").read_text()
+
+
+def test_still_object_accuracy_and_an_uninformative_probe_is_named(tiny_model) -> None:
+    from pcmci.diagnose import still_object_accuracy, uninformative_probes
+
+    pred, labels = torch.tensor([0, 6, 5, 6, 1]), torch.tensor([0, 6, 6, 6, 2])
+    assert still_object_accuracy(pred, labels, [5, 6]) == pytest.approx(2 / 3)
+    assert still_object_accuracy(pred, labels, [4]) is None
+    model = tiny_model()
+    assert uninformative_probes(model) == {}
+    model.cfg.ivc.static_input = True
+    clips, labels = torch.rand(2, 8, 3, 64, 64), torch.tensor([0, 1])
+    probes = static_bias_probes(model.eval(), clips, labels)
+    assert probes["repeated frame"] is None and probes["original"] is not None
+    assert "all-zero input" in uninformative_probes(model)["repeated frame"]
+
+
+def test_mediator_collapse_against_a_loop(tiny_model) -> None:
+    """Entropy share and effective rank recomputed from IVC's own maps with explicit loops (float64)."""
+    import numpy as np
+
+    from pcmci.diagnose import mediator_collapse
+
+    model = tiny_model().eval()
+    clips = torch.rand(3, 8, 3, 64, 64)
+    got = mediator_collapse(model, clips, batch=2)
+    with torch.no_grad():
+        state = model.initial_state(clips)
+        for stage in model.stages()[:-1]:
+            state = stage(state)
+        v_prime, m, _ = model.ivc.encode(state.video, state.texts)
+        a = model.ivc.mediator_weights(v_prime, m).double().numpy()
+        m_hat = np.concatenate([a[i] @ m[i].double().numpy() for i in range(3)])
+    ent = np.mean([-(row * np.log(row)).sum() for clip in a for row in clip]) / np.log(a.shape[-1])
+    sv = np.linalg.svd(m_hat, compute_uv=False)
+    p = sv / sv.sum()
+    assert got["pm_entropy"] == pytest.approx(ent, rel=1e-5)
+    assert got["mediator_effective_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-4)
+    assert mediator_collapse(tiny_model([]), clips) is None

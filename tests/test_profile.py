@@ -66,8 +66,9 @@ def _hand_count() -> dict[str, int]:
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     out = tmp_path_factory.mktemp("profile")
-    rc = main(["--quiet", "profile", "--preset", "tiny", "--device", "cpu", "--classes", str(C), "--actions", str(A),
-               "--warmup", "0", "--repeats", "1", "--out", str(out)])
+    # ICH's `prior` adjustment reads the CLIP frames at inference, so every module and fused op runs
+    rc = main(["--quiet", "profile", "tiny", "model.ich.adjust=prior", "--device", "cpu", "--classes", str(C),
+               "--actions", str(A), "--warmup", "0", "--repeats", "1", "--out", str(out)])
     assert rc == 0
     return json.loads((out / "profile.json").read_text()), out
 
@@ -142,8 +143,8 @@ def test_inflated_fused_op_count_fails_profile(tmp_path: Path, monkeypatch: pyte
     sk = importlib.import_module("pcmci.kernels.sinkhorn")
     macs = sk._macs
     monkeypatch.setattr(sk, "_macs", lambda shape, iters: 2 * macs(shape, iters))
-    rc = main(["--quiet", "profile", "--preset", "tiny", "--device", "cpu", "--classes", str(C), "--actions", str(A),
-               "--warmup", "0", "--repeats", "1", "--no-train", "--out", str(tmp_path)])
+    rc = main(["--quiet", "profile", "tiny", "model.ich.adjust=prior", "--device", "cpu", "--classes", str(C),
+               "--actions", str(A), "--warmup", "0", "--repeats", "1", "--no-train", "--out", str(tmp_path)])
     assert rc == 1
     err = capsys.readouterr().err
     assert "pcmci::log_sinkhorn vs its unrolled reference: 100.00%" in err and "ich vs" not in err
@@ -220,3 +221,21 @@ def test_compiled_step_inductor_failure_retried_then_reported(tiny_report: tuple
     report["latency"]["train_step"] = {"compiled": failed}
     md = profiler.write_report(report, tmp_path)["markdown"].read_text()
     assert "train step (compiled) | failed: " in md
+
+
+def test_default_model_runs_no_clip_frames_at_inference_and_reports_the_fitting_cost() -> None:
+    """``model.ich.adjust=population`` (default): fvcore counts 0 FLOPs in CLIP's image tower and in the Sinkhorn op
+    at inference (nothing computed and unused); the fitting pass counts the tower's closed form and the Sinkhorn."""
+    from pcmci.profiling.flops import fvcore_count
+    from pcmci.profiling.profiler import _DictionaryFeatures
+
+    torch.manual_seed(0)
+    cfg = preset("tiny").model
+    model = build_model(cfg, [f"c{i}" for i in range(C)], [f"a{i}" for i in range(A)]).eval()
+    video = torch.rand(1, 8, 3, 64, 64)
+    model.build_dictionaries([torch.rand(2, 8, 3, 64, 64)])
+    count = fvcore_count(model, (video,))
+    assert count.by_module.get("clip.model.visual", 0) == 0 and count.by_operator.get("log_sinkhorn", 0) == 0
+    fitting = fvcore_count(_DictionaryFeatures(model), (video,))
+    assert fitting.by_module["model.clip.model.visual"] == clip_visual_macs(64, 16, 64, 2, 4.0, 64, images=8)
+    assert fitting.by_operator["log_sinkhorn"] == (C + A) * 8 * (2 * 50 + 1)

@@ -74,8 +74,9 @@ _MOTION = {
 class Scene:
     """How the scene around the activity behaves; every knob 0 is the still scene of generator 2.
 
-    ``camera`` in [0, 1]: background scroll up to 1 px/frame (at 64 px), zoom drift up to 1%/frame, shake of
-    std 1 px; ``lighting`` in [0, 1]: drift up to +-30% of brightness over the clip, flicker of std 6%;
+    ``camera`` in [0, 1]: background scroll of 0.5-1 x ``camera`` px/frame (at 64 px) in a random direction, zoom
+    drift up to ``camera`` %/frame, shake of std ``camera / 4`` px; ``lighting`` in [0, 1]: drift up to
+    +-``30 lighting`` % of brightness over the clip, flicker of std ``6 lighting`` %;
     ``distractor_motion`` in [0, 2]: the distractor's own speed in px/frame; ``still_pairs`` in 0..2: how many
     still-object class pairs (each adds one class).
     """
@@ -94,7 +95,7 @@ class Scene:
             raise ValueError(f"scene still_pairs must be in 0..{len(STILL_PAIRS)}, got {self.still_pairs}")
 
 
-DEMO_SCENE = Scene(camera=1.0, lighting=1.0, distractor_motion=1.0, still_pairs=1)
+DEMO_SCENE = Scene(camera=0.3, lighting=0.3, distractor_motion=0.5, still_pairs=1)
 
 
 def activities(still_pairs: int = 0) -> dict[str, list[str]]:
@@ -207,10 +208,10 @@ def _camera(scene: Scene, frames: int, size: int, rng: np.random.Generator) -> t
     unit, t = size / 64, np.arange(frames)
     if scene.camera > 0:
         angle = rng.uniform(0, 2 * np.pi)
-        speed = rng.uniform(0.3, 1.0) * scene.camera * unit
+        speed = rng.uniform(0.5, 1.0) * scene.camera * unit
         scroll = np.outer(t, [np.cos(angle) * speed, np.sin(angle) * speed])
         zoom = np.exp(rng.uniform(-0.01, 0.01) * scene.camera * (t - frames / 2))
-        shake = rng.normal(0, scene.camera * unit, (frames, 2))
+        shake = rng.normal(0, scene.camera * unit / 4, (frames, 2))
     else:
         scroll, zoom, shake = np.zeros((frames, 2)), np.ones(frames), np.zeros((frames, 2))
     if scene.lighting > 0:
@@ -260,8 +261,8 @@ def _render(label: int, style: int, distractor: int, frames_per_action: int, siz
     video = video * (1 - h_alpha) + h_alpha * hand_rgb
     tool = tools(scene.still_pairs).get(name)
     if tool is not None:  # the still cause: the same pixels in every frame, in front of the hand
-        at = np.array([rng.uniform(0.3, 0.7), rng.uniform(0.72, 0.82)]) * size
-        t_alpha = _alpha(_tool_margin(tool, xx - at[0], yy - at[1], 5.5 * unit))[None, ..., None]
+        at = np.array([rng.uniform(0.3, 0.6), rng.uniform(0.72, 0.8)]) * size
+        t_alpha = _alpha(_tool_margin(tool, xx - at[0], yy - at[1], 7.5 * unit))[None, ..., None]
         video = video * (1 - t_alpha) + t_alpha * np.array(TOOLS[tool], dtype=np.float64)
     if noise:
         video = video + rng.normal(0, 2.0, video.shape)

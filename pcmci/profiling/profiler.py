@@ -140,6 +140,7 @@ def cross_check(model: PCMCI, frames: torch.Tensor, count: FvcoreCount) -> dict[
                                           vision.get("mlp_ratio", 4.0), model.clip.embed_dim, clips * frames_per_clip)
     video_macs = analytic.timesformer_macs(model.cfg.timesformer, model.clip.embed_dim, clips)
     rows.append(_row("timesformer vs closed form", "closed form", _module_flops(count, "video"), video_macs))
+    clip_macs = clip_macs if model.reads_frames else 0  # no stage reads VP at inference: the tower must not run
     rows.append(_row("clip_visual vs closed form", "closed form", _module_flops(count, "clip.model.visual"), clip_macs))
     rows += [_row(f"pcmci::{op} vs its unrolled reference", "op", count.by_operator.get(op, 0), macs)
              for op, macs in sorted(recorder.counts().items())]
@@ -148,6 +149,25 @@ def cross_check(model: PCMCI, frames: torch.Tensor, count: FvcoreCount) -> dict[
 
 def _labels(options: ProfileOptions) -> tuple[list[str], list[str]]:
     return [f"activity {i}" for i in range(options.classes)], [f"action {i}" for i in range(options.actions)]
+
+
+class _DictionaryFeatures(nn.Module):
+    """What fitting the dictionaries computes per clip: the stage inputs (CLIP frames included, which ICH's proxy
+    reads even when no forward does) and each stage's dictionary features, stage after stage."""
+
+    def __init__(self, model: PCMCI) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        state = self.model.initial_state(frames, with_frames=self.model.ich is not None)
+        feats = []
+        for stage in self.model.stages():
+            found = stage.dictionary_features(state)
+            if found is not None:
+                feats.append(found)
+            state = stage(state)
+        return feats
 
 
 def profile_model(cfg: Config, options: ProfileOptions, name: str = "") -> dict[str, Any]:
@@ -160,11 +180,14 @@ def profile_model(cfg: Config, options: ProfileOptions, name: str = "") -> dict[
     video = torch.rand(views, tcfg.frames, 3, tcfg.img_size, tcfg.img_size)
     fitted = model.build_dictionaries([video], seed=options.seed)
     count = fvcore_count(model, (video,))
+    fitting = fvcore_count(_DictionaryFeatures(model), (video,)).total if model.dictionaries() else 0
     report: dict[str, Any] = {
         "name": name, "config": to_dict(cfg), "torch": torch.__version__,
         "inputs": {"views": views, "frames": tcfg.frames, "image_size": tcfg.img_size, "classes": options.classes,
                    "actions": options.actions,
-                   "dictionaries": {"fitted_on": fitted, "note": "k-means on one random video"}},
+                   "dictionaries": {"fitted_on": fitted, "note": "k-means on one random video",
+                                    "flops_per_video": fitting},
+                   "clip_frames_at_inference": model.reads_frames},
         "params": param_report(model),
         "flops": flop_report(model, count, views),
         "cross_check": cross_check(model, video, count),

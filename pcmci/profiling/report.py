@@ -39,13 +39,19 @@ def accounting(report: dict[str, Any]) -> list[str]:
     return [
         f"FLOPs: {report['flops']['convention']}.",
         f"One video = {i['views']} view(s) (test clips) x {i['frames']} frames at {i['image_size']}^2; every view "
-        f"runs the CLIP image tower on each of its {i['frames']} frames and the TimeSformer once, then the stages "
-        "and the head. `flops.total` is per video; `flops.per_view` per clip.",
+        + (f"runs the CLIP image tower on each of its {i['frames']} frames and the TimeSformer once, then the stages "
+           "and the head." if i.get("clip_frames_at_inference", True) else
+           "runs the TimeSformer once, then the stages and the head. The CLIP image tower does not run at inference "
+           "(no stage reads the frames; `model.ich.adjust=population`): it runs only while the dictionaries are "
+           f"fitted, {_si(i['dictionaries'].get('flops_per_video', 0))} FLOPs per fitted video with the stages' "
+           "dictionary features, not in `flops.total`.")
+        + " `flops.total` is per video; `flops.per_view` per clip.",
         f"Label texts: {i['classes']} classes + {i['actions']} atomic-action texts (Breakfast sizes by default).",
         f"The CLIP text tower ({_mp(p['excluded'].get('clip_text', 0))} params) is excluded from `params.total` and "
         "has no forward FLOPs: label embeddings are computed once when the model is built and kept as the learnable "
         f"`T` (label_texts). `params.all` = {_mp(p['all'])} includes it.",
-        "CLIP image tower: frozen, counted in params and FLOPs. k-means confounder strata are buffers "
+        "CLIP image tower: frozen, counted in params (and in FLOPs when it runs at inference). k-means confounder "
+        "strata are buffers "
         f"({_si(p['buffers'])} values, not parameters), {i['dictionaries']['note']}.",
         "Weights are random where no checkpoint is cached: counts do not depend on the weights.",
     ]
