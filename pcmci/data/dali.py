@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pcmci.data.records import ClipSource, Source, VideoDecodeError, VideoInfo
-from pcmci.data.watchdog import DECODE_TIMEOUT, with_timeout
+from pcmci.data.watchdog import DECODE_TIMEOUT, with_thread_timeout
 
 
 def available() -> bool:
@@ -109,8 +109,9 @@ class DaliLoader:
     ``shuffle``), padded to a multiple of ``world`` as ``DistributedSampler`` does; ``set_epoch`` selects both the
     order and the training offsets. Videos that fail to probe, or that fail inside the pipeline (found by
     decoding a failed batch one video at a time), are skipped and listed in ``bad`` when the dataset has
-    ``skip_bad``, else raise. Every ``pipe.run()`` runs under the
-    decode watchdog (``timeout`` seconds, default the dataset's).
+    ``skip_bad``, else raise. Every ``pipe.run()`` runs under a thread watchdog (``timeout`` seconds, default
+    the dataset's): the pipeline cannot leave this process, so a timed-out run raises and the pipeline is rebuilt,
+    but the stuck run is not stopped (the PyAV / DALI-CPU per-video path kills its decoder process instead).
     """
 
     def __init__(self, dataset: ClipSource, batch_size: int, device: str = "gpu", shuffle: bool = False,
@@ -186,7 +187,7 @@ class DaliLoader:
             return _to_torch(out, self.device)
 
         try:
-            return with_timeout(self.timeout, what, run)
+            return with_thread_timeout(self.timeout, what, run)
         except VideoDecodeError:
             self.pipe = _pipeline(*self._build)
             raise

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
 from pcmci.data import formats
-from pcmci.data.decode import DECODE_TIMEOUT, check_length, decode_frames, probe, with_timeout
+from pcmci.data.decode import DECODE_TIMEOUT, check_length, decode_frames, guarded, probe
 from pcmci.data.records import ClipPlan, LabelSet, VideoDecodeError, VideoInfo, VideoRecord, VideoSet
 from pcmci.data.sampling import crop_offsets, segment_indices, view_indices
 
@@ -159,7 +159,7 @@ class VideoDataset(Dataset):
         """Probe (cached) and sample the frame indices of item ``index``."""
         path = self.records[index].path
         if index not in self._info:
-            self._info[index] = with_timeout(self.timeout, path, lambda: probe(path))
+            self._info[index] = guarded(self.timeout, path, probe, path)
         info = self._info[index]
         check_length(path, info, self.frames, self.pad_short)
         if not self.train:

@@ -26,6 +26,9 @@ class VideoDecodeError(RuntimeError):
         self.cause = cause
         super().__init__(f"cannot decode {self.path}: {cause}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickles across the decode worker's pipe
+        return (VideoDecodeError, (self.path, self.cause))
+
 
 @dataclass
 class VideoInfo:
