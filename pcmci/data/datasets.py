@@ -48,6 +48,17 @@ def read_manifest(path: str | Path, labels: LabelSet | None = None) -> list[Mani
     non-empty, every step one of them. Errors raise ``ValueError`` naming the file and line.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such manifest")
+    try:
+        return _read_rows(path, labels)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV manifest: {err}") from None
+
+
+def _read_rows(path: Path, labels: LabelSet | None) -> list[ManifestRow]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         header = [name.strip() for name in reader.fieldnames or []]

@@ -7,12 +7,11 @@ splits (``train`` / ``test``); the templates' ``{fields}`` are filled from the a
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Callable
 
-from pcmci.data.records import LabelSet, VideoRecord, VideoSet
+from pcmci.data.records import LabelSet, VideoRecord, VideoSet, read_json
 
 BREAKFAST_TEMPLATE = "{person}/{camera}/{person}_{activity}.avi"
 BREAKFAST_ACTIVITIES = {
@@ -122,7 +121,8 @@ def read_coin(root: Path, video_template: str | None = None, annotations: str | 
     path = Path(annotations) if annotations else root / "COIN.json"
     if not path.is_file():
         raise FileNotFoundError(f"COIN annotations not found: {path}")
-    database = json.loads(path.read_text()).get("database")
+    coin = read_json(path)
+    database = coin.get("database") if isinstance(coin, dict) else None
     if not isinstance(database, dict):
         raise ValueError(f"{path}: expected a top-level 'database' mapping")
     tasks: dict[int, str] = {}
