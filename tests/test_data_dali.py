@@ -1,4 +1,6 @@
 """DALI-CPU decoding against PyAV, backend fallback, and the sharded DALI loader (CPU pipeline)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 pytest.importorskip("nvidia.dali")
 
 from pcmci.data.dali import DaliLoader  # noqa: E402
-from pcmci.data.datasets import ManifestDataset, read_manifest  # noqa: E402
+from pcmci.data.datasets import ManifestDataset, VideoDataset, read_manifest  # noqa: E402
 from pcmci.data.decode import VideoDecodeError, decode_frames, probe  # noqa: E402
 from pcmci.data.synthetic import CODECS, encode_video, synthesize  # noqa: E402
 
@@ -128,3 +130,39 @@ def test_dali_loader_watchdog_covers_the_pipeline_run(tmp_path, sets):
     (batch,) = list(DaliLoader(skipping, batch_size=3, device="cpu", timeout=1e-6))
     assert "video" not in batch and batch["index"].tolist() == [] and len(batch["bad"]) == 3
     assert all("timed out" in entry for entry in batch["bad"])
+
+
+@pytest.mark.parametrize("kind", ["vp9", "mjpeg", "prepared-vp9"])
+def test_dali_loader_decodes_exactly_the_sampled_frames(tmp_path, kind):
+    """Training clips (seeded, two epochs) from DALI's sparse-index decoder (``fn.decoders.video(frames=...)``) are the
+    frames the PyAV sampler picks: each is within the chroma bound of PyAV's decode of that frame and far from the
+    frames one before and one after (random 8x8 blocks: neighbours differ by > MAD_NEIGHBOURS)."""
+    from pcmci.data import prepare
+    from pcmci.data.records import LabelSet, VideoRecord, VideoSet
+
+    rng = np.random.default_rng(1)
+    blocks = [np.kron(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8)) for _ in range(48)]
+    codec = "mjpeg" if kind == "mjpeg" else "vp9"
+    path = tmp_path / f"blocks.{CODECS[codec][1]}"
+    encode_video(path, blocks, codec, fps=8, gop=24)  # long GOPs: sparse frames need real seeking
+    if kind == "prepared-vp9":
+        entry = prepare.prepare_video(path, tmp_path, Path("prepared.webm"),
+                                      prepare.PrepareSettings(short_side=64, gop=4, codec="vp9"))
+        assert entry["status"] == "done", entry
+        path = tmp_path / "prepared.webm"
+    videos = VideoSet(LabelSet(["a"]), [VideoRecord(path, 0, [], "train")] * 3, "test")
+    dataset = VideoDataset(videos, frames=8, image_size=64, train=True, seed=5)
+    loader = DaliLoader(dataset, batch_size=3, device="cpu")
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        (batch,) = list(loader)
+        for row, index in enumerate(batch["index"].tolist()):
+            picked = dataset.plan(index).clips[0]
+            dali = (batch["video"][row].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+            for f, frame in enumerate(picked):
+                ours, _ = decode_frames(path, [frame], "pyav", timeout=0)
+                assert mad(dali[f], ours[0]) < MAD_BOUND_BLOCKS
+                for other in (frame - 1, frame + 1):
+                    if 0 <= other < len(blocks):
+                        theirs, _ = decode_frames(path, [other], "pyav", timeout=0)
+                        assert mad(dali[f], theirs[0]) > MAD_NEIGHBOURS

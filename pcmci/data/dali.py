@@ -1,8 +1,10 @@
 """NVIDIA DALI decoding (extra ``dali``): a per-video DALI-CPU backend and a sharded batch loader.
 
 ``decode_cpu`` serves the ``dali`` entry of the decode-backend registry (VP8/VP9/MJPEG on CPU).
-``DaliLoader`` runs one pipeline per process that decodes the sampled frames (NVDEC through the
-``mixed`` backend on GPU: H.264/HEVC/VP9/AV1/...; libavcodec on CPU), resizes the shorter side,
+``DaliLoader`` runs one pipeline per process that decodes exactly the frame indices the dataset's sampler picks
+(the same as PyAV's for the same seed and epoch) with ``fn.decoders.video(..., frames=indices)``, DALI's mode for
+a list of sparse indices rather than a contiguous window (NVDEC through the ``mixed`` backend on GPU:
+H.264/HEVC/VP9/AV1/...; libavcodec on CPU; tested on CPU, where the operator is shared), resizes the shorter side,
 centre-crops and scales to [0, 1] on the same device, and hands batches to PyTorch without copies
 through the DALI PyTorch plugin. Each DDP rank reads its own shard of the (epoch-shuffled) indices.
 """
