@@ -1,4 +1,5 @@
 """DALI-CPU decoding against PyAV, backend fallback, and the sharded DALI loader (CPU pipeline)."""
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,18 @@ def test_dali_loader_decodes_exactly_the_sampled_frames(tmp_path, kind):
                     if 0 <= other < len(blocks):
                         theirs, _ = decode_frames(path, [other], "pyav", timeout=0)
                         assert mad(dali[f], theirs[0]) > MAD_NEIGHBOURS
+
+
+def test_dali_cpu_after_this_process_built_a_pipeline(sets):
+    """DALI does not survive a fork (a worker forked after this process built a pipeline hangs building its own), so
+    from then on DALI-CPU decodes run here under the thread watchdog instead of in the decode worker."""
+    from pcmci.data import dali, watchdog
+
+    path = read_manifest(sets["vp9"])[0].path
+    here, _ = decode_frames(path, [2, 9], "dali", timeout=0)  # this process builds its pipeline
+    assert dali.built_pipelines()
+    watchdog.shutdown()
+    tic = time.perf_counter()
+    again, _ = decode_frames(path, [2, 9], "dali", timeout=20)
+    assert time.perf_counter() - tic < 10 and watchdog.worker_pid() is None  # no worker was forked for it
+    np.testing.assert_array_equal(here, again)

@@ -11,6 +11,7 @@ through the DALI PyTorch plugin. Each DDP rank reads its own shard of the (epoch
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -70,7 +71,17 @@ def _pipeline(batch_size: int, device: str, size: int | None, threads: int, devi
 
     built = pipe()
     built.build()
+    _built.append(os.getpid())
     return built
+
+
+_built: list[int] = []  # pids that built a pipeline; inherited by forked children
+
+
+def built_pipelines() -> bool:
+    """Whether this process, or one it was forked from, has built a DALI pipeline. DALI does not survive a fork:
+    a child forked after that hangs building its own pipeline, so such a process must decode DALI in-process."""
+    return bool(_built)
 
 
 @lru_cache(maxsize=1)

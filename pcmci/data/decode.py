@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import chain
@@ -28,7 +29,7 @@ import torch
 from pcmci.data.records import Source, VideoDecodeError, VideoInfo
 from pcmci.data.records import source_name as _name
 from pcmci.data.sampling import segment_indices
-from pcmci.data.watchdog import DECODE_TIMEOUT, guarded
+from pcmci.data.watchdog import DECODE_TIMEOUT, guarded, with_thread_timeout
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,15 @@ def decode_frames(
     if len(indices) == 0 or min(indices) < 0:
         raise ValueError(f"indices must be a non-empty sequence of frame numbers >= 0, got {list(indices)}")
 
+    if backend == "dali" and _dali_built():  # DALI does not survive a fork: watch it in-process
+        return with_thread_timeout(timeout, source, lambda: _probe_and_decode(source, list(indices), backend, info))
     return guarded(timeout, source, _probe_and_decode, source, list(indices), backend, info)
+
+
+def _dali_built() -> bool:
+    """Whether a DALI pipeline was built in this process or one it was forked from (DALI imported only if so)."""
+    module = sys.modules.get("pcmci.data.dali")
+    return module is not None and module.built_pipelines()
 
 
 def _probe_and_decode(source: Source, indices: list[int], backend: str,

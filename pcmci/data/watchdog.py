@@ -11,9 +11,9 @@ children. ``timeout=0`` runs ``fn`` in the calling process with no watchdog.
 
 Cost: one pipe round trip per call, the arguments and the result pickled once (measured in ``bench/bench_data.py``).
 
-``fn`` and its arguments must pickle (``fn`` by reference: a module-level function). The DALI GPU loader cannot
-move its pipeline to another process; it uses ``with_thread_timeout``, which raises after ``timeout`` but cannot
-stop the stuck thread.
+``fn`` and its arguments must pickle (``fn`` by reference: a module-level function). DALI does not survive a fork:
+the DALI GPU loader's pipeline, and DALI-CPU decodes in a process that has built a DALI pipeline, run in-process
+under ``with_thread_timeout``, which raises after ``timeout`` but cannot stop the stuck thread.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def guarded(timeout: float, source: Source, fn: Callable[..., T], *args: Any) ->
 
 def with_thread_timeout(timeout: float, source: Source, fn: Callable[[], T]) -> T:
     """``fn()`` in a thread; ``VideoDecodeError`` if it has not returned after ``timeout`` s (the thread is left
-    running: only for work that cannot leave this process, the DALI GPU pipeline)."""
+    running: only for work that cannot leave this process, DALI's)."""
     if not timeout:
         return fn()
     result: dict[str, Any] = {}
