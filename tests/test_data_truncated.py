@@ -131,3 +131,29 @@ def test_training_counts_or_names_cut_files(cut_files):
     strict = VideoDataset(videos, frames=8, image_size=32, train=True, timeout=10)
     with pytest.raises(VideoDecodeError, match=f"cannot decode {bad[0]}: "):
         strict[len(good)]
+
+
+def test_webm_whose_audio_outlasts_the_video_is_whole_and_its_cut_is_not(tmp_path):
+    """The container's duration covers the audio (3 s longer here); the video track's own DURATION tag is the promise."""
+    path = tmp_path / "av.webm"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libvpx-vp9", rate=Fraction(FPS))
+        video.width, video.height, video.pix_fmt = 48, 32, "yuv420p"
+        video.options = {"g": "8", "deadline": "realtime", "cpu-used": "8"}
+        audio = container.add_stream("libopus", rate=48000)
+        for i in range(FRAMES):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(np.full((32, 48, 3), 6 * i, np.uint8), "rgb24")))
+        for start in range(0, 48000 * (FRAMES // FPS + 4), 960):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 48000, start
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+        container.mux(video.encode())
+    with av.open(str(path)) as container:
+        assert container.duration / av.time_base > FRAMES / FPS + 2  # the container-wide promise is the audio's
+    assert probe(path).num_frames == FRAMES
+    cut = tmp_path / "av-cut.webm"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    assert 0 < _packets(cut) < FRAMES - 1
+    with pytest.raises(VideoDecodeError, match=r"truncated or damaged: the container promises 4\.75 s"):
+        probe(cut)

@@ -72,16 +72,27 @@ def _packet_pts(container: av.container.InputContainer, source: Source, rewind: 
         raise VideoDecodeError(source, f"not a video / corrupt: {err}") from err
 
 
+def _tag_seconds(text: str) -> float | None:
+    """Seconds of a Matroska ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``, the video track's own length), else None."""
+    parts = text.split(":")
+    try:
+        hours, minutes, seconds = (float(p) for p in parts) if len(parts) == 3 else (None, None, None)
+    except ValueError:
+        return None
+    return None if hours is None else 3600 * hours + 60 * minutes + seconds
+
+
 def _check_promise(container: av.container.InputContainer, stream: av.video.stream.VideoStream, pts: list[int],
                    fps: float, source: Source) -> None:
     """``VideoDecodeError`` when the demuxed frames fall short of what the container promises.
 
     The stream's frame count (MP4 sample table, AVI index), when present, is exact: one frame of slack (an edit
-    list may hide a leading frame). Otherwise the duration is compared with the time the frames span (first to
-    last timestamp plus one frame; right for variable rates too): two frames of slack for the video stream's own
-    duration (rounding of the last frame's length); a container-wide duration (WebM/Matroska) also spans audio
-    tracks, which commonly outlast the video by a few hundred milliseconds, so a file with other streams gets a
-    second.
+    list may hide a leading frame). Otherwise a duration is compared with the time the frames span (first to last
+    timestamp plus one frame; right for variable rates too) and with the last frame's end time (Matroska counts
+    from time 0); the file is short when both fall short. The video's own duration (the stream's, or the
+    ``DURATION`` tag FFmpeg's Matroska muxer writes per track) gets two frames of slack (the last frame's length
+    rounds); a container-wide duration also spans audio tracks, which commonly outlast the video by a few hundred
+    milliseconds, so a file with other streams gets a second.
     """
     if stream.frames:
         if len(pts) < stream.frames - 1:
@@ -90,8 +101,11 @@ def _check_promise(container: av.container.InputContainer, stream: av.video.stre
         return
     if not fps or not stream.time_base:
         return
+    tagged = _tag_seconds(stream.metadata.get("DURATION", ""))
     if stream.duration:
         seconds, slack = float(stream.duration * stream.time_base), 2 / fps
+    elif tagged is not None:
+        seconds, slack = tagged, 2 / fps
     elif container.duration:
         seconds = container.duration / av.time_base
         slack = 2 / fps if len(container.streams) == 1 else max(2 / fps, 1.0)
