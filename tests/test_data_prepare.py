@@ -173,3 +173,41 @@ def test_output_paths_mirror_the_tree_and_never_collide(tmp_path):
         "r/a/b.avi": "a/b.avi.mp4", "r/a/b.mp4": "a/b.mp4.mp4", "r/c.avi": "c.mp4"}
     external = got[tmp_path / "elsewhere/d.avi"]
     assert external.parts[0] == "external" and external.name == "d.mp4"
+
+
+def test_every_dataset_format_prepares_and_reads_back(tmp_path, capsys):
+    """Breakfast and COIN (one label) get a manifest; multi-label Charades its annotations beside the videos; each
+    prepared tree reads back with the same labels, steps and splits (missing source videos listed as failures)."""
+    from test_data_formats import breakfast, charades, coin  # noqa: F401  (the fixture trees, public formats)
+
+    from pcmci.data.datasets import read_video_set
+
+    trees = {"breakfast": breakfast.__wrapped__(_Factory(tmp_path)), "coin": coin.__wrapped__(_Factory(tmp_path)),
+             "charades": charades.__wrapped__(_Factory(tmp_path))}
+    for name, root in trees.items():
+        out = tmp_path / f"{name}-prepared"
+        assert main(["--quiet", "data", "prepare", "--dataset", name, "--root", str(root), "--out", str(out),
+                     "--short-side", "16", "--codec", "vp9"]) in (0, 1)
+        report = json.loads((out / "prepare.json").read_text())
+        before = read_video_set(DataConfig(dataset=name, root=str(root)))
+        overrides = dict(kv.split("=", 1) for kv in report["use"].split())
+        after = read_video_set(DataConfig(**{k.removeprefix("data."): v for k, v in overrides.items()}))
+        assert after.labels == before.labels and after.multilabel == before.multilabel
+        key = lambda r, base: (r.path.relative_to(base).with_suffix("").as_posix(), str(r.target), tuple(r.steps),
+                               r.split)
+        prepared = {key(r, root) for r in before.records if str(r.path) not in report["failures"]}
+        assert {key(r, out) for r in after.records if r.path.is_file()} == prepared
+        assert report["failed"] == sum(not r.path.is_file() for r in before.records)
+        capsys.readouterr()
+
+
+class _Factory:
+    """Stands in for pytest's tmp_path_factory when building the fixture trees directly."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def mktemp(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir()
+        return path

@@ -34,6 +34,7 @@ BREAKFAST_TRAIN, BREAKFAST_TEST = range(3, 47), range(47, 55)  # persons P03-P46
 COIN_TEMPLATE = "videos/{id}.mp4"
 COIN_SUBSETS = {"training": "train", "validation": "test", "testing": "test"}
 CHARADES_TEMPLATE = "videos/{id}.mp4"
+CHARADES_FILES = ("Charades_v1_classes.txt", "Charades_v1_train.csv", "Charades_v1_test.csv")  # the annotations
 
 
 def action_text(name: str) -> str:
@@ -159,7 +160,7 @@ def read_charades(root: Path, video_template: str | None = None, annotations: st
     ``annotations`` is the folder of those files (default ``root``); template field ``{id}``.
     """
     folder = Path(annotations) if annotations else root
-    class_file = folder / "Charades_v1_classes.txt"
+    class_file = folder / CHARADES_FILES[0]
     if not class_file.is_file():
         raise FileNotFoundError(f"Charades classes not found: {class_file}")
     codes, classes = {}, []

@@ -8,7 +8,9 @@ name, verified (frame count within 1 of the source's, or of duration x rate when
 changes it; first and last frame decode; no keyframe gap over ``gop`` frames) and only then renamed into place, so an interrupted run
 leaves no half-written video. A record per video under ``OUT/.prepare/`` (source size, mtime, settings) lets a
 rerun skip finished files. ``OUT/manifest.csv`` + ``OUT/labels.json`` keep every label, split and step of the
-source dataset (same class order), and ``OUT/prepare.json`` reports sizes, durations, failures and time.
+source dataset (same class order); multi-label Charades, which the one-label manifest cannot hold, gets its annotation
+files copied beside the videos instead, for its own adapter. ``OUT/prepare.json`` reports sizes, durations, failures,
+time and the overrides that train on the prepared tree.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,6 +35,7 @@ import av
 from tqdm import tqdm
 
 from pcmci.data.datasets import read_video_set
+from pcmci.data.formats import CHARADES_FILES, CHARADES_TEMPLATE
 from pcmci.data.decode import decode_frames, probe
 from pcmci.data.records import VideoDecodeError, VideoSet
 
@@ -230,10 +234,19 @@ def output_paths(videos: VideoSet, base: Path, codec: str) -> dict[Path, Path]:
             for src, rel in relative.items()}
 
 
+def _copy_charades(data: DataConfig, out: Path, suffix: str) -> str:
+    """Charades' annotation files copied into ``out`` (its adapter then reads the prepared tree); the overrides."""
+    folder = Path(data.annotations) if data.annotations else Path(data.root)
+    for name in CHARADES_FILES:
+        part = out / f".{name}.{os.getpid()}.part"
+        shutil.copyfile(folder / name, part)
+        os.replace(part, out / name)
+    template = Path(data.video_template or CHARADES_TEMPLATE).with_suffix(suffix).as_posix()
+    return f"data.dataset=charades data.root={out} data.video_template={template}"
+
+
 def _write_manifest(videos: VideoSet, mapping: dict[Path, Path], done: set[Path], out: Path) -> int:
     """``OUT/manifest.csv`` (+ ``labels.json``) with every record whose video was prepared; the rows written."""
-    if videos.multilabel:
-        raise ValueError(f"{videos.source}: multi-label datasets (charades) do not fit the one-label manifest")
     labels = videos.labels
     _write_atomic(out / "labels.json", json.dumps({"classes": labels.classes, "actions": labels.actions}, indent=1))
     buffer = io.StringIO()
@@ -255,13 +268,12 @@ def prepare_dataset(data: DataConfig, out: str | Path, settings: PrepareSettings
 
     Report keys: ``videos``, ``done``, ``skipped``, ``failed`` (counts), ``failures`` (path -> cause),
     ``source_bytes``, ``bytes``, ``source_duration``, ``duration`` (seconds of video), ``seconds`` (wall time),
-    ``manifest``, ``rows``, ``settings``, ``files`` (one entry per video).
+    ``manifest`` (None for Charades), ``rows``, ``use`` (the overrides that train on ``out``), ``settings``,
+    ``jobs``, ``files`` (one entry per video).
     """
     tic = time.perf_counter()
     out = Path(out)
     videos = read_video_set(data)
-    if videos.multilabel:
-        raise ValueError(f"{videos.source}: multi-label datasets (charades) do not fit the one-label manifest")
     mapping = output_paths(videos, _base(data), settings.codec)
     out.mkdir(parents=True, exist_ok=True)
     entries: dict[Path, dict[str, Any]] = {}
@@ -279,7 +291,11 @@ def prepare_dataset(data: DataConfig, out: str | Path, settings: PrepareSettings
                 bar.update()
     bar.close()
     done = {src for src, e in entries.items() if e["status"] != "failed"}
-    rows = _write_manifest(videos, mapping, done, out)
+    if videos.multilabel:
+        rows, manifest, use = 0, None, _copy_charades(data, out, CODECS[settings.codec][2])
+    else:
+        rows, manifest = _write_manifest(videos, mapping, done, out), out / "manifest.csv"
+        use = f"data.dataset=manifest data.manifest={manifest}"
     files = [entries[src] for src in mapping]
     finished = [e for e in files if e["status"] != "failed"]
     report = {
@@ -289,7 +305,7 @@ def prepare_dataset(data: DataConfig, out: str | Path, settings: PrepareSettings
         "source_bytes": sum(e["source_bytes"] for e in finished), "bytes": sum(e["bytes"] for e in finished),
         "source_duration": sum(e["source_duration"] for e in finished),
         "duration": sum(e["duration"] for e in finished),
-        "seconds": time.perf_counter() - tic, "manifest": str(out / "manifest.csv"), "rows": rows,
+        "seconds": time.perf_counter() - tic, "manifest": manifest and str(manifest), "rows": rows, "use": use,
         "settings": settings.record(), "jobs": jobs, "files": files,
     }
     _write_atomic(out / "prepare.json", json.dumps(report, indent=1))
@@ -304,8 +320,8 @@ def render(report: dict[str, Any]) -> str:
         f"{report['failed']} failed in {report['seconds']:.1f} s",
         f"size: {report['source_bytes'] / mib:.1f} MiB -> {report['bytes'] / mib:.1f} MiB; duration "
         f"{report['source_duration']:.1f} s -> {report['duration']:.1f} s",
-        f"manifest: {report['manifest']} ({report['rows']} rows; train with data.dataset=manifest "
-        f"data.manifest={report['manifest']})",
+        *([f"manifest: {report['manifest']} ({report['rows']} rows)"] if report["manifest"] else []),
+        f"train on it with: {report['use']}",
     ]
     lines += [f"failed: {path}: {cause}" for path, cause in report["failures"].items()]
     return "\n".join(lines)
