@@ -130,3 +130,30 @@ def test_dataloader_workers_get_their_own_decode_worker(video) -> None:
     for batch in batches:
         for clip in batch["video"]:
             torch.testing.assert_close(clip, reference, rtol=0, atol=0)
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter from /proc (None when gone); a zombie ('Z') has stopped running."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_worker_hung_when_its_parent_dies_ends_too(tmp_path):
+    """A parent killed while its worker hangs in a decode must not leave the worker running."""
+    import subprocess
+    import sys
+
+    script = ("import os, time\nfrom pcmci.data import watchdog\n"
+              "print(watchdog.guarded(5, 'x', os.getpid), flush=True)\n"
+              "watchdog.guarded(600, 'hung.webm', time.sleep, 600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    assert _state(worker) in ("S", "R")
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 5  # it checks every ORPHAN_POLL = 0.5 s
+    while _state(worker) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _state(worker) in (None, "Z")

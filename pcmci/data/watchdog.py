@@ -2,9 +2,9 @@
 
 ``guarded(timeout, source, fn, *args)`` runs ``fn(*args)`` in this process's decode worker, a child forked on
 first use (so it shares every loaded module and costs no imports) that serves calls over a pipe until it is
-killed or its parent goes away. When a call has not answered after ``timeout`` seconds the worker is killed
-(SIGKILL) and reaped, its memory returns to the system, and ``VideoDecodeError`` names the file; the next call
-forks a fresh worker. A worker that dies by itself (a segfault inside a codec) is reported the same way instead
+killed or its parent goes away (checked twice a second, also during a hung call). When a call has not answered
+after ``timeout`` seconds the worker is killed (SIGKILL) and reaped, its memory returns to the system, and
+``VideoDecodeError`` names the file; the next call forks a fresh worker. A worker that dies by itself (a segfault inside a codec) is reported the same way instead
 of taking the training process down. Each process (a DataLoader worker included) has its own decode worker; the
 worker is forked with ``os.fork`` because DataLoader workers are daemonic and may not start ``multiprocessing``
 children. ``timeout=0`` runs ``fn`` in the calling process with no watchdog.
@@ -23,12 +23,14 @@ import os
 import pickle
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, Callable, TypeVar
 
 from pcmci.data.records import Source, VideoDecodeError
 
 DECODE_TIMEOUT = 60.0  # seconds; 0 disables the watchdog
+ORPHAN_POLL = 0.5  # seconds between a worker's checks that its parent still lives
 T = TypeVar("T")
 
 
@@ -51,6 +53,13 @@ def _serve(conn: Connection) -> None:
             conn.send(("error", RuntimeError(f"decode worker could not return its result: {err}")))
 
 
+def _exit_with(parent: int) -> None:
+    """In the worker: end it once ``parent`` is gone, even in the middle of a hung call (else it would run on)."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL)
+    os._exit(1)
+
+
 class DecodeWorker:
     """One forked child serving calls over a pipe; ``call`` kills it when a call overruns its timeout."""
 
@@ -63,6 +72,7 @@ class DecodeWorker:
                 parent.close()
                 faulthandler.disable()  # a crash is reported by the parent, in one line
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which then closes the pipe
+                threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
                 _serve(child)
             except BaseException:
                 code = 1
