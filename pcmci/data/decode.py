@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from fractions import Fraction
@@ -72,14 +73,18 @@ def _packet_pts(container: av.container.InputContainer, source: Source, rewind: 
         raise VideoDecodeError(source, f"not a video / corrupt: {err}") from err
 
 
-def _tag_seconds(text: str) -> float | None:
-    """Seconds of a Matroska ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``, the video track's own length), else None."""
-    parts = text.split(":")
-    try:
-        hours, minutes, seconds = (float(p) for p in parts) if len(parts) == 3 else (None, None, None)
-    except ValueError:
-        return None
-    return None if hours is None else 3600 * hours + 60 * minutes + seconds
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> tuple[float, bool]:
+    """(seconds, whether they are the video's own): the stream's duration, else the ``DURATION`` tag FFmpeg's
+    Matroska muxer writes per track (``HH:MM:SS.nnnnnnnnn``), else the container's (which spans every stream);
+    (0.0, False) when none is known."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base), True
+    tag = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", stream.metadata.get("DURATION", "").strip())
+    if tag:
+        return 3600 * int(tag[1]) + 60 * int(tag[2]) + float(tag[3]), True
+    if container.duration:
+        return container.duration / av.time_base, False
+    return 0.0, False
 
 
 def _check_promise(container: av.container.InputContainer, stream: av.video.stream.VideoStream, pts: list[int],
@@ -87,30 +92,21 @@ def _check_promise(container: av.container.InputContainer, stream: av.video.stre
     """``VideoDecodeError`` when the demuxed frames fall short of what the container promises.
 
     The stream's frame count (MP4 sample table, AVI index), when present, is exact: one frame of slack (an edit
-    list may hide a leading frame). Otherwise a duration is compared with the time the frames span (first to last
-    timestamp plus one frame; right for variable rates too) and with the last frame's end time (Matroska counts
-    from time 0); the file is short when both fall short. The video's own duration (the stream's, or the
-    ``DURATION`` tag FFmpeg's Matroska muxer writes per track) gets two frames of slack (the last frame's length
-    rounds); a container-wide duration also spans audio tracks, which commonly outlast the video by a few hundred
-    milliseconds, so a file with other streams gets a second.
+    list may hide a leading frame). Otherwise the duration (:func:`_duration`) is compared with the time the frames
+    span (first to last timestamp plus one frame; right for variable rates too) and with the last frame's end time
+    (Matroska counts from time 0); the file is short when both fall short. The video's own duration gets two
+    frames of slack (the last frame's length rounds); a container-wide one also spans audio tracks, which commonly
+    outlast the video by a few hundred milliseconds, so a file with other streams gets a second.
     """
     if stream.frames:
         if len(pts) < stream.frames - 1:
             raise VideoDecodeError(source, f"truncated or damaged: the container promises {stream.frames} frames "
                                            f"(its frame count) but holds {len(pts)}")
         return
-    if not fps or not stream.time_base:
+    seconds, own = _duration(container, stream)
+    if not fps or not stream.time_base or not seconds:
         return
-    tagged = _tag_seconds(stream.metadata.get("DURATION", ""))
-    if stream.duration:
-        seconds, slack = float(stream.duration * stream.time_base), 2 / fps
-    elif tagged is not None:
-        seconds, slack = tagged, 2 / fps
-    elif container.duration:
-        seconds = container.duration / av.time_base
-        slack = 2 / fps if len(container.streams) == 1 else max(2 / fps, 1.0)
-    else:
-        return
+    slack = 2 / fps if own or len(container.streams) == 1 else max(2 / fps, 1.0)
     end = float(pts[-1] * stream.time_base) + 1 / fps
     span = float((pts[-1] - pts[0]) * stream.time_base) + 1 / fps
     if max(span, end) < seconds - slack:
@@ -138,12 +134,7 @@ def probe(source: Source) -> VideoInfo:
             raise VideoDecodeError(source, "not a video / corrupt: no video frames")
         _check_promise(container, stream, pts, fps, source)
         cfr = clock is not None and all(abs(clock.index(p) - i) < 0.5 for i, p in enumerate(pts))
-        if stream.duration and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration:
-            duration = container.duration / av.time_base
-        else:
-            duration = num_frames / fps if fps else 0.0
+        duration = _duration(container, stream)[0] or (num_frames / fps if fps else 0.0)
         ctx = stream.codec_context
         return VideoInfo(_name(source), num_frames, fps, duration, ctx.width, ctx.height, ctx.name, cfr)
 
