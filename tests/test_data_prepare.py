@@ -129,6 +129,10 @@ def test_rerun_does_no_work_and_settings_changes_redo(source, tmp_path, capsys):
     assert (report["done"], report["skipped"], report["failed"]) == (0, 4, 1)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")} == stamps
     assert report["bytes"] == sum(stamps_path.stat().st_size for stamps_path in stamps)
+    (out / ".prepare/mj.mp4.json").write_text("{")  # an unreadable record: that file is redone, nothing fails
+    (out / "clips/other.mp4").write_bytes(b"half-written")  # a file that no longer matches its record: redone
+    code, report = _prepare(source, out, "--short-side", "32", "--gop", "4")
+    assert (report["done"], report["skipped"], report["failed"]) == (2, 2, 1)
     code, report = _prepare(source, out, "--short-side", "32", "--gop", "6")
     assert report["done"] == 4 and _longest_keyframe_gap(_facts(out / "mj.mp4")["keys"]) <= 6
     capsys.readouterr()

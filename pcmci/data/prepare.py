@@ -118,6 +118,7 @@ def encode(src: Path, dst: Path, settings: PrepareSettings) -> dict[str, Any]:
     with av.open(str(src)) as source:
         stream = source.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = settings.threads
         source_rate = Fraction(stream.average_rate or stream.guessed_rate or 0)
         if not source_rate:
             raise ValueError("the source has no frame rate")
@@ -173,6 +174,15 @@ def _source_stamp(src: Path) -> dict[str, int]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _finished(dst: Path, record_file: Path) -> dict[str, Any] | None:
+    """The record of a finished ``dst`` whose size still matches it, else None (unreadable records included)."""
+    try:
+        record = json.loads(record_file.read_text())
+        return record if dst.stat().st_size == record["entry"]["bytes"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{path.name}.{os.getpid()}.part")
@@ -187,10 +197,9 @@ def prepare_video(src: Path, out: Path, rel: Path, settings: PrepareSettings) ->
     tic = time.perf_counter()
     try:
         stamp = _source_stamp(src)
-        if dst.is_file() and record_file.is_file():
-            record = json.loads(record_file.read_text())
-            if record.get("source_stamp") == stamp and record.get("settings") == settings.record():
-                return {**record["entry"], "status": "skipped", "seconds": 0.0}
+        record = _finished(dst, record_file)
+        if record and record.get("source_stamp") == stamp and record.get("settings") == settings.record():
+            return {**record["entry"], "status": "skipped", "seconds": 0.0}
         info = probe(src)
         dst.parent.mkdir(parents=True, exist_ok=True)
         part = dst.with_name(f".{dst.name}.{os.getpid()}.part")
