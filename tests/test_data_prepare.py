@@ -7,6 +7,7 @@ about 1 level, and a one-frame shift moves it by 5, so a tolerance of 2 levels t
 from __future__ import annotations
 
 import json
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -154,6 +155,20 @@ def test_vp9_output(source, tmp_path):
     got, src = _facts(tmp_path / "x.webm"), _facts(source / "clips/long.mp4")
     assert got["codec"] == "vp9" and len(got["means"]) == 48 and _longest_keyframe_gap(got["keys"]) <= 5
     np.testing.assert_allclose(got["means"], src["means"], atol=2.0)
+
+
+def test_leftovers_of_a_killed_run_are_removed(source, tmp_path):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # that process has exited and been reaped
+    (tmp_path / "a").mkdir()
+    stale, live = tmp_path / f"a/.long.mp4.{dead}.part", tmp_path / f"a/.long.mp4.{os.getppid()}.part"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"another run's")  # its process (our parent) is running: kept
+    entry = prepare.prepare_video(source / "clips/long.mp4", tmp_path, Path("a/long.mp4"), prepare.PrepareSettings())
+    assert entry["status"] == "done" and not stale.exists() and live.read_bytes() == b"another run's"
 
 
 def test_failed_verification_leaves_no_file(source, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ time and the overrides that train on the prepared tree.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
@@ -183,6 +184,24 @@ def _finished(dst: Path, record_file: Path) -> dict[str, Any] | None:
         return None
 
 
+def _remove_stale_parts(dst: Path) -> None:
+    """Delete temporary files of ``dst`` left by runs that were killed (their process no longer exists)."""
+    for part in dst.parent.glob(f".{glob.escape(dst.name)}.*.part"):
+        pid = part.name[len(dst.name) + 2 : -len(".part")]
+        if pid.isdigit() and not _alive(int(pid)):
+            part.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{path.name}.{os.getpid()}.part")
@@ -202,6 +221,7 @@ def prepare_video(src: Path, out: Path, rel: Path, settings: PrepareSettings) ->
             return {**record["entry"], "status": "skipped", "seconds": 0.0}
         info = probe(src)
         dst.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_parts(dst)
         part = dst.with_name(f".{dst.name}.{os.getpid()}.part")
         try:
             made = encode(src, part, settings)
