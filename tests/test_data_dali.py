@@ -118,19 +118,35 @@ def test_dali_loader_finds_and_skips_a_video_failing_inside_the_pipeline(tmp_pat
     assert h264 in str(err.value)
 
 
-def test_dali_loader_watchdog_covers_the_pipeline_run(tmp_path, sets):
-    # decodable videos only: with the H.264 one, DALI's own error can win the race against the 1e-6 s watchdog
+def test_dali_loader_watchdog_covers_the_pipeline_run(tmp_path, sets, monkeypatch):
+    """Every ``pipe.run()`` is watched: runs made 0.5 s slow time out at 0.1 s (a fixed margin, not a race)."""
+    from pcmci.data import dali
+
+    class Slow:
+        def __init__(self, pipe) -> None:
+            self.pipe = pipe
+
+        def feed_input(self, *args, **kwargs):
+            return self.pipe.feed_input(*args, **kwargs)
+
+        def run(self):
+            time.sleep(0.5)
+            return self.pipe.run()
+
+    build = dali._pipeline
+    monkeypatch.setattr(dali, "_pipeline", lambda *args: Slow(build(*args)))
     rows = [f"{sets['vp9'].parent / line.split(',')[0]},{line.split(',')[1]}"
             for line in sets["vp9"].read_text().splitlines()[1:4]]
     manifest = tmp_path / "good.csv"
     manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
     strict = ManifestDataset(manifest, None, frames=4, image_size=32)
-    with pytest.raises(VideoDecodeError, match=r"timed out after 1e-06 s"):
-        list(DaliLoader(strict, batch_size=3, device="cpu", timeout=1e-6))
+    with pytest.raises(VideoDecodeError, match=r"timed out after 0.1 s"):
+        list(DaliLoader(strict, batch_size=3, device="cpu", timeout=0.1))
     skipping = ManifestDataset(manifest, None, frames=4, image_size=32, skip_bad=True)
-    (batch,) = list(DaliLoader(skipping, batch_size=3, device="cpu", timeout=1e-6))
+    (batch,) = list(DaliLoader(skipping, batch_size=3, device="cpu", timeout=0.1))
     assert "video" not in batch and batch["index"].tolist() == [] and len(batch["bad"]) == 3
     assert all("timed out" in entry for entry in batch["bad"])
+    time.sleep(0.6)  # the abandoned runs (the thread watchdog cannot stop them) finish before the next test
 
 
 @pytest.mark.parametrize("kind", ["vp9", "mjpeg", "prepared-vp9"])
