@@ -157,3 +157,19 @@ def test_worker_hung_when_its_parent_dies_ends_too(tmp_path):
     while _state(worker) not in (None, "Z") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _state(worker) in (None, "Z")
+
+
+def test_a_child_forked_while_the_lock_is_held_can_decode() -> None:
+    """A DataLoader worker forked while another thread of its parent is inside a guarded call must not deadlock."""
+    with watchdog._lock:  # as if another thread were mid-call at the moment of the fork
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.alarm(10)  # a deadlock ends the child (SIGALRM) instead of the test run
+                code = 0 if watchdog.guarded(5, "x", os.getpid) != os.getpid() else 2
+                watchdog.shutdown()
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

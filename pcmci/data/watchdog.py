@@ -126,6 +126,15 @@ _lock = threading.Lock()
 _in_worker = False  # set inside a worker: nested guarded() calls run directly
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader worker) starts with a free lock, whatever thread held it in the parent."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def worker_pid() -> int | None:
     """Process id of this process's live decode worker (None before the first guarded call or after a kill)."""
     return _worker.pid if _worker is not None and _worker.owner == os.getpid() and not _worker.conn.closed else None
