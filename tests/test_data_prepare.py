@@ -197,13 +197,13 @@ def test_output_paths_mirror_the_tree_and_never_collide(tmp_path):
 def test_every_dataset_format_prepares_and_reads_back(tmp_path, capsys):
     """Breakfast and COIN (one label) get a manifest; multi-label Charades its annotations beside the videos; each
     prepared tree reads back with the same labels, steps and splits (missing source videos listed as failures)."""
-    from test_data_formats import breakfast, charades, coin  # noqa: F401  (the fixture trees, public formats)
+    from test_data_formats import make_breakfast, make_charades, make_coin  # the fixture trees, public formats
 
     from pcmci.data.datasets import read_video_set
 
-    trees = {"breakfast": breakfast.__wrapped__(_Factory(tmp_path)), "coin": coin.__wrapped__(_Factory(tmp_path)),
-             "charades": charades.__wrapped__(_Factory(tmp_path))}
-    for name, root in trees.items():
+    makers = {"breakfast": make_breakfast, "coin": make_coin, "charades": make_charades}
+    for name, make in makers.items():
+        root = make(tmp_path / name)
         out = tmp_path / f"{name}-prepared"
         assert main(["--quiet", "data", "prepare", "--dataset", name, "--root", str(root), "--out", str(out),
                      "--short-side", "16", "--codec", "vp9"]) in (0, 1)
@@ -219,14 +219,3 @@ def test_every_dataset_format_prepares_and_reads_back(tmp_path, capsys):
         assert report["failed"] == sum(not r.path.is_file() for r in before.records)
         capsys.readouterr()
 
-
-class _Factory:
-    """Stands in for pytest's tmp_path_factory when building the fixture trees directly."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def mktemp(self, name: str) -> Path:
-        path = self.root / name
-        path.mkdir()
-        return path
