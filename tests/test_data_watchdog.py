@@ -173,3 +173,20 @@ def test_a_child_forked_while_the_lock_is_held_can_decode() -> None:
                 os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+class _Awkward(Exception):
+    """An exception that pickles but does not unpickle (its __init__ wants two arguments)."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a} {b}")
+
+
+def _raise_awkward() -> None:
+    raise _Awkward("codec", "failure")
+
+
+def test_an_exception_that_does_not_unpickle_arrives_as_its_text() -> None:
+    with pytest.raises(RuntimeError, match="^_Awkward: codec failure$"):
+        watchdog.guarded(5, "x", _raise_awkward)
+    assert watchdog.guarded(5, "x", os.getpid) != os.getpid()  # the worker is still in step

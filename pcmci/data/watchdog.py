@@ -46,11 +46,20 @@ def _serve(conn: Connection) -> None:
         try:
             reply: tuple[str, Any] = ("ok", fn(*args))
         except BaseException as err:  # handed to the caller, which re-raises it
-            reply = ("error", err)
+            reply = ("error", _portable(err))
         try:
             conn.send(reply)
         except (pickle.PicklingError, TypeError, AttributeError) as err:
             conn.send(("error", RuntimeError(f"decode worker could not return its result: {err}")))
+
+
+def _portable(err: BaseException) -> BaseException:
+    """``err`` if it survives pickling (the caller re-raises it as is), else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:  # e.g. an exception class whose __init__ takes other arguments than its args
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
 
 
 def _exit_with(parent: int) -> None:
