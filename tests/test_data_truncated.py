@@ -134,7 +134,7 @@ def test_training_counts_or_names_cut_files(cut_files):
 
 
 def test_webm_whose_audio_outlasts_the_video_is_whole_and_its_cut_is_not(tmp_path):
-    """The container's duration covers the audio (3 s longer here); the video track's own DURATION tag is the promise."""
+    """The container's duration covers the audio (3 s longer here); the video track's DURATION tag is the promise."""
     path = tmp_path / "av.webm"
     with av.open(str(path), "w") as container:
         video = container.add_stream("libvpx-vp9", rate=Fraction(FPS))

@@ -3,14 +3,14 @@
 Raw long-GOP videos cost about (GOP + 1) / 2 decoded frames per sampled frame. Each video is re-encoded to a
 constant frame rate, a keyframe every ``gop`` frames (closed GOPs, no scene-cut keyframes in between), the
 shorter side scaled down to ``short_side`` (never up), yuv420p, in a codec NVDEC and PyAV read (H.264 in MP4 with
-the index in front, or VP9 in WebM, which DALI-CPU reads too). Every output is written to a temporary
-name, verified (frame count within 1 of the source's, or of duration x rate when the source's rate varies or ``fps``
-changes it; first and last frame decode; no keyframe gap over ``gop`` frames) and only then renamed into place, so an interrupted run
-leaves no half-written video. A record per video under ``OUT/.prepare/`` (source size, mtime, settings) lets a
-rerun skip finished files. ``OUT/manifest.csv`` + ``OUT/labels.json`` keep every label, split and step of the
-source dataset (same class order); multi-label Charades, which the one-label manifest cannot hold, gets its annotation
-files copied beside the videos instead, for its own adapter. ``OUT/prepare.json`` reports sizes, durations, failures,
-time and the overrides that train on the prepared tree.
+the index in front, or VP9 in WebM, which DALI-CPU reads too). Every output is written to a temporary name,
+verified (frame count within 1 of the source's, or of duration x rate when the source's rate varies or ``fps``
+changes it; first and last frame decode; no keyframe gap over ``gop`` frames) and only then renamed into place, so
+an interrupted run leaves no half-written video. A record per video under ``OUT/.prepare/`` (source size, mtime,
+settings, output size) lets a rerun skip finished files. ``OUT/manifest.csv`` + ``OUT/labels.json`` keep every
+label, split and step of the source dataset (same class order); multi-label Charades, which the one-label manifest
+cannot hold, gets its annotation files copied beside the videos instead, for its own adapter. ``OUT/prepare.json``
+reports sizes, durations, failures, time and the overrides that train on the prepared tree.
 """
 
 from __future__ import annotations
@@ -36,22 +36,22 @@ import av
 from tqdm import tqdm
 
 from pcmci.data.datasets import read_video_set
-from pcmci.data.formats import CHARADES_FILES, CHARADES_TEMPLATE
 from pcmci.data.decode import decode_frames, probe
+from pcmci.data.formats import CHARADES_FILES, CHARADES_TEMPLATE
 from pcmci.data.records import VideoDecodeError, VideoSet
 
 if TYPE_CHECKING:
     from pcmci.config import DataConfig
 
 # codec -> (encoder, container format, file suffix)
-# HEVC is not offered: libx265 in the PyAV 16 wheel corrupted the heap (a crash at close) in most test runs here.
+# HEVC is not offered: libx265 in the PyAV 18 wheel corrupted the heap (a crash at close) in most test runs here.
 CODECS = {"h264": ("libx264", "mp4", ".mp4"), "vp9": ("libvpx-vp9", "webm", ".webm")}
 RECORDS = ".prepare"  # OUT/.prepare/<relative path>.json: what each finished file was made from
 
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    """What every output is made with (all of it is part of the resume record: a change re-encodes)."""
+    """What every output is made with (all but ``threads`` go into the resume record: a change re-encodes)."""
 
     short_side: int = 256
     gop: int = 8
@@ -233,7 +233,8 @@ def prepare_video(src: Path, out: Path, rel: Path, settings: PrepareSettings) ->
         finally:
             part.unlink(missing_ok=True)
         entry.update({"source_frames": info.num_frames, "source_fps": info.fps, "source_duration": info.duration,
-                      "source_cfr": info.cfr, "source_codec": info.codec, "source_bytes": stamp["size"], "bytes": dst.stat().st_size, **facts})
+                      "source_cfr": info.cfr, "source_codec": info.codec, "source_bytes": stamp["size"],
+                      "bytes": dst.stat().st_size, **facts})
         _write_atomic(record_file, json.dumps({"source_stamp": stamp, "settings": settings.record(), "entry": entry}))
         return {**entry, "status": "done", "seconds": time.perf_counter() - tic}
     except (VideoDecodeError, av.error.FFmpegError, OSError, ValueError) as err:

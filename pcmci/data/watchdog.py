@@ -4,10 +4,10 @@
 first use (so it shares every loaded module and costs no imports) that serves calls over a pipe until it is
 killed or its parent goes away (checked twice a second, also during a hung call). When a call has not answered
 after ``timeout`` seconds the worker is killed (SIGKILL) and reaped, its memory returns to the system, and
-``VideoDecodeError`` names the file; the next call forks a fresh worker. A worker that dies by itself (a segfault inside a codec) is reported the same way instead
-of taking the training process down. Each process (a DataLoader worker included) has its own decode worker; the
-worker is forked with ``os.fork`` because DataLoader workers are daemonic and may not start ``multiprocessing``
-children. ``timeout=0`` runs ``fn`` in the calling process with no watchdog.
+``VideoDecodeError`` names the file; the next call forks a fresh worker. A worker that dies by itself (a segfault
+inside a codec) is reported the same way instead of taking the training process down. Each process (a DataLoader
+worker included) has its own decode worker; the worker is forked with ``os.fork`` because DataLoader workers are
+daemonic and may not start ``multiprocessing`` children. ``timeout=0`` runs ``fn`` in the calling process, unwatched.
 
 Cost: one pipe round trip per call, the arguments and the result pickled once (measured in ``bench/bench_data.py``).
 
