@@ -1,4 +1,5 @@
-"""Video loading benchmarks (pytest-benchmark; ``extra_info`` holds clips/s and frames/s).
+"""Video loading benchmarks (pytest-benchmark; ``extra_info`` holds clips/s and frames/s), and, run as a script,
+random 8-frame sampling on long-GOP originals vs the files ``pcmci data prepare`` makes of them (one JSON).
 
 A 3-minute 320x240 25 fps video (Breakfast-like QVGA; keyframe every 250 frames, x264's default) is
 generated once per session as H.264 and VP9. CPU: PyAV sparse seeking vs a naive full decode for one
@@ -6,11 +7,20 @@ generated once per session as H.264 and VP9. CPU: PyAV sparse seeking vs a naive
 loader's clips/s against the tiny model's training step.
 
     .venv/bin/python -m pytest bench/bench_data.py --benchmark-json bench/results/cpu-DATE-data.json
+    .venv/bin/python bench/bench_data.py --device "2-core CPU" --out bench/results/cpu-DATE-data-prepare.json
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +172,107 @@ def test_loader_keeps_up_with_training(benchmark, long_videos, tmp_path):
     load = (time.perf_counter() - tic) / 3
     train_step = benchmark.stats.stats.mean
     benchmark.extra_info.update({"train_step_s": train_step, "load_batch_s": load, "keeps_up": load <= train_step})
+
+
+def _sampling_rate(paths: list[Path], clips: int, timeout: float) -> dict[str, float]:
+    """Training-style random 8-frame clips (fresh offsets each clip, as ``VideoDataset`` draws them) through
+    ``decode_frames``; clips/s over all ``paths`` (each probed once beforehand, as the dataset caches it)."""
+    infos = {path: probe(path) for path in paths}
+    generator = torch.Generator().manual_seed(0)
+    decode_frames(paths[0], [0], "pyav", infos[paths[0]], timeout)  # start the decode worker outside the clock
+    tic = time.perf_counter()
+    for i in range(clips):
+        path = paths[i % len(paths)]
+        out, _ = decode_frames(path, segment_indices(infos[path].num_frames, FRAMES, True, generator), "pyav",
+                               infos[path], timeout)
+        assert out.shape[0] == FRAMES
+    seconds = time.perf_counter() - tic
+    return {"clips": clips, "seconds": seconds, "clips_per_s": clips / seconds}
+
+
+def compare_prepared(frames: int, gop: int, clips: int, jobs: int) -> dict:
+    """Long-GOP originals (H.264 and VP9, ``frames`` frames, keyframe every ``gop``) made here, prepared with
+    ``pcmci data prepare`` defaults (--gop 8, no scaling at 240 p), sampled before and after."""
+    from pcmci.config import DataConfig
+    from pcmci.data.prepare import PrepareSettings, prepare_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "originals"
+        root.mkdir()
+        originals = [root / f"long{i}.{ext}" for i, ext in enumerate(["mp4", "webm", "mp4", "webm"])]
+        for path in originals:
+            encode_video(path, _frames(frames), "h264" if path.suffix == ".mp4" else "vp9", FPS, gop)
+        (root / "manifest.csv").write_text("path,label\n" + "".join(f"{p.name},x\n" for p in originals))
+        data = DataConfig(dataset="manifest", root=str(root), manifest=str(root / "manifest.csv"))
+        settings = PrepareSettings(short_side=H, gop=8, codec="h264", threads=max(1, (os.cpu_count() or 1) // jobs))
+        report = prepare_dataset(data, Path(tmp) / "prepared", settings, jobs)
+        assert report["failed"] == 0, report["failures"]
+        rerun = prepare_dataset(data, Path(tmp) / "prepared", settings, jobs)
+        prepared = [Path(tmp) / "prepared" / e["output"] for e in report["files"]]
+        result = {
+            "originals": {"videos": len(originals), "frames": frames, "gop": gop, "size": f"{W}x{H}", "fps": FPS,
+                          "codecs": ["h264", "vp9"], "bytes": report["source_bytes"]},
+            "prepare": {"settings": report["settings"], "jobs": jobs, "seconds": report["seconds"],
+                        "bytes": report["bytes"], "max_keyframe_interval": max(e["max_keyframe_interval"]
+                                                                               for e in report["files"]),
+                        "frame_counts_match": all(e["frames"] == e["source_frames"] for e in report["files"]),
+                        "rerun_encoded": rerun["done"], "rerun_seconds": rerun["seconds"]},
+            "sampling": {"original": _sampling_rate(originals, clips, 60.0),
+                         "prepared": _sampling_rate(prepared, clips, 60.0)},
+            "watchdog": _watchdog_overhead(prepared, 4 * clips),
+            "watchdog_demo_clips": _watchdog_overhead(_demo_videos(Path(tmp) / "synthetic"), 4 * clips),
+        }
+    result["speedup"] = result["sampling"]["prepared"]["clips_per_s"] / result["sampling"]["original"]["clips_per_s"]
+    return result
+
+
+def _demo_videos(root: Path) -> list[Path]:
+    """The synthetic demo's videos (64 px, VP9), a small set."""
+    from pcmci.data.datasets import read_manifest
+    from pcmci.data.synthetic import synthesize
+
+    return [row.path for row in read_manifest(synthesize(root, n_train=24, n_test=8, progress=False))]
+
+
+def _watchdog_overhead(paths: list[Path], clips: int) -> dict[str, float]:
+    """The same clips decoded alternately in this process (``timeout=0``) and through the decode worker
+    (``timeout=60``, the default), so load changes on a shared machine hit both alike; medians per clip."""
+    infos = {path: probe(path) for path in paths}
+    generator = torch.Generator().manual_seed(1)
+    times: dict[float, list[float]] = {0.0: [], 60.0: []}
+    decode_frames(paths[0], [0], "pyav", infos[paths[0]], 60.0)
+    for i in range(clips):
+        path = paths[i % len(paths)]
+        indices = segment_indices(infos[path].num_frames, FRAMES, True, generator)
+        for timeout in ((0.0, 60.0) if i % 2 else (60.0, 0.0)):
+            tic = time.perf_counter()
+            decode_frames(path, indices, "pyav", infos[path], timeout)
+            times[timeout].append(time.perf_counter() - tic)
+    in_process, worker = (float(np.median(times[t])) * 1e3 for t in (0.0, 60.0))
+    return {"clips": clips, "in_process_ms_per_clip": in_process, "worker_ms_per_clip": worker,
+            "overhead_ms_per_clip": worker - in_process}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="random 8-frame sampling: long-GOP originals vs prepared files")
+    parser.add_argument("--device", required=True, help="the machine, in words (e.g. '2-core CPU')")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--frames", type=int, default=600, help="frames per original (default: 600 = 24 s)")
+    parser.add_argument("--gop", type=int, default=250, help="keyframe interval of the originals (default: 250)")
+    parser.add_argument("--clips", type=int, default=60, help="clips sampled per file set (default: 60)")
+    parser.add_argument("--jobs", type=int, default=2, help="prepare jobs (default: 2)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    result = {"device": args.device, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "date": date.today().isoformat(), "command": shlex.join([".venv/bin/python", *sys.argv]),
+              "pyav": av.__version__, **compare_prepared(args.frames, args.gop, args.clips, args.jobs)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    s = result["sampling"]
+    print(f"original {s['original']['clips_per_s']:.2f} clips/s, prepared {s['prepared']['clips_per_s']:.2f} clips/s "
+          f"({result['speedup']:.1f}x); watchdog {result['watchdog']['overhead_ms_per_clip']:.2f} ms/clip at 240p, "
+          f"{result['watchdog_demo_clips']['overhead_ms_per_clip']:.2f} ms/clip at 64 px -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -117,16 +117,27 @@ def scene_from(args: argparse.Namespace):  # -> pcmci.data.synthetic.Scene
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset tools: pcmci data inspect --dataset NAME --root DIR")
+    p = sub.add_parser("data", help="dataset tools: pcmci data inspect|prepare --dataset NAME --root DIR")
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("inspect", help="counts per split/class, missing and undecodable files, stats, sample grid")
-    q.add_argument("--dataset", choices=["manifest", "breakfast", "coin", "charades"], required=True)
-    q.add_argument("--root", required=True, help="dataset folder (manifest: the CSV, or the folder holding manifest.csv)")
+    r = tools.add_parser("prepare", help="re-encode every video for random access (keyframe every --gop frames, "
+                                         "constant rate, short side scaled) + manifest.csv and a report")
+    for t in (q, r):
+        t.add_argument("--dataset", choices=["manifest", "breakfast", "coin", "charades"], required=True)
+        t.add_argument("--root", required=True,
+                       help="dataset folder (manifest: the CSV, or the folder holding manifest.csv)")
+        t.add_argument("--video-template", default="", help="video path template under ROOT (default: the dataset's)")
+        t.add_argument("--annotations", default="", help="COIN.json / the Charades CSV folder (default: under ROOT)")
+        t.add_argument("--json", action="store_true", help="print the report as one JSON object")
     q.add_argument("--split", help="only this split (default: all)")
-    q.add_argument("--video-template", default="", help="video path template under ROOT (default: the dataset's)")
-    q.add_argument("--annotations", default="", help="COIN.json / the Charades CSV folder (default: under ROOT)")
-    q.add_argument("--grid", default="runs/inspect/grid.png", help="sample-frame grid PNG ('' to skip)")
-    q.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    q.add_argument("--out", help="write report.json and the sample grid (grid.png) into this folder")
+    q.add_argument("--grid", help="sample-frame grid PNG (default: OUT/grid.png with --out, else none; '' for none)")
+    r.add_argument("--out", required=True, help="output folder: the videos, manifest.csv, labels.json, prepare.json")
+    r.add_argument("--short-side", type=int, default=256, help="scale the shorter side down to this (default: 256)")
+    r.add_argument("--gop", type=int, default=8, help="a keyframe at least every GOP frames (default: 8)")
+    r.add_argument("--codec", choices=["h264", "vp9"], default="h264", help="(default: h264, NVDEC and PyAV)")
+    r.add_argument("--fps", type=float, help="constant output rate (default: each source's average rate)")
+    r.add_argument("--jobs", type=int, default=1, help="videos encoded at a time, one process each (default: 1)")
 
 
 def _add_profile(sub: argparse._SubParsersAction) -> None:
@@ -279,13 +290,27 @@ def _run(args: argparse.Namespace) -> int | None:
         print(f"manifest: {path}")
     elif args.command == "data":
         from .config import DataConfig
-        from .data.inspect import inspect_dataset, render
 
         root = Path(args.root)
         manifest = root / "manifest.csv" if args.dataset == "manifest" and root.is_dir() else root
         data = DataConfig(dataset=args.dataset, root=str(root), manifest=str(manifest),
                           video_template=args.video_template, annotations=args.annotations)
-        report = inspect_dataset(data, args.split, Path(args.grid) if args.grid else None, progress=progress)
+        if args.tool == "prepare":
+            from .data import prepare
+
+            settings = prepare.PrepareSettings(args.short_side, args.gop, args.codec, args.fps,
+                                               max(1, (os.cpu_count() or 1) // max(1, args.jobs)))
+            report = prepare.prepare_dataset(data, args.out, settings, args.jobs, progress=progress)
+            print(json.dumps(report) if args.json else prepare.render(report))
+            return 1 if report["failed"] else 0
+        from .data.inspect import inspect_dataset, render
+
+        out = Path(args.out) if args.out else None
+        grid = Path(args.grid) if args.grid else out / "grid.png" if out and args.grid is None else None
+        report = inspect_dataset(data, args.split, grid, progress=progress)
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "report.json").write_text(json.dumps(report, indent=1))
         print(json.dumps(report) if args.json else render(report))
     elif args.command == "kernels":
         from .kernels.report import run as kernels_report

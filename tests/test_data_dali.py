@@ -1,4 +1,7 @@
 """DALI-CPU decoding against PyAV, backend fallback, and the sharded DALI loader (CPU pipeline)."""
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +9,7 @@ import torch
 pytest.importorskip("nvidia.dali")
 
 from pcmci.data.dali import DaliLoader  # noqa: E402
-from pcmci.data.datasets import ManifestDataset, read_manifest  # noqa: E402
+from pcmci.data.datasets import ManifestDataset, VideoDataset, read_manifest  # noqa: E402
 from pcmci.data.decode import VideoDecodeError, decode_frames, probe  # noqa: E402
 from pcmci.data.synthetic import CODECS, encode_video, synthesize  # noqa: E402
 
@@ -115,16 +118,83 @@ def test_dali_loader_finds_and_skips_a_video_failing_inside_the_pipeline(tmp_pat
     assert h264 in str(err.value)
 
 
-def test_dali_loader_watchdog_covers_the_pipeline_run(tmp_path, sets):
-    # decodable videos only: with the H.264 one, DALI's own error can win the race against the 1e-6 s watchdog
+def test_dali_loader_watchdog_covers_the_pipeline_run(tmp_path, sets, monkeypatch):
+    """Every ``pipe.run()`` is watched: runs made 0.5 s slow time out at 0.1 s (a fixed margin, not a race)."""
+    from pcmci.data import dali
+
+    class Slow:
+        def __init__(self, pipe) -> None:
+            self.pipe = pipe
+
+        def feed_input(self, *args, **kwargs):
+            return self.pipe.feed_input(*args, **kwargs)
+
+        def run(self):
+            time.sleep(0.5)
+            return self.pipe.run()
+
+    build = dali._pipeline
+    monkeypatch.setattr(dali, "_pipeline", lambda *args: Slow(build(*args)))
     rows = [f"{sets['vp9'].parent / line.split(',')[0]},{line.split(',')[1]}"
             for line in sets["vp9"].read_text().splitlines()[1:4]]
     manifest = tmp_path / "good.csv"
     manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
     strict = ManifestDataset(manifest, None, frames=4, image_size=32)
-    with pytest.raises(VideoDecodeError, match=r"timed out after 1e-06 s"):
-        list(DaliLoader(strict, batch_size=3, device="cpu", timeout=1e-6))
+    with pytest.raises(VideoDecodeError, match=r"timed out after 0.1 s"):
+        list(DaliLoader(strict, batch_size=3, device="cpu", timeout=0.1))
     skipping = ManifestDataset(manifest, None, frames=4, image_size=32, skip_bad=True)
-    (batch,) = list(DaliLoader(skipping, batch_size=3, device="cpu", timeout=1e-6))
+    (batch,) = list(DaliLoader(skipping, batch_size=3, device="cpu", timeout=0.1))
     assert "video" not in batch and batch["index"].tolist() == [] and len(batch["bad"]) == 3
     assert all("timed out" in entry for entry in batch["bad"])
+    time.sleep(0.6)  # the abandoned runs (the thread watchdog cannot stop them) finish before the next test
+
+
+@pytest.mark.parametrize("kind", ["vp9", "mjpeg", "prepared-vp9"])
+def test_dali_loader_decodes_exactly_the_sampled_frames(tmp_path, kind):
+    """Training clips (seeded, two epochs) from DALI's sparse-index decoder (``fn.decoders.video(frames=...)``) are the
+    frames the PyAV sampler picks: each is within the chroma bound of PyAV's decode of that frame and far from the
+    frames one before and one after (random 8x8 blocks: neighbours differ by > MAD_NEIGHBOURS)."""
+    from pcmci.data import prepare
+    from pcmci.data.records import LabelSet, VideoRecord, VideoSet
+
+    rng = np.random.default_rng(1)
+    blocks = [np.kron(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8)) for _ in range(48)]
+    codec = "mjpeg" if kind == "mjpeg" else "vp9"
+    path = tmp_path / f"blocks.{CODECS[codec][1]}"
+    encode_video(path, blocks, codec, fps=8, gop=24)  # long GOPs: sparse frames need real seeking
+    if kind == "prepared-vp9":
+        entry = prepare.prepare_video(path, tmp_path, Path("prepared.webm"),
+                                      prepare.PrepareSettings(short_side=64, gop=4, codec="vp9"))
+        assert entry["status"] == "done", entry
+        path = tmp_path / "prepared.webm"
+    videos = VideoSet(LabelSet(["a"]), [VideoRecord(path, 0, [], "train")] * 3, "test")
+    dataset = VideoDataset(videos, frames=8, image_size=64, train=True, seed=5)
+    loader = DaliLoader(dataset, batch_size=3, device="cpu")
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        (batch,) = list(loader)
+        for row, index in enumerate(batch["index"].tolist()):
+            picked = dataset.plan(index).clips[0]
+            dali = (batch["video"][row].permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+            for f, frame in enumerate(picked):
+                ours, _ = decode_frames(path, [frame], "pyav", timeout=0)
+                assert mad(dali[f], ours[0]) < MAD_BOUND_BLOCKS
+                for other in (frame - 1, frame + 1):
+                    if 0 <= other < len(blocks):
+                        theirs, _ = decode_frames(path, [other], "pyav", timeout=0)
+                        assert mad(dali[f], theirs[0]) > MAD_NEIGHBOURS
+
+
+def test_dali_cpu_after_this_process_built_a_pipeline(sets):
+    """DALI does not survive a fork (a worker forked after this process built a pipeline hangs building its own), so
+    from then on DALI-CPU decodes run here under the thread watchdog instead of in the decode worker."""
+    from pcmci.data import dali, watchdog
+
+    path = read_manifest(sets["vp9"])[0].path
+    here, _ = decode_frames(path, [2, 9], "dali", timeout=0)  # this process builds its pipeline
+    assert dali.built_pipelines()
+    watchdog.shutdown()
+    tic = time.perf_counter()
+    again, _ = decode_frames(path, [2, 9], "dali", timeout=20)
+    assert time.perf_counter() - tic < 10 and watchdog.worker_pid() is None  # no worker was forked for it
+    np.testing.assert_array_equal(here, again)

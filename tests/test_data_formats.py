@@ -22,7 +22,12 @@ def video(path: Path, codec: str, frames: int = 12) -> Path:
 
 @pytest.fixture(scope="module")
 def breakfast(tmp_path_factory):
-    root = tmp_path_factory.mktemp("breakfast")
+    return make_breakfast(tmp_path_factory.mktemp("breakfast"))
+
+
+def make_breakfast(root: Path) -> Path:
+    """The breakfast fixture tree under ``root`` (also used by test_data_prepare)."""
+    root.mkdir(parents=True, exist_ok=True)
     video(root / "P03/cam01/P03_cereals.avi", "mjpeg")
     (root / "P03/cam01/P03_cereals.avi.labels").write_text("1-30 SIL\n31-150 take_bowl\n151-428 pour_cereals\n"
                                                             "429-575 pour_milk\n576-600 SIL\n")
@@ -39,7 +44,12 @@ def breakfast(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def coin(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coin")
+    return make_coin(tmp_path_factory.mktemp("coin"))
+
+
+def make_coin(root: Path) -> Path:
+    """The coin fixture tree under ``root`` (also used by test_data_prepare)."""
+    root.mkdir(parents=True, exist_ok=True)
     step = lambda i, label: {"id": str(i), "segment": [1.0, 5.0], "label": label}  # noqa: E731
     database = {
         "vidA": {"recipe_type": 7, "class": "MakeCoffee", "subset": "training", "start": 0, "end": 9,
@@ -57,7 +67,12 @@ def coin(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def charades(tmp_path_factory):
-    root = tmp_path_factory.mktemp("charades")
+    return make_charades(tmp_path_factory.mktemp("charades"))
+
+
+def make_charades(root: Path) -> Path:
+    """The charades fixture tree under ``root`` (also used by test_data_prepare)."""
+    root.mkdir(parents=True, exist_ok=True)
     (root / "Charades_v1_classes.txt").write_text("c000 Holding some clothes\nc001 Putting clothes somewhere\n"
                                                   "c002 Taking some clothes\nc003 Opening a door\n")
     header = "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length\n"

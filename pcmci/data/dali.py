@@ -1,14 +1,17 @@
 """NVIDIA DALI decoding (extra ``dali``): a per-video DALI-CPU backend and a sharded batch loader.
 
 ``decode_cpu`` serves the ``dali`` entry of the decode-backend registry (VP8/VP9/MJPEG on CPU).
-``DaliLoader`` runs one pipeline per process that decodes the sampled frames (NVDEC through the
-``mixed`` backend on GPU: H.264/HEVC/VP9/AV1/...; libavcodec on CPU), resizes the shorter side,
+``DaliLoader`` runs one pipeline per process that decodes exactly the frame indices the dataset's sampler picks
+(the same as PyAV's for the same seed and epoch) with ``fn.decoders.video(..., frames=indices)``, DALI's mode for
+a list of sparse indices rather than a contiguous window (NVDEC through the ``mixed`` backend on GPU:
+H.264/HEVC/VP9/AV1/...; libavcodec on CPU; tested on CPU, where the operator is shared), resizes the shorter side,
 centre-crops and scales to [0, 1] on the same device, and hands batches to PyTorch without copies
 through the DALI PyTorch plugin. Each DDP rank reads its own shard of the (epoch-shuffled) indices.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from pcmci.data.records import ClipSource, Source, VideoDecodeError, VideoInfo
-from pcmci.data.watchdog import DECODE_TIMEOUT, with_timeout
+from pcmci.data.watchdog import DECODE_TIMEOUT, with_thread_timeout
 
 
 def available() -> bool:
@@ -68,7 +71,17 @@ def _pipeline(batch_size: int, device: str, size: int | None, threads: int, devi
 
     built = pipe()
     built.build()
+    _built.append(os.getpid())
     return built
+
+
+_built: list[int] = []  # pids that built a pipeline; inherited by forked children
+
+
+def built_pipelines() -> bool:
+    """Whether this process, or one it was forked from, has built a DALI pipeline. DALI does not survive a fork:
+    a child forked after that hangs building its own pipeline, so such a process must decode DALI in-process."""
+    return bool(_built)
 
 
 @lru_cache(maxsize=1)
@@ -109,8 +122,9 @@ class DaliLoader:
     ``shuffle``), padded to a multiple of ``world`` as ``DistributedSampler`` does; ``set_epoch`` selects both the
     order and the training offsets. Videos that fail to probe, or that fail inside the pipeline (found by
     decoding a failed batch one video at a time), are skipped and listed in ``bad`` when the dataset has
-    ``skip_bad``, else raise. Every ``pipe.run()`` runs under the
-    decode watchdog (``timeout`` seconds, default the dataset's).
+    ``skip_bad``, else raise. Every ``pipe.run()`` runs under a thread watchdog (``timeout`` seconds, default
+    the dataset's): the pipeline cannot leave this process, so a timed-out run raises and the pipeline is rebuilt,
+    but the stuck run is not stopped (the PyAV / DALI-CPU per-video path kills its decoder process instead).
     """
 
     def __init__(self, dataset: ClipSource, batch_size: int, device: str = "gpu", shuffle: bool = False,
@@ -186,7 +200,7 @@ class DaliLoader:
             return _to_torch(out, self.device)
 
         try:
-            return with_timeout(self.timeout, what, run)
+            return with_thread_timeout(self.timeout, what, run)
         except VideoDecodeError:
             self.pipe = _pipeline(*self._build)
             raise

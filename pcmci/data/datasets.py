@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
 from pcmci.data import formats
-from pcmci.data.decode import DECODE_TIMEOUT, check_length, decode_frames, probe, with_timeout
+from pcmci.data.decode import DECODE_TIMEOUT, check_length, decode_frames, guarded, probe
 from pcmci.data.records import ClipPlan, LabelSet, VideoDecodeError, VideoInfo, VideoRecord, VideoSet
 from pcmci.data.sampling import crop_offsets, segment_indices, view_indices
 
@@ -48,6 +48,17 @@ def read_manifest(path: str | Path, labels: LabelSet | None = None) -> list[Mani
     non-empty, every step one of them. Errors raise ``ValueError`` naming the file and line.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such manifest")
+    try:
+        return _read_rows(path, labels)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV manifest: {err}") from None
+
+
+def _read_rows(path: Path, labels: LabelSet | None) -> list[ManifestRow]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         header = [name.strip() for name in reader.fieldnames or []]
@@ -159,7 +170,7 @@ class VideoDataset(Dataset):
         """Probe (cached) and sample the frame indices of item ``index``."""
         path = self.records[index].path
         if index not in self._info:
-            self._info[index] = with_timeout(self.timeout, path, lambda: probe(path))
+            self._info[index] = guarded(self.timeout, path, probe, path)
         info = self._info[index]
         check_length(path, info, self.frames, self.pad_short)
         if not self.train:

@@ -4,7 +4,8 @@ The PyAV backend seeks to the keyframe at or before each wanted frame and decode
 so sampling F frames from a minutes-long video costs about F short GOP decodes, not the whole video.
 Frame i is the i-th frame in presentation order. Constant-rate streams map pts <-> index
 arithmetically (any start timestamp); variable-rate streams, detected when probing or while
-decoding, use the exact pts table of the demuxed packets. Every decode runs under a watchdog.
+decoding, use the exact pts table of the demuxed packets. Every probe and decode runs under the watchdog
+(``pcmci.data.watchdog``: a worker process that is killed when it overruns ``timeout``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import io
 import logging
 import math
 import os
+import re
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import chain
@@ -27,7 +30,7 @@ import torch
 from pcmci.data.records import Source, VideoDecodeError, VideoInfo
 from pcmci.data.records import source_name as _name
 from pcmci.data.sampling import segment_indices
-from pcmci.data.watchdog import DECODE_TIMEOUT, with_timeout
+from pcmci.data.watchdog import DECODE_TIMEOUT, guarded, with_thread_timeout
 
 log = logging.getLogger(__name__)
 
@@ -70,33 +73,68 @@ def _packet_pts(container: av.container.InputContainer, source: Source, rewind: 
         raise VideoDecodeError(source, f"not a video / corrupt: {err}") from err
 
 
-def probe(source: Source) -> VideoInfo:
-    """Stream facts of ``source``; frames counted from the header, else by demuxing (no decoding).
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> tuple[float, bool]:
+    """(seconds, whether they are the video's own): the stream's duration, else the ``DURATION`` tag FFmpeg's
+    Matroska muxer writes per track (``HH:MM:SS.nnnnnnnnn``), else the container's (which spans every stream);
+    (0.0, False) when none is known."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base), True
+    tag = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", stream.metadata.get("DURATION", "").strip())
+    if tag:
+        return 3600 * int(tag[1]) + 60 * int(tag[2]) + float(tag[3]), True
+    if container.duration:
+        return container.duration / av.time_base, False
+    return 0.0, False
 
-    The rate is taken as variable (``cfr=False``) when demuxed timestamps stray from the average
-    rate by half a frame, or when the header's base and average rates differ by over 1%.
+
+def _check_promise(container: av.container.InputContainer, stream: av.video.stream.VideoStream, pts: list[int],
+                   fps: float, source: Source) -> None:
+    """``VideoDecodeError`` when the demuxed frames fall short of what the container promises.
+
+    The stream's frame count (MP4 sample table, AVI index), when present, is exact: one frame of slack (an edit
+    list may hide a leading frame). Otherwise the duration (:func:`_duration`) is compared with the time the frames
+    span (first to last timestamp plus one frame; right for variable rates too) and with the last frame's end time
+    (Matroska counts from time 0); the file is short when both fall short. The video's own duration gets two
+    frames of slack (the last frame's length rounds); a container-wide one also spans audio tracks, which commonly
+    outlast the video by a few hundred milliseconds, so a file with other streams gets a second.
+    """
+    if stream.frames:
+        if len(pts) < stream.frames - 1:
+            raise VideoDecodeError(source, f"truncated or damaged: the container promises {stream.frames} frames "
+                                           f"(its frame count) but holds {len(pts)}")
+        return
+    seconds, own = _duration(container, stream)
+    if not fps or not stream.time_base or not seconds:
+        return
+    slack = 2 / fps if own or len(container.streams) == 1 else max(2 / fps, 1.0)
+    end = float(pts[-1] * stream.time_base) + 1 / fps
+    span = float((pts[-1] - pts[0]) * stream.time_base) + 1 / fps
+    if max(span, end) < seconds - slack:
+        raise VideoDecodeError(source, f"truncated or damaged: the container promises {seconds:.4g} s at {fps:.4g} "
+                                       f"fps ({round(seconds * fps)} frames) but its {len(pts)} frames span "
+                                       f"{span:.4g} s")
+
+
+def probe(source: Source) -> VideoInfo:
+    """Stream facts of ``source``; frames counted by demuxing every packet (no decoding).
+
+    The count is checked against what the container promises (its frame count, else duration x rate): a file
+    holding fewer frames than promised (truncated, or a lying header) raises ``VideoDecodeError`` naming both
+    numbers. The rate is taken as variable (``cfr=False``) when demuxed timestamps stray from the average rate
+    by half a frame.
     """
     with _open(source) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         clock = _Clock.of(stream)
-        if stream.frames:
-            num_frames = stream.frames
-            base = stream.base_rate
-            cfr = clock is not None and not (base and abs(float(base) - fps) > 0.01 * fps)
-        else:
-            pts = _packet_pts(container, source)
-            num_frames = len(pts)
-            cfr = clock is not None and all(abs(clock.index(p) - i) < 0.5 for i, p in enumerate(pts))
+        pts = _packet_pts(container, source)
+        num_frames = len(pts)
         if num_frames == 0:
             raise VideoDecodeError(source, "not a video / corrupt: no video frames")
-        if stream.duration and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration:
-            duration = container.duration / av.time_base
-        else:
-            duration = num_frames / fps if fps else 0.0
+        _check_promise(container, stream, pts, fps, source)
+        cfr = clock is not None and all(abs(clock.index(p) - i) < 0.5 for i, p in enumerate(pts))
+        duration = _duration(container, stream)[0] or (num_frames / fps if fps else 0.0)
         ctx = stream.codec_context
         return VideoInfo(_name(source), num_frames, fps, duration, ctx.width, ctx.height, ctx.name, cfr)
 
@@ -261,15 +299,24 @@ def decode_frames(
     if len(indices) == 0 or min(indices) < 0:
         raise ValueError(f"indices must be a non-empty sequence of frame numbers >= 0, got {list(indices)}")
 
-    def run() -> tuple[np.ndarray, VideoInfo]:
-        facts = info or probe(source)
-        if max(indices) >= facts.num_frames:
-            raise VideoDecodeError(
-                source, f"has {facts.num_frames} frames, fewer than the {max(indices) + 1} requested"
-            )
-        return _BACKENDS[choose_backend(backend, facts.codec)](source, indices, facts), facts
+    if backend == "dali" and _dali_built():  # DALI does not survive a fork: watch it in-process
+        return with_thread_timeout(timeout, source, lambda: _probe_and_decode(source, list(indices), backend, info))
+    return guarded(timeout, source, _probe_and_decode, source, list(indices), backend, info)
 
-    return with_timeout(timeout, source, run)
+
+def _dali_built() -> bool:
+    """Whether a DALI pipeline was built in this process or one it was forked from (DALI imported only if so)."""
+    module = sys.modules.get("pcmci.data.dali")
+    return module is not None and module.built_pipelines()
+
+
+def _probe_and_decode(source: Source, indices: list[int], backend: str,
+                      info: VideoInfo | None) -> tuple[np.ndarray, VideoInfo]:
+    """The body of :func:`decode_frames` (module level: it runs in the decode worker)."""
+    facts = info or probe(source)
+    if max(indices) >= facts.num_frames:
+        raise VideoDecodeError(source, f"has {facts.num_frames} frames, fewer than the {max(indices) + 1} requested")
+    return _BACKENDS[choose_backend(backend, facts.codec)](source, indices, facts), facts
 
 
 def sample_clip(
@@ -284,7 +331,7 @@ def sample_clip(
 ) -> tuple[np.ndarray, VideoInfo]:
     """Segment-sample ``frames`` frames -> (uint8 [frames, H, W, 3] RGB, VideoInfo). A video shorter than
     ``frames`` raises ``VideoDecodeError``, or with ``pad`` follows :func:`~pcmci.data.sampling.segment_indices`."""
-    info = info or with_timeout(timeout, source, lambda: probe(source))
+    info = info or guarded(timeout, source, probe, source)
     check_length(source, info, frames, pad)
     indices = segment_indices(info.num_frames, frames, train, generator, pad)
     return decode_frames(source, indices, backend, info, timeout)

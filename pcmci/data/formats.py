@@ -7,12 +7,11 @@ splits (``train`` / ``test``); the templates' ``{fields}`` are filled from the a
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Callable
 
-from pcmci.data.records import LabelSet, VideoRecord, VideoSet
+from pcmci.data.records import LabelSet, VideoRecord, VideoSet, read_json
 
 BREAKFAST_TEMPLATE = "{person}/{camera}/{person}_{activity}.avi"
 BREAKFAST_ACTIVITIES = {
@@ -35,6 +34,7 @@ BREAKFAST_TRAIN, BREAKFAST_TEST = range(3, 47), range(47, 55)  # persons P03-P46
 COIN_TEMPLATE = "videos/{id}.mp4"
 COIN_SUBSETS = {"training": "train", "validation": "test", "testing": "test"}
 CHARADES_TEMPLATE = "videos/{id}.mp4"
+CHARADES_FILES = ("Charades_v1_classes.txt", "Charades_v1_train.csv", "Charades_v1_test.csv")  # the annotations
 
 
 def action_text(name: str) -> str:
@@ -122,7 +122,8 @@ def read_coin(root: Path, video_template: str | None = None, annotations: str | 
     path = Path(annotations) if annotations else root / "COIN.json"
     if not path.is_file():
         raise FileNotFoundError(f"COIN annotations not found: {path}")
-    database = json.loads(path.read_text()).get("database")
+    coin = read_json(path)
+    database = coin.get("database") if isinstance(coin, dict) else None
     if not isinstance(database, dict):
         raise ValueError(f"{path}: expected a top-level 'database' mapping")
     tasks: dict[int, str] = {}
@@ -159,7 +160,7 @@ def read_charades(root: Path, video_template: str | None = None, annotations: st
     ``annotations`` is the folder of those files (default ``root``); template field ``{id}``.
     """
     folder = Path(annotations) if annotations else root
-    class_file = folder / "Charades_v1_classes.txt"
+    class_file = folder / CHARADES_FILES[0]
     if not class_file.is_file():
         raise FileNotFoundError(f"Charades classes not found: {class_file}")
     codes, classes = {}, []

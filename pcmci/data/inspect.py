@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from pcmci.data.datasets import VideoSet, read_video_set
-from pcmci.data.decode import VideoDecodeError, VideoInfo, decode_frames, probe, with_timeout
+from pcmci.data.decode import VideoDecodeError, VideoInfo, decode_frames, guarded, probe
 from pcmci.data.sampling import segment_indices
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 def _check(path: Path, timeout: float) -> VideoInfo:
     """Probe, then decode the first and last frame (catches truncated files whose header looks fine)."""
-    info = with_timeout(timeout, path, lambda: probe(path))
+    info = guarded(timeout, path, probe, path)
     decode_frames(path, sorted({0, info.num_frames - 1}), "pyav", info, timeout)
     return info
 

@@ -14,6 +14,19 @@ import torch
 Source = str | Path | bytes
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``; ``FileNotFoundError`` / ``ValueError`` in one line naming the file (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+
+
 def source_name(source: Source) -> str:
     return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
 
@@ -25,6 +38,9 @@ class VideoDecodeError(RuntimeError):
         self.path = source_name(path)
         self.cause = cause
         super().__init__(f"cannot decode {self.path}: {cause}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickles across the decode worker's pipe
+        return (VideoDecodeError, (self.path, self.cause))
 
 
 @dataclass
@@ -51,7 +67,7 @@ class LabelSet:
     @classmethod
     def load(cls, path: str | Path) -> LabelSet:
         """Read ``{"classes": [...], "actions": [...]}`` (``actions`` optional)."""
-        data = json.loads(Path(path).read_text())
+        data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
             raise ValueError(f"{path}: expected a JSON object with a non-empty 'classes' list")
         return cls([str(c) for c in data["classes"]], [str(a) for a in data.get("actions", [])])

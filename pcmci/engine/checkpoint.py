@@ -49,6 +49,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def _cause(exc: Exception) -> str:
+    """One line of a loader's error: what ``torch.load``'s weights-only unpickler reports, else the first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return detail or (lines[i + 1] if i + 1 < len(lines) else line)
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by ``save_checkpoint``; clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
@@ -60,9 +70,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if "unsupported global" in str(exc).lower() or "unsupported class" in str(exc).lower():
             raise RuntimeError(f"checkpoint {path} holds pickled Python objects beyond tensors and plain data; "
                                "refusing to load it, since unpickling could run arbitrary code") from exc
-        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
+        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {_cause(exc)}") from exc
     except Exception as exc:
-        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
+        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {_cause(exc)}") from exc
     if not isinstance(state, dict):
         raise RuntimeError(f"checkpoint {path} holds a {type(state).__name__}, not a pcmci checkpoint")
     for key in ("model", "config", "epoch"):

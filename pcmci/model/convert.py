@@ -68,9 +68,13 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     """Load a ``.safetensors`` or torch file (tensors only, nothing pickled is executed)."""
     file = weights_file(path)
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(file)
+        try:
+            return load_file(file)
+        except SafetensorError as exc:
+            raise ValueError(f"{file} is not a readable .safetensors file: {exc}") from exc
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

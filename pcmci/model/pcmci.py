@@ -159,21 +159,25 @@ class PCMCI(nn.Module):
     def from_pretrained(cls, folder: str) -> PCMCI:
         """The eval-mode model that ``pcmci export`` wrote to ``folder`` (str or Path): ``config.json`` (the run's
         config), ``labels.json`` (classes, actions), ``model.safetensors`` (every weight, dictionaries included)."""
-        import json
         from pathlib import Path
 
+        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
         from ..config import from_dict
+        from ..data.records import LabelSet, read_json
 
         folder = Path(folder)
         missing = [n for n in ("config.json", "labels.json", "model.safetensors") if not (folder / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder} is not an exported PCMCI model: missing {', '.join(missing)}")
-        cfg = from_dict(json.loads((folder / "config.json").read_text()))
-        labels = json.loads((folder / "labels.json").read_text())
-        model = cls(cfg.model, labels["classes"], labels.get("actions", []))
-        load_model(model, folder / "model.safetensors", strict=True)
+        cfg = from_dict(read_json(folder / "config.json"))
+        labels = LabelSet.load(folder / "labels.json")
+        model = cls(cfg.model, labels.classes, labels.actions)
+        try:
+            load_model(model, folder / "model.safetensors", strict=True)
+        except SafetensorError as exc:
+            raise ValueError(f"{folder / 'model.safetensors'} is not a readable .safetensors file: {exc}") from exc
         return model.eval()
 
 

@@ -1,0 +1,89 @@
+"""Bad input files get one-line errors that name the file; `data inspect` writes only under --out."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pcmci.cli import main
+from pcmci.data.synthetic import encode_video
+
+
+def _error(capsys, argv: list[str]) -> str:
+    """The CLI's stderr for a failing command (exit code 1), checked to be a single line."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_malformed_labels_json_names_file_and_line(tmp_path, capsys):
+    (tmp_path / "labels.json").write_text('{"classes": [\n')
+    (tmp_path / "manifest.csv").write_text("path,label\nv.webm,a\n")
+    err = _error(capsys, ["--quiet", "data", "inspect", "--dataset", "manifest", "--root", str(tmp_path)])
+    assert err.startswith(f"pcmci: error: {tmp_path / 'labels.json'}:2: not valid JSON")
+
+
+def test_binary_or_broken_manifest_names_file(tmp_path, capsys):
+    (tmp_path / "manifest.csv").write_bytes(bytes(range(128, 256)))
+    err = _error(capsys, ["--quiet", "data", "inspect", "--dataset", "manifest", "--root", str(tmp_path)])
+    assert err.startswith(f"pcmci: error: {tmp_path / 'manifest.csv'}: not a UTF-8 text file")
+
+
+def test_malformed_coin_json_names_file(tmp_path, capsys):
+    (tmp_path / "COIN.json").write_text('{"database": {"a": ')
+    err = _error(capsys, ["--quiet", "data", "inspect", "--dataset", "coin", "--root", str(tmp_path)])
+    assert f"{tmp_path / 'COIN.json'}:1: not valid JSON" in err
+
+
+def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
+    good = tmp_path / "good.pt"
+    torch.save({"model": {}, "config": {}, "epoch": 1}, good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    for path in (cut, noise):
+        err = _error(capsys, ["eval", str(path)])
+        assert err.startswith(f"pcmci: error: checkpoint {path} is unreadable or corrupt: ")
+        assert "weights_only" not in err  # torch's advice about the flag is not the cause
+
+
+def test_corrupt_safetensors_names_file(tmp_path):
+    from pcmci.model import PCMCI
+    from pcmci.model.convert import read_weights
+
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match=f"^{bad} is not a readable .safetensors file: "):
+        read_weights(bad)
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.safetensors").write_bytes(b"\xff" * 64)
+    (export / "labels.json").write_text(json.dumps({"classes": ["a"]}))
+    (export / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"^{export / 'model.safetensors'} is not a readable .safetensors file"):
+        PCMCI.from_pretrained(str(export))
+    (export / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=f"^{export / 'config.json'}:1: not valid JSON"):
+        PCMCI.from_pretrained(str(export))
+
+
+def test_inspect_writes_only_under_out(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    encode_video(data / "v.webm", [np.full((32, 32, 3), 20 * i, np.uint8) for i in range(8)], "vp9", 8, 4)
+    (data / "manifest.csv").write_text("path,label\nv.webm,a\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["--quiet", "data", "inspect", "--dataset", "manifest", "--root", str(data)]) == 0
+    assert list(cwd.iterdir()) == []  # no --out: nothing written anywhere
+    assert main(["--quiet", "data", "inspect", "--dataset", "manifest", "--root", str(data), "--out",
+                 str(tmp_path / "report")]) == 0
+    assert list(cwd.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["grid.png", "report.json"]
+    assert json.loads((tmp_path / "report/report.json").read_text())["undecodable"] == []
+    capsys.readouterr()
