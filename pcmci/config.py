@@ -78,7 +78,9 @@ class IVCConfig:
     ``reweight`` (default): each training clip's loss is weighted by ``P(y) / P(y|s)``, ``s`` its frames one at a
     time, which estimates the risk of ``sum_c P(c) P(Y|X, c)`` (``pcmci.engine.propensity``). ``P(y|s)`` is
     cross-fitted: ``reference_folds`` single-frame reference models (the baseline architecture, one frame per
-    clip), each trained ``reference_epochs`` epochs on the other folds; ``max_weight`` clips the weights.
+    clip), each trained ``reference_epochs`` epochs on the other folds; ``max_weight`` clips each round's factor.
+    ``reference_rounds`` > 1 refits the references on the weighted data, which finds the next static cue once the
+    first (a background) no longer predicts the label (a badge): one weight factor per round.
     ``mediator_only`` lets the clip reach the head only through P(m|V) (``false`` is the pre-fix residual variant
     ``LN(V' + W_f[M^; V^])``). ``static`` (remove the clip's temporal-mean token before the relation encoder) and
     ``static_input`` (remove its mean frame before the video encoder) are a hand-written "what stands still is the
@@ -92,6 +94,7 @@ class IVCConfig:
     reweight: bool = True
     reference_folds: int = 2
     reference_epochs: int = 6
+    reference_rounds: int = 1
     max_weight: float = 10.0
     dictionary: str = "kmeans"
     dict_size: int = 512
@@ -348,6 +351,8 @@ def validate(cfg: Config) -> Config:
     if cfg.model.multilabel and cfg.model.ivc.reweight and "ivc" in cfg.model.stages:
         raise ConfigError("model.ivc.reweight=true weights clips by P(c)P(y)/P(c,y), defined for one label per clip, "
                           "but model.multilabel=true; set model.ivc.reweight=false")
+    if cfg.model.ivc.reference_rounds < 1:
+        raise ConfigError(f"model.ivc.reference_rounds={cfg.model.ivc.reference_rounds} must be at least 1")
     if cfg.model.ivc.reference_folds < 2 or cfg.model.ivc.reference_epochs < 1 or cfg.model.ivc.max_weight < 1:
         raise ConfigError(f"model.ivc.reference_folds={cfg.model.ivc.reference_folds} must be at least 2 (cross-"
                           f"fitting), model.ivc.reference_epochs={cfg.model.ivc.reference_epochs} and "

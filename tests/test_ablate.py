@@ -6,17 +6,27 @@ from pathlib import Path
 
 import pytest
 
-from pcmci.ablate import VARIANTS, summarise, variant_config
+from pcmci.ablate import DEFAULT_VARIANTS, SWITCHES, VARIANTS, summarise, variant_config
 from pcmci.cli import main
 
 
 def test_variants_cover_baseline_singles_pairs_full_and_reversed() -> None:
     assert VARIANTS["baseline"] == [] and VARIANTS["full"] == ["ich", "ici", "ivc"]
     assert VARIANTS["reversed"] == ["ivc", "ici", "ich"]
-    singles = [v for v in VARIANTS.values() if len(v) == 1]
-    pairs = [v for v in VARIANTS.values() if len(v) == 2]
+    singles = [VARIANTS[v] for v in DEFAULT_VARIANTS if len(VARIANTS[v]) == 1]
+    pairs = [VARIANTS[v] for v in DEFAULT_VARIANTS if len(VARIANTS[v]) == 2]
     assert sorted(map(tuple, singles)) == [("ich",), ("ici",), ("ivc",)]
     assert sorted(map(tuple, pairs)) == [("ich", "ici"), ("ich", "ivc"), ("ici", "ivc")]
+
+
+def test_named_switch_variants_configure_the_stage(tmp_path: Path) -> None:
+    """The still-pixel shortcut and IVC without its weights are variants by name, not edits of the model."""
+    static = variant_config("tiny", [], VARIANTS["ivc-static"], 0, tmp_path, SWITCHES["ivc-static"]).model.ivc
+    assert static.static and static.static_input and not static.reweight
+    plain = variant_config("tiny", [], VARIANTS["ivc"], 0, tmp_path).model.ivc
+    assert not plain.static and not plain.static_input and plain.reweight
+    assert not variant_config("tiny", [], ["ivc"], 0, tmp_path, SWITCHES["ivc-noreweight"]).model.ivc.reweight
+    assert set(SWITCHES) == set(VARIANTS) - set(DEFAULT_VARIANTS)
 
 
 def test_summary_and_config_of_one_run(tmp_path: Path) -> None:

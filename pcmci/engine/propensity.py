@@ -50,12 +50,15 @@ def stratified_folds(targets: list[int], folds: int, seed: int) -> list[int]:
     return fold
 
 
-def propensity_weights(p_label: Tensor, targets: Tensor, max_weight: float) -> Tensor:
-    """``w_i = min(P(y_i) / P(y_i|s_i), max_weight)``, rescaled to mean 1 within each class. ``p_label[n]`` is
-    ``P(y_i|s_i)``, ``targets[n]`` the class indices; ``P(y)`` is the classes' share of ``targets``."""
+def propensity_weights(p_label: Tensor, targets: Tensor, max_weight: float, base: Tensor | None = None) -> Tensor:
+    """``w_i = base_i min(P(y_i) / P(y_i|s_i), max_weight)``, rescaled to mean 1 within each class. ``p_label[n]`` is
+    ``P(y_i|s_i)`` (under the ``base`` weights of an earlier round, 1 by default), ``targets[n]`` the class indices;
+    ``P(y)`` is the classes' share of ``targets`` (the within-class normalisation keeps it under every round)."""
     p_label, targets = p_label.double(), targets.long()
     prior = torch.bincount(targets).double() / len(targets)
     w = (prior[targets] / p_label.clamp_min(1e-12)).clamp(max=max_weight)
+    if base is not None:
+        w = w * base.double()
     sums = torch.zeros_like(prior).index_add_(0, targets, w)
     counts = torch.bincount(targets, minlength=len(prior)).double()
     return w * counts[targets] / sums[targets]
@@ -84,8 +87,9 @@ def _loader(dataset: VideoDataset, indices: list[int], batch: int, workers: int,
 
 
 def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], device: torch.device,
-                     seed: int, progress: bool) -> PCMCI:
-    """A single-frame baseline trained on ``indices`` (AdamW at the run's lr, cosine over the epochs)."""
+                     seed: int, progress: bool, weights: Tensor) -> PCMCI:
+    """A single-frame baseline trained on ``indices`` with the loss weights ``weights[n]`` of the clips (AdamW at the
+    run's lr, cosine over the epochs)."""
     ref_cfg = reference_config(cfg)
     torch.manual_seed(seed)
     model = build_model(ref_cfg.model, dataset.labels.classes, dataset.labels.actions).to(device)
@@ -104,7 +108,8 @@ def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], dev
             if "video" not in batch:
                 continue
             frames = _one_frame(batch["video"].to(device), generator)
-            loss = F.cross_entropy(model(frames)["logits"].float(), batch["label"].to(device))
+            per_clip = F.cross_entropy(model(frames)["logits"].float(), batch["label"].to(device), reduction="none")
+            loss = (weights[batch["index"]].to(device, per_clip.dtype) * per_clip).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
@@ -139,18 +144,22 @@ def clip_weights(cfg: Config, dataset: VideoDataset, device: torch.device, progr
         raise ValueError("IVC's propensity weights need one label per clip (set model.ivc.reweight=false)")
     targets = [int(r.target) for r in dataset.records]
     folds = stratified_folds(targets, cfg.model.ivc.reference_folds, cfg.run.seed)
-    p_label = torch.ones(len(targets), dtype=torch.float64)
+    weights = torch.ones(len(targets), dtype=torch.float64)
     was_training = dataset.train
-    for k in range(cfg.model.ivc.reference_folds):
-        fit_on = [i for i, f in enumerate(folds) if f != k]
-        held = [i for i, f in enumerate(folds) if f == k]
-        dataset.train = True
-        model = _train_reference(cfg, dataset, fit_on, device, cfg.run.seed * 1009 + k, progress)
-        dataset.train = False  # centre-sampled frames for the read-out
-        p_label[held] = _label_probability(model, dataset, held, cfg, device)
+    for round_ in range(cfg.model.ivc.reference_rounds):
+        p_label = torch.ones(len(targets), dtype=torch.float64)
+        for k in range(cfg.model.ivc.reference_folds):
+            fit_on = [i for i, f in enumerate(folds) if f != k]
+            held = [i for i, f in enumerate(folds) if f == k]
+            dataset.train = True
+            seed = cfg.run.seed * 1009 + 31 * round_ + k
+            model = _train_reference(cfg, dataset, fit_on, device, seed, progress, weights)
+            dataset.train = False  # centre-sampled frames for the read-out
+            p_label[held] = _label_probability(model, dataset, held, cfg, device)
+        weights = propensity_weights(p_label, torch.tensor(targets), cfg.model.ivc.max_weight, weights)
+        ess = float(weights.sum() ** 2 / (weights**2).sum())
+        log.info("IVC backdoor weights, round %d: %d clips, P(y|s) median %.3f, weights %.2f..%.2f, effective sample "
+                 "size %.0f", round_ + 1, len(targets), float(p_label.median()), float(weights.min()),
+                 float(weights.max()), ess)
     dataset.train = was_training
-    weights = propensity_weights(p_label, torch.tensor(targets), cfg.model.ivc.max_weight)
-    ess = float(weights.sum() ** 2 / (weights**2).sum())
-    log.info("IVC backdoor weights: %d clips, P(y|s) median %.3f, weights %.2f..%.2f, effective sample size %.0f",
-             len(targets), float(p_label.median()), float(weights.min()), float(weights.max()), ess)
     return weights
