@@ -348,9 +348,6 @@ def validate(cfg: Config) -> Config:
                        ("optim.epochs", cfg.optim.epochs), ("model.dictionaries.clips", cfg.model.dictionaries.clips)):
         if value < 1:
             raise ConfigError(f"config key {key!r} = {value}; it must be at least 1")
-    if cfg.model.multilabel and cfg.model.ivc.reweight and "ivc" in cfg.model.stages:
-        raise ConfigError("model.ivc.reweight=true weights clips by P(c)P(y)/P(c,y), defined for one label per clip, "
-                          "but model.multilabel=true; set model.ivc.reweight=false")
     if cfg.model.ivc.reference_rounds < 1:
         raise ConfigError(f"model.ivc.reference_rounds={cfg.model.ivc.reference_rounds} must be at least 1")
     if cfg.model.ivc.reference_folds < 2 or cfg.model.ivc.reference_epochs < 1 or cfg.model.ivc.max_weight < 1:

@@ -2,6 +2,7 @@
 epochs, saved in checkpoints."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -40,3 +41,15 @@ def test_training_refits_the_dictionaries_and_saves_them(synthetic_set: Path, tm
     assert torch.isclose(second["ivc.dictionary.prior"].sum(), torch.tensor(1.0))
     # the second run refitted at epoch 1 on features of the trained encoder: its atoms moved
     assert not torch.allclose(first["ivc.dictionary.atoms"], second["ivc.dictionary.atoms"])
+
+
+def test_class_stratified_sample_covers_every_class() -> None:
+    """180 classes of uneven size (COIN-like): 256 clips take every class at least once and no class more than
+    once more than any other that still has clips left; a class with 1 clip gives exactly that clip."""
+    groups = [c for c in range(180) for _ in range(1 + c % 7)]
+    chosen = sample_indices(len(groups), 256, seed=0, epoch=0, groups=groups)
+    assert len(chosen) == len(set(chosen)) == 256
+    per_class = Counter(groups[i] for i in chosen)
+    assert set(per_class) == set(range(180))
+    assert max(per_class.values()) - min(per_class.values()) <= 1
+    assert chosen == sample_indices(len(groups), 256, seed=0, epoch=0, groups=groups)

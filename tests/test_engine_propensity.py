@@ -62,7 +62,12 @@ def test_folds_are_seeded_and_hold_every_class() -> None:
     assert folds == stratified_folds(targets, 2, seed=3) and folds != stratified_folds(targets, 2, seed=4)
     for k in range(2):
         assert {t for t, f in zip(targets, folds) if f == k} == set(range(7))
-    assert abs(Counter(folds)[0] - Counter(folds)[1]) <= 7
+    assert abs(Counter(folds)[0] - Counter(folds)[1]) <= 1
+    assert sorted(Counter(stratified_folds(list(range(6)), 2, seed=0)).values()) == [3, 3]  # one clip per class
+    from pcmci.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.ivc.reference_folds=2 needs at least 2 training clips"):
+        stratified_folds([0], 2, seed=0)
 
 
 def test_reference_is_the_baseline_on_one_frame() -> None:

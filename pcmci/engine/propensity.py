@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.datasets import VideoDataset, collate_videos
 from ..model import PCMCI, build_model
 
@@ -40,13 +40,16 @@ log = logging.getLogger(__name__)
 
 
 def stratified_folds(targets: list[int], folds: int, seed: int) -> list[int]:
-    """The fold of each clip: classes dealt out in a seeded random order, so every fold holds every class."""
+    """The fold of each clip: the clips in a seeded random order, grouped by class, dealt out in turn — so the folds
+    differ in size by at most one and every class with at least ``folds`` clips is in every fold."""
+    if len(targets) < folds:
+        raise ConfigError(f"model.ivc.reference_folds={folds} needs at least {folds} training clips to cross-fit "
+                          f"the backdoor weights, the split has {len(targets)}; lower it or set model.ivc.reweight=false")
     generator = torch.Generator().manual_seed(seed * 7919 + 17)
-    order = torch.randperm(len(targets), generator=generator).tolist()
-    fold, seen = [0] * len(targets), {}
-    for i in order:
-        fold[i] = seen.get(targets[i], 0) % folds
-        seen[targets[i]] = seen.get(targets[i], 0) + 1
+    order = sorted(torch.randperm(len(targets), generator=generator).tolist(), key=lambda i: targets[i])
+    fold = [0] * len(targets)
+    for position, i in enumerate(order):
+        fold[i] = position % folds
     return fold
 
 
@@ -87,7 +90,7 @@ def _loader(dataset: VideoDataset, indices: list[int], batch: int, workers: int,
 
 
 def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], device: torch.device,
-                     seed: int, progress: bool, weights: Tensor) -> PCMCI:
+                     seed: int, progress: bool, weights: Tensor, batch: int) -> PCMCI:
     """A single-frame baseline trained on ``indices`` with the loss weights ``weights[n]`` of the clips (AdamW at the
     run's lr, cosine over the epochs)."""
     ref_cfg = reference_config(cfg)
@@ -96,13 +99,13 @@ def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], dev
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     epochs = cfg.model.ivc.reference_epochs
-    total = epochs * math.ceil(len(indices) / cfg.optim.batch_size)
+    total = epochs * math.ceil(len(indices) / batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
-        batches = _loader(dataset, indices, cfg.optim.batch_size, cfg.data.num_workers, True, seed + epoch)
+        batches = _loader(dataset, indices, batch, cfg.data.num_workers, True, seed + epoch)
         for batch in tqdm(batches, desc=f"single-frame reference, epoch {epoch + 1}/{epochs}", leave=False,
                           disable=not progress):
             if "video" not in batch:
@@ -120,28 +123,34 @@ def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], dev
 
 @torch.no_grad()
 def _label_probability(model: PCMCI, dataset: VideoDataset, indices: list[int], cfg: Config,
-                       device: torch.device) -> Tensor:
+                       device: torch.device, batch: int) -> Tensor:
     """``P(y_i|s_i)`` for ``indices``: the reference's class probabilities averaged over each clip's F frames."""
     dataset.set_epoch(0)
     out = torch.ones(len(indices), dtype=torch.float64)
     position = {index: row for row, index in enumerate(indices)}
-    for batch in _loader(dataset, indices, cfg.optim.batch_size, cfg.data.num_workers, False, 0):
-        if "video" not in batch:
+    for items in _loader(dataset, indices, batch, cfg.data.num_workers, False, 0):
+        if "video" not in items:
             continue
-        video = batch["video"].to(device)
+        video = items["video"].to(device)
         b, f = video.shape[:2]
         probs = torch.softmax(model(video.reshape(b * f, 1, *video.shape[2:]))["logits"].float(), -1)
         probs = probs.view(b, f, -1).mean(1)
-        label = batch["label"].to(device)
-        rows = [position[int(i)] for i in batch["index"]]
+        label = items["label"].to(device)
+        rows = [position[int(i)] for i in items["index"]]
         out[rows] = probs[torch.arange(b, device=device), label].double().cpu()
     return out
 
 
-def clip_weights(cfg: Config, dataset: VideoDataset, device: torch.device, progress: bool = True) -> Tensor:
-    """The training split's clip weights ``[n]`` (float64, mean 1 within each class); see the module docstring."""
+def clip_weights(cfg: Config, dataset: VideoDataset, device: torch.device, progress: bool = True,
+                 batch: int | None = None) -> Tensor:
+    """The training split's clip weights ``[n]`` (float64, mean 1 within each class); see the module docstring.
+
+    ``batch`` is the references' batch size: pass the run's global batch (``batch_size x processes x accum_steps``)
+    so that one process, several, or accumulated batches fit the same references and get the same weights."""
+    batch = batch or cfg.optim.batch_size
     if dataset.multilabel:
-        raise ValueError("IVC's propensity weights need one label per clip (set model.ivc.reweight=false)")
+        raise ConfigError("model.ivc.reweight=true weights each clip by P(y)/P(y|s), defined for one label per clip, "
+                          "but the training set is multi-label; set model.ivc.reweight=false")
     targets = [int(r.target) for r in dataset.records]
     folds = stratified_folds(targets, cfg.model.ivc.reference_folds, cfg.run.seed)
     weights = torch.ones(len(targets), dtype=torch.float64)
@@ -153,9 +162,9 @@ def clip_weights(cfg: Config, dataset: VideoDataset, device: torch.device, progr
             held = [i for i, f in enumerate(folds) if f == k]
             dataset.train = True
             seed = cfg.run.seed * 1009 + 31 * round_ + k
-            model = _train_reference(cfg, dataset, fit_on, device, seed, progress, weights)
+            model = _train_reference(cfg, dataset, fit_on, device, seed, progress, weights, batch)
             dataset.train = False  # centre-sampled frames for the read-out
-            p_label[held] = _label_probability(model, dataset, held, cfg, device)
+            p_label[held] = _label_probability(model, dataset, held, cfg, device, batch)
         weights = propensity_weights(p_label, torch.tensor(targets), cfg.model.ivc.max_weight, weights)
         ess = float(weights.sum() ** 2 / (weights**2).sum())
         log.info("IVC backdoor weights, round %d: %d clips, P(y|s) median %.3f, weights %.2f..%.2f, effective sample "

@@ -175,7 +175,11 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
     weights = None  # IVC's backdoor: per-clip loss weights P(y)/P(y|s), fitted once per run
     if model.ivc is not None and cfg.model.ivc.reweight:
         saved = state.get("clip_weights") if state is not None else None
-        weights = saved if saved is not None else clip_weights(cfg, dataset, device, show)
+        try:
+            weights = saved if saved is not None else clip_weights(cfg, dataset, device, show,
+                                                                   cfg.optim.batch_size * ctx.world * accum)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise RuntimeError(out_of_memory_advice(cfg, ctx.world)) from exc
         weights = distributed.broadcast_tensor(weights, device)
     if ctx.world > 1:
         log.info("DDP: %d processes (%s), %d clips per process per step x %d accumulated = global batch %d",
