@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from torch.utils.flop_counter import register_flop_formula
 
-from ._common import Launch, acc_dtype, device_arch, jit_shape, safe_lse, signature, triton_type, use_triton
+from ._common import Launch, TensorArg, acc_dtype, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
 
 
 # ----------------------------------------------------------------------------------------- reference (spec)
@@ -216,15 +216,13 @@ def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, 
              mask=(rn[:, None] < N) & (re[None, :] < e))
 
 
-# Dispatch table: (query block BM, key block BN, warps) of the forward, dq and dk/dv kernels, the same on sm_80,
-# sm_89 and sm_90, spill-free for head widths d, e <= 64 (``pcmci kernels report``). fp32 dots (full fp32 on CUDA
-# cores, or TF32) hold whole operand rows per thread: 16x16 tiles, 8 warps. 16-bit dots by N (16, 32, more).
-_FP32_BLOCKS = ((16, 16, 8),) * 3
-_HALF_BLOCKS = {16: _FP32_BLOCKS, 32: ((32, 32, 4),) * 3, 64: ((64, 64, 8), (64, 64, 8), (64, 32, 8))}
+# Dispatch table: (query block BM, key block BN, warps, pipeline stages) of the forward, dq and dk/dv kernels.
+_FP32_BLOCKS = ((16, 16, 8, 3),) * 3
+_HALF_BLOCKS = {16: _FP32_BLOCKS, 32: ((32, 32, 4, 3),) * 3, 64: ((64, 64, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3))}
 
 
-def _blocks(N: int, dtype: torch.dtype) -> tuple[tuple[int, int, int], ...]:
-    """(BM, BN, num_warps) per kernel; ``tl.dot`` needs tiles of at least 16."""
+def _blocks(N: int, width: int, dtype: torch.dtype, arch: int) -> tuple[tuple[int, int, int, int], ...]:
+    """(BM, BN, num_warps, num_stages) per kernel; ``tl.dot`` needs tiles of at least 16."""
     if dtype.itemsize > 2:
         return _FP32_BLOCKS
     return _HALF_BLOCKS[16 if N <= 16 else 32 if N <= 32 else 64]
@@ -239,15 +237,17 @@ def launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, a
     """
     tf32 = torch.backends.cuda.matmul.allow_tf32 if tf32 is None else tf32
     prec = "tf32" if tf32 and dtype == torch.float32 else "ieee"  # ignored by tl.dot for 16-bit inputs
-    ct = triton_type(dtype)
-    types = dict(M="*u8" if masked else f"*{ct}", N="i32", NB="i32", d="i32", e="i32", scale="fp32",
-                 **dict.fromkeys(("Q", "Kt", "V", "OUT", "DOUT", "DQ", "DK", "DV"), f"*{ct}"),
-                 **dict.fromkeys(("PRIOR", "LSE", "ROWDOT"), "*fp32"))
+    triton_type(dtype)
+    data, fp32 = TensorArg(dtype), TensorArg(torch.float32)
+    args = dict(M=TensorArg(torch.uint8) if masked else data, N=N, NB=K, d=d, e=e, scale=1.0 / math.sqrt(d),
+                **dict.fromkeys(("Q", "Kt", "V", "OUT", "DOUT", "DQ", "DK", "DV"), data),
+                **dict.fromkeys(("PRIOR", "LSE", "ROWDOT"), fp32))
     launches = []
-    for fn, (BM, BN, warps) in zip((_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv), _blocks(N, dtype)):
+    for fn, (BM, BN, warps, stages) in zip((_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv),
+                                           _blocks(N, max(d, e), dtype, arch)):
         const = dict(HAS_MASK=masked, BM=BM, BN=BN, BD=max(16, triton.next_power_of_2(d)),
                      BE=max(16, triton.next_power_of_2(e)), PREC=prec)
-        launches.append(Launch(fn, signature(fn, types, const), const, warps))
+        launches.append(make_launch(fn, {n: args[n] for n in fn.arg_names if n in args}, const, warps, stages))
     return launches
 
 
@@ -270,7 +270,7 @@ def triton_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor 
     fwd = _launches(q, v, mask)[0]
     wrap_triton(fwd.fn)[(triton.cdiv(N, fwd.constexprs["BM"]), B)](
         q, k, v, prior, m, out, lse, N, K, d, v.shape[3], 1.0 / math.sqrt(d), **fwd.constexprs,
-        num_warps=fwd.num_warps)
+        **fwd.options)
     return out, lse
 
 
@@ -286,9 +286,9 @@ def triton_backward(
     _, bwd_dq, bwd_dkdv = _launches(q, v, mask)
     args = (N, K, d, v.shape[3], 1.0 / math.sqrt(d))
     wrap_triton(bwd_dq.fn)[(triton.cdiv(N, bwd_dq.constexprs["BM"]), B * K)](
-        q, k, v, prior, m, dout, lse, dq, rowdot, *args, **bwd_dq.constexprs, num_warps=bwd_dq.num_warps)
+        q, k, v, prior, m, dout, lse, dq, rowdot, *args, **bwd_dq.constexprs, **bwd_dq.options)
     wrap_triton(bwd_dkdv.fn)[(triton.cdiv(N, bwd_dkdv.constexprs["BN"]), B * K)](
-        q, k, v, prior, m, dout, lse, rowdot, dk, dv, *args, **bwd_dkdv.constexprs, num_warps=bwd_dkdv.num_warps)
+        q, k, v, prior, m, dout, lse, rowdot, dk, dv, *args, **bwd_dkdv.constexprs, **bwd_dkdv.options)
     return dq, dk, dv, rowdot.sum((0, 2)).to(prior.dtype)
 
 

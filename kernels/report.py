@@ -49,8 +49,9 @@ class Case:
     masked: bool = False
 
     def launches(self, dtype: torch.dtype, arch: int) -> list[Launch]:
-        configs = sinkhorn_configs if self.op == "sinkhorn" else relation_configs
-        return configs(*self.shape, dtype, arch, self.masked)
+        if self.op == "sinkhorn":
+            return sinkhorn_configs(*self.shape, dtype, arch, self.masked, iters=PAPER_ITERS)
+        return relation_configs(*self.shape, dtype, arch, self.masked)
 
     def roofline_us(self, dtype: torch.dtype, gpu: str) -> tuple[float, float]:
         """Lower bounds (forward, forward+backward) in microseconds."""
@@ -86,13 +87,14 @@ _STATS: dict[tuple, aot.KernelStats] = {}  # compiled launches of this process, 
 
 
 def _key(launch: Launch, arch: int) -> tuple:
-    return launch.fn.__name__, arch, launch.num_warps, tuple(launch.signature.items()), tuple(launch.constexprs.items())
+    """Launches with equal keys compile the same kernel: same function, arch and triton specialisation."""
+    return launch.fn.__name__, arch, aot.bind(launch, arch).key()
 
 
 def _tile(launch: Launch) -> str:
     c = launch.constexprs
     tile = f"{c['BR']}x{c['BS']}" if "BR" in c else f"{c['BM']}x{c['BN']} {c['PREC']}"
-    return f"{tile} w{launch.num_warps}"
+    return f"{tile} w{launch.num_warps} s{launch.num_stages}"
 
 
 def _compile_job(job: tuple[Case, str, int, int]) -> aot.KernelStats:
