@@ -144,10 +144,10 @@ def bind(launch: Launch, arch: int) -> Bound:
     return bind_values(launch.fn, arch, (), {**launch.args, **launch.constexprs, **launch.options})
 
 
-def compile_stats(launch: Launch, arch: int) -> KernelStats:
-    """Compile ``launch`` for ``sm_{arch}`` ahead of time, with the specialisation and options of a real launch
-    (``bind``); registers, spills and stack come from the ``ptxas -v`` log of the compile that produced the
-    cubin (triton runs ptxas with ``-v``), shared memory from its metadata."""
+def compile_launch(launch: Launch, arch: int) -> tuple[Any, str]:
+    """``triton.compile`` of ``launch`` for ``sm_{arch}`` ahead of time, with the specialisation and options of a
+    real launch (``bind``): the compiled kernel (``asm`` holds ttgir, ptx, cubin) and the ``ptxas -v`` log of
+    the compile that produced its cubin."""
     _limits(arch)
     bound = bind(launch, arch)
     source = ASTSource(jit_function(launch.fn), bound.signature, bound.constexprs, bound.attrs)
@@ -156,7 +156,14 @@ def compile_stats(launch: Launch, arch: int) -> KernelStats:
         knobs.cache.dir = tmp
         knobs.nvidia.dump_ptxas_log = True
         kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=bound.options)
-    regs, stack, stores, loads = _parse_ptxas(log.getvalue())
+    return kernel, log.getvalue()
+
+
+def compile_stats(launch: Launch, arch: int) -> KernelStats:
+    """``compile_launch``'s registers, spills and stack from the ``ptxas -v`` log, shared memory from the
+    kernel's metadata."""
+    kernel, log = compile_launch(launch, arch)
+    regs, stack, stores, loads = _parse_ptxas(log)
     return KernelStats(launch.fn.__name__, arch, launch.num_warps, regs, stores, loads, stack, kernel.metadata.shared)
 
 

@@ -11,7 +11,8 @@ tensor reaches HBM; it stores the per-base log-sum-exp ``[B,K,N]``. The backward
 ``d prior``), a second gives ``dk`` and ``dv``.
 
 Dispatch (the op's body): Triton on CUDA, the reference math elsewhere; ``PCMCI_KERNELS=reference|triton``
-forces one.
+forces one. Head widths ``max(d, e)`` over ``MAX_WIDTH`` (128) always run the reference math: no tile of the
+dispatch table is verified spill-free there.
 
 FLOPs: ``B·K·N·N·(d+e) + B·K·N·e`` multiply-adds forward (``q k^T``, ``P v``, the prior-weighted sum),
 twice that backward; ``fvcore_handle`` counts one multiply-add as one FLOP (fvcore's convention), the
@@ -216,16 +217,34 @@ def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, 
              mask=(rn[:, None] < N) & (re[None, :] < e))
 
 
-# Dispatch table: (query block BM, key block BN, warps, pipeline stages) of the forward, dq and dk/dv kernels.
-_FP32_BLOCKS = ((16, 16, 8, 3),) * 3
-_HALF_BLOCKS = {16: _FP32_BLOCKS, 32: ((32, 32, 4, 3),) * 3, 64: ((64, 64, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3))}
+# Dispatch table: (query block BM, key block BN, warps, pipeline stages) of [_relation_fwd, _relation_bwd_dq,
+# _relation_bwd_dkdv], by padded head width (BD/BE up to 32, 64 or 128). Each row is the largest tile (then most
+# stages, then most warps) that compiles spill-free and within shared memory on sm_80, sm_89 and sm_90 with the
+# specialisation of a real launch (triton 3.8; ``pcmci kernels report --shapes heads``, tests/test_kernels_aot.py).
+# fp32 dots (full fp32 on CUDA cores, or TF32) hold whole operand rows per thread: 16x16 tiles throughout.
+# 16-bit dots take tiles by N: 16x16 up to N = 16, 32x32 up to 32, 64-row tiles beyond; at width 128 the
+# 64x64 tiles of the backward need two stages on sm_89 (3 stages: 106,496 B > 101,376 B of an RTX 4090) and the
+# forward and dk/dv kernels 64x32 key blocks (64x64 spills on sm_80).
+MAX_WIDTH = 128
+_FP32_BLOCKS = {32: ((16, 16, 4, 3), (16, 16, 8, 3), (16, 16, 8, 3)),
+                64: ((16, 16, 8, 3), (16, 16, 8, 2), (16, 16, 8, 3)),
+                128: ((16, 16, 4, 3), (16, 16, 8, 2), (16, 16, 8, 3))}
+_HALF_BLOCKS = {16: dict.fromkeys((32, 64, 128), ((16, 16, 8, 3),) * 3),
+                32: {32: ((32, 32, 4, 3), (32, 32, 4, 3), (32, 32, 4, 2)), 64: ((32, 32, 4, 3),) * 3,
+                     128: ((32, 32, 4, 3),) * 3},
+                64: {32: ((64, 64, 8, 2), (64, 32, 8, 3), (64, 64, 8, 3)),
+                     64: ((64, 64, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3)),
+                     128: ((64, 32, 8, 3), (64, 64, 8, 2), (64, 32, 8, 2))}}
 
 
-def _blocks(N: int, width: int, dtype: torch.dtype, arch: int) -> tuple[tuple[int, int, int, int], ...]:
-    """(BM, BN, num_warps, num_stages) per kernel; ``tl.dot`` needs tiles of at least 16."""
+def _blocks(N: int, width: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], ...]:
+    """(BM, BN, num_warps, num_stages) per kernel for ``N`` tokens and head width ``width = max(d, e)``."""
+    if width > MAX_WIDTH:
+        raise ValueError(f"relation: Triton tiles cover head widths up to {MAX_WIDTH}, got {width}")
+    padded = max(32, triton.next_power_of_2(width))
     if dtype.itemsize > 2:
-        return _FP32_BLOCKS
-    return _HALF_BLOCKS[16 if N <= 16 else 32 if N <= 32 else 64]
+        return _FP32_BLOCKS[padded]
+    return _HALF_BLOCKS[16 if N <= 16 else 32 if N <= 32 else 64][padded]
 
 
 def launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, arch: int, masked: bool = False, *,
@@ -244,7 +263,7 @@ def launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, a
                 **dict.fromkeys(("PRIOR", "LSE", "ROWDOT"), fp32))
     launches = []
     for fn, (BM, BN, warps, stages) in zip((_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv),
-                                           _blocks(N, max(d, e), dtype, arch)):
+                                           _blocks(N, max(d, e), dtype)):
         const = dict(HAS_MASK=masked, BM=BM, BN=BN, BD=max(16, triton.next_power_of_2(d)),
                      BE=max(16, triton.next_power_of_2(e)), PREC=prec)
         launches.append(make_launch(fn, {n: args[n] for n in fn.arg_names if n in args}, const, warps, stages))
@@ -293,10 +312,15 @@ def triton_backward(
 
 
 # ------------------------------------------------------------------------------------ torch.library op
+def _triton_fits(q: Tensor, v: Tensor) -> bool:
+    """Whether this call runs the Triton kernels: ``use_triton`` and a head width the dispatch table covers."""
+    return use_triton(q) and max(q.shape[-1], v.shape[-1]) <= MAX_WIDTH
+
+
 @triton_op("pcmci::relation", mutates_args=())
 def _relation_op(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """(out, lse); Triton on CUDA (or forced), the reference math otherwise."""
-    if use_triton(q):
+    if _triton_fits(q, v):
         return triton_forward(q, k, v, prior, mask)
     return _torch_forward(q, k, v, prior, mask)
 
@@ -306,7 +330,7 @@ def _relation_backward_op(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Optional[Tensor], lse: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients w.r.t. (q, k, v, prior) of ``pcmci::relation``'s output."""
-    if use_triton(q):
+    if _triton_fits(q, v):
         return triton_backward(dout, q, k, v, prior, mask, lse)
     return _torch_backward(dout, q, k, v, prior, mask, lse)
 
