@@ -20,6 +20,7 @@ twice that backward; ``fvcore_handle`` counts one multiply-add as one FLOP (fvco
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -223,18 +224,18 @@ def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, 
 # specialisation of a real launch (triton 3.8; ``pcmci kernels report --shapes heads``, tests/test_kernels_aot.py).
 # fp32 dots (full fp32 on CUDA cores, or TF32) hold whole operand rows per thread: 16x16 tiles throughout.
 # 16-bit dots take tiles by N: 16x16 up to N = 16, 32x32 up to 32, 64-row tiles beyond; at width 128 the
-# 64x64 tiles of the backward need two stages on sm_89 (3 stages: 106,496 B > 101,376 B of an RTX 4090) and the
-# forward and dk/dv kernels 64x32 key blocks (64x64 spills on sm_80).
+# 64x64 dq tiles need two stages on sm_89 (3 stages: 106,496 B > 101,376 B of an RTX 4090), the forward 64x32
+# key blocks (64x64 spills on sm_80), and dk/dv 32x32 tiles (64x32 with a mask spills 88 B on sm_90).
 MAX_WIDTH = 128
-_FP32_BLOCKS = {32: ((16, 16, 4, 3), (16, 16, 8, 3), (16, 16, 8, 3)),
-                64: ((16, 16, 8, 3), (16, 16, 8, 2), (16, 16, 8, 3)),
+_FP32_BLOCKS = {32: ((16, 16, 4, 3), (16, 16, 8, 2), (16, 16, 8, 3)),
+                64: ((16, 16, 8, 2), (16, 16, 8, 2), (16, 16, 8, 3)),
                 128: ((16, 16, 4, 3), (16, 16, 8, 2), (16, 16, 8, 3))}
 _HALF_BLOCKS = {16: dict.fromkeys((32, 64, 128), ((16, 16, 8, 3),) * 3),
                 32: {32: ((32, 32, 4, 3), (32, 32, 4, 3), (32, 32, 4, 2)), 64: ((32, 32, 4, 3),) * 3,
                      128: ((32, 32, 4, 3),) * 3},
                 64: {32: ((64, 64, 8, 2), (64, 32, 8, 3), (64, 64, 8, 3)),
                      64: ((64, 64, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3)),
-                     128: ((64, 32, 8, 3), (64, 64, 8, 2), (64, 32, 8, 2))}}
+                     128: ((64, 32, 8, 3), (64, 64, 8, 2), (32, 32, 8, 3))}}
 
 
 def _blocks(N: int, width: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], ...]:
@@ -248,13 +249,21 @@ def _blocks(N: int, width: int, dtype: torch.dtype) -> tuple[tuple[int, int, int
 
 
 def launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, arch: int, masked: bool = False, *,
-                   tf32: bool | None = None) -> list[Launch]:
-    """The launches of one forward and backward: ``[_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv]``.
+                   tf32: bool | None = None) -> tuple[Launch, ...]:
+    """The launches of one forward and backward: ``(_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv)``.
 
-    ``arch`` is the compute capability (89 = RTX 4090); fp32 inputs multiply in TF32 when ``tf32`` (default:
-    ``torch.backends.cuda.matmul.allow_tf32``), else in full fp32 (``"ieee"``).
+    ``arch`` is the compute capability (89 = RTX 4090; the table is the same on sm_80/89/90); fp32 inputs
+    multiply in TF32 when ``tf32`` (default: ``torch.backends.cuda.matmul.allow_tf32``), else in full fp32
+    (``"ieee"``).
     """
     tf32 = torch.backends.cuda.matmul.allow_tf32 if tf32 is None else tf32
+    return _launch_configs(B, K, N, d, e, dtype, masked, tf32)
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, masked: bool,
+                    tf32: bool) -> tuple[Launch, ...]:
+    """``launch_configs`` with ``tf32`` resolved, cached (the launchers ask on every call)."""
     prec = "tf32" if tf32 and dtype == torch.float32 else "ieee"  # ignored by tl.dot for 16-bit inputs
     triton_type(dtype)
     data, fp32 = TensorArg(dtype), TensorArg(torch.float32)
@@ -267,10 +276,10 @@ def launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, a
         const = dict(HAS_MASK=masked, BM=BM, BN=BN, BD=max(16, triton.next_power_of_2(d)),
                      BE=max(16, triton.next_power_of_2(e)), PREC=prec)
         launches.append(make_launch(fn, {n: args[n] for n in fn.arg_names if n in args}, const, warps, stages))
-    return launches
+    return tuple(launches)
 
 
-def _launches(q: Tensor, v: Tensor, mask: Tensor | None) -> list[Launch]:
+def _launches(q: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Launch, ...]:
     B, K, N, d = q.shape
     return launch_configs(B, K, N, d, v.shape[3], q.dtype, device_arch(q), mask is not None)
 

@@ -27,6 +27,7 @@ multiply-add as one FLOP (fvcore's convention); the ``torch.utils.flop_counter``
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import torch
@@ -72,6 +73,12 @@ def _check_finite(cost: Tensor, mask: Tensor | None) -> None:
         raise ValueError(_NONFINITE)
 
 
+def _uniform_log_marginal(B: int, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``log(1/n)`` as ``[B,n]``: the uniform marginal without a mask, in two ops (``fl(1/n)`` then its log, the
+    values ``_log_marginal`` computes from an all-valid mask in six)."""
+    return torch.full((B, n), 1.0 / n, dtype=dtype, device=device).log()
+
+
 def _log_marginal(m: Tensor | None, valid: Tensor, dtype: torch.dtype) -> Tensor:
     """Log of a marginal ``[B,n]``; uniform over the valid entries when ``m`` is None; -inf where invalid."""
     if m is None:
@@ -84,6 +91,8 @@ def _log_marginal(m: Tensor | None, valid: Tensor, dtype: torch.dtype) -> Tensor
 def _log_marginals(cost: Tensor, a: Tensor | None, b: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     B, R, S = cost.shape
     dt = acc_dtype(cost)
+    if mask is None and a is None and b is None:
+        return _uniform_log_marginal(B, R, dt, cost.device), _uniform_log_marginal(B, S, dt, cost.device)
     if mask is None:
         rows = torch.ones(B, R, dtype=torch.bool, device=cost.device)
         cols = torch.ones(B, S, dtype=torch.bool, device=cost.device)
@@ -391,14 +400,15 @@ def _blocks(R: int, S: int, backward: bool, block: tuple[int, int] | None) -> tu
     return False, BR, BS, _warps(BR * BS)
 
 
+@functools.lru_cache(maxsize=1024)
 def launch_configs(B: int, R: int, S: int, dtype: torch.dtype, arch: int, masked: bool = False, *, iters: int,
-                   eps: float = 0.1, block: tuple[int, int] | None = None) -> list[Launch]:
-    """The launches of one forward and backward at this shape: ``[forward, *backward]``.
+                   eps: float = 0.1, block: tuple[int, int] | None = None) -> tuple[Launch, ...]:
+    """The launches of one forward and backward at this shape: ``(forward, *backward)``.
 
-    Regime 1: ``[_fwd_onchip, _bwd_onchip]``; regime 2: ``[_fwd_stream, _bwd_stream_adjoints, _bwd_stream_cost]``.
+    Regime 1: ``(_fwd_onchip, _bwd_onchip)``; regime 2: ``(_fwd_stream, _bwd_stream_adjoints, _bwd_stream_cost)``.
     ``arch`` is the compute capability (89 = RTX 4090); ``iters`` and ``eps`` are passed to the kernels as
     the launchers pass them (``iters`` is specialised on, ``eps`` is a float and is not); ``block`` forces
-    regime 2 with that tile (tests).
+    regime 2 with that tile (tests). Cached: the launchers ask on every call (20 µs of Python otherwise).
     """
     triton_type(dtype)
     data, fp32 = TensorArg(dtype), TensorArg(torch.float32)
@@ -414,7 +424,7 @@ def launch_configs(B: int, R: int, S: int, dtype: torch.dtype, arch: int, masked
                    (True, False): [(_bwd_stream_adjoints, warps), (_bwd_stream_cost, STREAM_COST_WARPS)]}
         launches += [make_launch(fn, {n: args[n] for n in fn.arg_names if n in args}, const, w)
                      for fn, w in kernels[backward, onchip]]
-    return launches
+    return tuple(launches)
 
 
 def _mask_arg(cost: Tensor, mask: Tensor | None) -> Tensor:
