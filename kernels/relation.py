@@ -227,9 +227,13 @@ def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, 
 # 64x64 dq tiles need two stages on sm_89 (3 stages: 106,496 B > 101,376 B of an RTX 4090), the forward 64x32
 # key blocks (64x64 spills on sm_80), and dk/dv 32x32 tiles (64x32 with a mask spills 88 B on sm_90).
 MAX_WIDTH = 128
+# The key mask reaches the kernels as int32 (a [B,N] tensor: 4 bytes a key cost nothing): with uint8, triton
+# vectorises the mask loads when N is divisible by 16 and the unpacking spills (fp32 forward at width 128:
+# 16-40 B on sm_89/90; 16-bit dq at N = 16 and 32: 4-8 B).
+MASK_DTYPE = torch.int32
 _FP32_BLOCKS = {32: ((16, 16, 4, 3), (16, 16, 8, 2), (16, 16, 8, 3)),
                 64: ((16, 16, 8, 2), (16, 16, 8, 2), (16, 16, 8, 3)),
-                128: ((16, 16, 4, 3), (16, 16, 8, 2), (16, 16, 8, 3))}
+                128: ((16, 16, 4, 3), (16, 16, 8, 1), (16, 16, 8, 3))}
 _HALF_BLOCKS = {16: dict.fromkeys((32, 64, 128), ((16, 16, 8, 3),) * 3),
                 32: {32: ((32, 32, 4, 3), (32, 32, 4, 3), (32, 32, 4, 2)), 64: ((32, 32, 4, 3),) * 3,
                      128: ((32, 32, 4, 3),) * 3},
@@ -267,7 +271,7 @@ def _launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, 
     prec = "tf32" if tf32 and dtype == torch.float32 else "ieee"  # ignored by tl.dot for 16-bit inputs
     triton_type(dtype)
     data, fp32 = TensorArg(dtype), TensorArg(torch.float32)
-    args = dict(M=TensorArg(torch.uint8) if masked else data, N=N, NB=K, d=d, e=e, scale=1.0 / math.sqrt(d),
+    args = dict(M=TensorArg(MASK_DTYPE) if masked else data, N=N, NB=K, d=d, e=e, scale=1.0 / math.sqrt(d),
                 **dict.fromkeys(("Q", "Kt", "V", "OUT", "DOUT", "DQ", "DK", "DV"), data),
                 **dict.fromkeys(("PRIOR", "LSE", "ROWDOT"), fp32))
     launches = []
@@ -292,7 +296,7 @@ def triton_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor 
     """Launch the fused forward: ``out[B,N,e]`` (v dtype) and ``lse[B,K,N]`` (fp32)."""
     B, K, N, d = q.shape
     q, k, v, prior = _contig(q, k, v, prior)
-    m = q if mask is None else mask.contiguous().to(torch.uint8)
+    m = q if mask is None else mask.contiguous().to(MASK_DTYPE)
     out = v.new_empty((B, N, v.shape[3]))
     lse = q.new_empty((B, K, N), dtype=torch.float32)
     fwd = _launches(q, v, mask)[0]
@@ -308,7 +312,7 @@ def triton_backward(
     """Launch the recomputing backward: gradients w.r.t. (q, k, v, prior)."""
     B, K, N, d = q.shape
     dout, q, k, v, prior, lse = _contig(dout, q, k, v, prior, lse)
-    m = q if mask is None else mask.contiguous().to(torch.uint8)
+    m = q if mask is None else mask.contiguous().to(MASK_DTYPE)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     rowdot = torch.empty_like(lse)
     _, bwd_dq, bwd_dkdv = _launches(q, v, mask)
