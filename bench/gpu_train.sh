@@ -60,7 +60,7 @@ if wants train; then
       --warmup "$WARMUP" --variants "$variants" --dtype "$DTYPE" --out "$OUT/train-b$b" >"$OUT/train-b$b.log" 2>&1
     rc=$?
     echo "== bench train $PRESET batch $b ($variants): rc=$rc"
-    grep -E "^\| " "$OUT/train-b$b.log" | sed -n '3,$p'
+    grep -E "^\| " "$OUT/train-b$b.log"
     if [ $rc -ne 0 ]; then
       tail -3 "$OUT/train-b$b.log"
       [ $first = 1 ] && status=1

@@ -71,20 +71,55 @@ def _median_us(fn: Callable[[], Any], repeats: int) -> float:
     return 1e6 * statistics.median(times)
 
 
+def _general_marginals(cost: torch.Tensor, a: Any, b: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The marginals as computed before the uniform shortcut: from an all-valid mask (six ops each)."""
+    B, R, S = cost.shape
+    dt, dev = sk.acc_dtype(cost), cost.device
+    return (sk._log_marginal(None, torch.ones(B, R, dtype=torch.bool, device=dev), dt),
+            sk._log_marginal(None, torch.ones(B, S, dtype=torch.bool, device=dev), dt))
+
+
+class _Before:
+    """The op as it was before issue 16's overhead changes: uncached launch table, six-op uniform marginals."""
+
+    def __enter__(self) -> None:
+        self.saved = sk.launch_configs, sk._log_marginals
+        sk.launch_configs, sk._log_marginals = sk.launch_configs.__wrapped__, _general_marginals
+
+    def __exit__(self, *exc: Any) -> None:
+        sk.launch_configs, sk._log_marginals = self.saved
+
+
+def _before(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with _Before():
+            return fn()
+    return run
+
+
 def measure(B: int, R: int, S: int, repeats: int) -> dict[str, Any]:
     cost = torch.rand(B, R, S)
     la, lb = sk._log_marginals(cost, None, None, None)
     with _Ops() as counter:
         sk.log_sinkhorn(cost, EPS, ITERS)
+    with _Before(), _Ops() as before:
+        sk.log_sinkhorn(cost, EPS, ITERS)
+    torch.testing.assert_close(_general_marginals(cost, None, None, None), (la, lb), rtol=0, atol=0)
     parts = {
+        "whole call, before (uncached table, six-op marginals)": _before(lambda: sk.log_sinkhorn(cost, EPS, ITERS)),
         "whole call (log_sinkhorn)": lambda: sk.log_sinkhorn(cost, EPS, ITERS),
         "input checks": lambda: sk._check_inputs(cost, EPS, ITERS, None),
         "NaN/inf check (host sync on CUDA)": lambda: sk._check_finite(cost, None),
+        "uniform marginals, before (from an all-valid mask)": lambda: _general_marginals(cost, None, None, None),
         "uniform marginals": lambda: sk._log_marginals(cost, None, None, None),
-        "launch table (launch_configs)": lambda: sk.launch_configs(B, R, S, cost.dtype, 80, iters=ITERS, eps=EPS),
+        "launch table, before (uncached)": lambda: sk.launch_configs.__wrapped__(B, R, S, cost.dtype, 80,
+                                                                                 iters=ITERS, eps=EPS),
+        "launch table (launch_configs, cached)": lambda: sk.launch_configs(B, R, S, cost.dtype, 80, iters=ITERS,
+                                                                           eps=EPS),
         "launcher (allocations, casts, launch)": lambda: sk.triton_forward(cost, la, lb, EPS, ITERS),
     }
     return {"shape": (B, R, S), "ops": dict(counter.ops), "aten_ops": sum(counter.ops.values()),
+            "aten_ops_before": sum(before.ops.values()),
             "syncs": counter.ops.get("_local_scalar_dense", 0),
             "us": {name: _median_us(fn, repeats) for name, fn in parts.items()}}
 
@@ -99,7 +134,9 @@ def markdown(rows: list[dict[str, Any]], repeats: int) -> str:
            "| part | " + " | ".join("B={}, {}x{}".format(*r["shape"]) for r in rows) + " |",
            "|---|" + "---|" * len(rows)]
     out += [f"| {n} | " + " | ".join(f"{r['us'][n]:.1f}" for r in rows) + " |" for n in names]
-    out += [f"| aten ops issued (each a launch or allocation on CUDA) | "
+    out += [f"| aten ops issued (each a launch or allocation on CUDA), before | "
+            + " | ".join(str(r["aten_ops_before"]) for r in rows) + " |",
+            f"| aten ops issued (each a launch or allocation on CUDA) | "
             + " | ".join(str(r["aten_ops"]) for r in rows) + " |",
             "| host syncs (`_local_scalar_dense`) | " + " | ".join(str(r["syncs"]) for r in rows) + " |", "",
             "aten ops of one call: " + ", ".join(f"{op} x{n}" for op, n in sorted(rows[0]["ops"].items())), ""]

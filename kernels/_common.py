@@ -68,6 +68,17 @@ def triton_type(dtype: torch.dtype) -> str:
     return _TRITON_TYPES[dtype]
 
 
+def aligned(*xs: Tensor) -> list[Tensor]:
+    """Each tensor contiguous and starting 16-byte aligned, as ``TensorArg`` assumes: a view whose storage offset
+    is not a multiple of 16 bytes (``torch.randn(2, ...)`` split in two, a slice) is copied, so every launch
+    compiles the specialisation the AOT report checked (triton marks a pointer divisible by 16 or not)."""
+    out = []
+    for x in xs:
+        x = x.contiguous()
+        out.append(x if x.storage_offset() * x.element_size() % 16 == 0 else x.clone())
+    return out
+
+
 def make_launch(fn: Any, args: dict[str, Any], constexprs: dict[str, Any], num_warps: int,
                 num_stages: int = 3) -> Launch:
     """A ``Launch`` of ``fn`` whose ``args`` and ``constexprs`` name each of its parameters exactly once,

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from torch.utils.flop_counter import register_flop_formula
 
-from ._common import Launch, TensorArg, acc_dtype, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
+from ._common import Launch, TensorArg, acc_dtype, aligned, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
 
 
 # ----------------------------------------------------------------------------------------- reference (spec)
@@ -227,19 +227,23 @@ def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, 
 # 64x64 dq tiles need two stages on sm_89 (3 stages: 106,496 B > 101,376 B of an RTX 4090), the forward 64x32
 # key blocks (64x64 spills on sm_80), and dk/dv 32x32 tiles (64x32 with a mask spills 88 B on sm_90).
 MAX_WIDTH = 128
-# The key mask reaches the kernels as int32 (a [B,N] tensor: 4 bytes a key cost nothing): with uint8, triton
-# vectorises the mask loads when N is divisible by 16 and the unpacking spills (fp32 forward at width 128:
-# 16-40 B on sm_89/90; 16-bit dq at N = 16 and 32: 4-8 B).
-MASK_DTYPE = torch.int32
 _FP32_BLOCKS = {32: ((16, 16, 4, 3), (16, 16, 8, 2), (16, 16, 8, 3)),
                 64: ((16, 16, 8, 2), (16, 16, 8, 2), (16, 16, 8, 3)),
                 128: ((16, 16, 4, 3), (16, 16, 8, 1), (16, 16, 8, 3))}
-_HALF_BLOCKS = {16: dict.fromkeys((32, 64, 128), ((16, 16, 8, 3),) * 3),
-                32: {32: ((32, 32, 4, 3), (32, 32, 4, 3), (32, 32, 4, 2)), 64: ((32, 32, 4, 3),) * 3,
-                     128: ((32, 32, 4, 3),) * 3},
+_HALF_BLOCKS = {16: {32: ((16, 16, 8, 3), (16, 16, 8, 2), (16, 16, 8, 3)), 64: ((16, 16, 8, 3),) * 3,
+                     128: ((16, 16, 8, 3),) * 3},
+                32: {32: ((32, 32, 4, 3), (32, 32, 4, 3), (32, 32, 4, 2)),
+                     64: ((32, 32, 4, 3), (32, 32, 4, 2), (32, 32, 4, 3)), 128: ((32, 32, 4, 3),) * 3},
                 64: {32: ((64, 64, 8, 2), (64, 32, 8, 3), (64, 64, 8, 3)),
                      64: ((64, 64, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3)),
                      128: ((64, 32, 8, 3), (64, 64, 8, 2), (32, 32, 8, 3))}}
+
+
+def _mask_dtype(fn: Any, dtype: torch.dtype, width: int) -> torch.dtype:
+    """How a kernel reads the key mask: uint8, except the fp32 forward at width 128, which reads int32 (with
+    uint8 triton vectorises the mask loads when N is divisible by 16 and the unpacking spills 16-40 B on sm_89
+    and sm_90; int32 costs more registers everywhere else and spills there, e.g. the 16-bit 64x64 forward)."""
+    return torch.int32 if fn is _relation_fwd and dtype == torch.float32 and width > 64 else torch.uint8
 
 
 def _blocks(N: int, width: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], ...]:
@@ -271,7 +275,7 @@ def _launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, 
     prec = "tf32" if tf32 and dtype == torch.float32 else "ieee"  # ignored by tl.dot for 16-bit inputs
     triton_type(dtype)
     data, fp32 = TensorArg(dtype), TensorArg(torch.float32)
-    args = dict(M=TensorArg(MASK_DTYPE) if masked else data, N=N, NB=K, d=d, e=e, scale=1.0 / math.sqrt(d),
+    args = dict(N=N, NB=K, d=d, e=e, scale=1.0 / math.sqrt(d),
                 **dict.fromkeys(("Q", "Kt", "V", "OUT", "DOUT", "DQ", "DK", "DV"), data),
                 **dict.fromkeys(("PRIOR", "LSE", "ROWDOT"), fp32))
     launches = []
@@ -279,7 +283,9 @@ def _launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, 
                                            _blocks(N, max(d, e), dtype)):
         const = dict(HAS_MASK=masked, BM=BM, BN=BN, BD=max(16, triton.next_power_of_2(d)),
                      BE=max(16, triton.next_power_of_2(e)), PREC=prec)
-        launches.append(make_launch(fn, {n: args[n] for n in fn.arg_names if n in args}, const, warps, stages))
+        mask = TensorArg(_mask_dtype(fn, dtype, max(d, e))) if masked else data
+        launches.append(make_launch(fn, {n: {**args, "M": mask}[n] for n in fn.arg_names if n in args or n == "M"},
+                                    const, warps, stages))
     return tuple(launches)
 
 
@@ -288,20 +294,20 @@ def _launches(q: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Launch, ...]:
     return launch_configs(B, K, N, d, v.shape[3], q.dtype, device_arch(q), mask is not None)
 
 
-def _contig(*xs: Tensor) -> list[Tensor]:
-    return [x.contiguous() for x in xs]
+def _mask_arg(launch: Launch, q: Tensor, mask: Tensor | None) -> Tensor:
+    """The ``M`` argument of ``launch``: the mask in the dtype its kernel reads (``q``, unread, without one)."""
+    return q if mask is None else aligned(mask.to(launch.args["M"].dtype))[0]
 
 
 def triton_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Launch the fused forward: ``out[B,N,e]`` (v dtype) and ``lse[B,K,N]`` (fp32)."""
     B, K, N, d = q.shape
-    q, k, v, prior = _contig(q, k, v, prior)
-    m = q if mask is None else mask.contiguous().to(MASK_DTYPE)
+    q, k, v, prior = aligned(q, k, v, prior)
     out = v.new_empty((B, N, v.shape[3]))
     lse = q.new_empty((B, K, N), dtype=torch.float32)
     fwd = _launches(q, v, mask)[0]
     wrap_triton(fwd.fn)[(triton.cdiv(N, fwd.constexprs["BM"]), B)](
-        q, k, v, prior, m, out, lse, N, K, d, v.shape[3], 1.0 / math.sqrt(d), **fwd.constexprs,
+        q, k, v, prior, _mask_arg(fwd, q, mask), out, lse, N, K, d, v.shape[3], 1.0 / math.sqrt(d), **fwd.constexprs,
         **fwd.options)
     return out, lse
 
@@ -311,16 +317,17 @@ def triton_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Launch the recomputing backward: gradients w.r.t. (q, k, v, prior)."""
     B, K, N, d = q.shape
-    dout, q, k, v, prior, lse = _contig(dout, q, k, v, prior, lse)
-    m = q if mask is None else mask.contiguous().to(MASK_DTYPE)
+    dout, q, k, v, prior, lse = aligned(dout, q, k, v, prior, lse)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     rowdot = torch.empty_like(lse)
     _, bwd_dq, bwd_dkdv = _launches(q, v, mask)
     args = (N, K, d, v.shape[3], 1.0 / math.sqrt(d))
     wrap_triton(bwd_dq.fn)[(triton.cdiv(N, bwd_dq.constexprs["BM"]), B * K)](
-        q, k, v, prior, m, dout, lse, dq, rowdot, *args, **bwd_dq.constexprs, **bwd_dq.options)
+        q, k, v, prior, _mask_arg(bwd_dq, q, mask), dout, lse, dq, rowdot, *args, **bwd_dq.constexprs,
+        **bwd_dq.options)
     wrap_triton(bwd_dkdv.fn)[(triton.cdiv(N, bwd_dkdv.constexprs["BN"]), B * K)](
-        q, k, v, prior, m, dout, lse, rowdot, dk, dv, *args, **bwd_dkdv.constexprs, **bwd_dkdv.options)
+        q, k, v, prior, _mask_arg(bwd_dkdv, q, mask), dout, lse, rowdot, dk, dv, *args, **bwd_dkdv.constexprs,
+        **bwd_dkdv.options)
     return dq, dk, dv, rowdot.sum((0, 2)).to(prior.dtype)
 
 

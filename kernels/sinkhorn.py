@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from torch.utils.flop_counter import register_flop_formula
 
-from ._common import Launch, TensorArg, acc_dtype, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
+from ._common import Launch, TensorArg, acc_dtype, aligned, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
 
 # Dispatch table, the same on sm_80 / sm_89 / sm_90 and for fp32 / bf16 / fp16 (``pcmci kernels report``: no
 # spills): regime 1 up to ONCHIP_MAX padded elements forward and ONCHIP_BWD_MAX backward (it holds about twice
@@ -428,7 +428,7 @@ def launch_configs(B: int, R: int, S: int, dtype: torch.dtype, arch: int, masked
 
 
 def _mask_arg(cost: Tensor, mask: Tensor | None) -> Tensor:
-    return cost if mask is None else mask.contiguous().to(torch.uint8)
+    return cost if mask is None else aligned(mask.to(torch.uint8))[0]
 
 
 def triton_forward(
@@ -437,8 +437,7 @@ def triton_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Launch the forward: ``plan[B,R,S]`` (cost dtype), ``r[B,T,R]``, ``c[B,T,S]`` (fp32); one launch."""
     B, R, S = cost.shape
-    cost = cost.contiguous()
-    la, lb = la.float().contiguous(), lb.float().contiguous()
+    cost, la, lb = aligned(cost, la.float(), lb.float())
     plan = torch.empty_like(cost)
     rh = cost.new_empty((B, iters, R), dtype=torch.float32)
     ch = cost.new_empty((B, iters, S), dtype=torch.float32)
@@ -456,8 +455,7 @@ def triton_backward(
     """Launch the backward: gradients w.r.t. ``cost`` (cost dtype), ``la``, ``lb`` (fp32)."""
     B, R, S = cost.shape
     T = rh.shape[1]
-    grad, cost = grad.contiguous(), cost.contiguous()
-    la, lb = la.float().contiguous(), lb.float().contiguous()
+    grad, cost, la, lb, rh, ch = aligned(grad, cost, la.float(), lb.float(), rh, ch)
     m = _mask_arg(cost, mask)
     dcost = torch.empty_like(cost)
     _, *bwd = launch_configs(B, R, S, cost.dtype, device_arch(cost), mask is not None, iters=T, eps=eps,

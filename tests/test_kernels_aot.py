@@ -148,7 +148,8 @@ def test_relation_specialisation_equals_a_real_launch(monkeypatch: pytest.Monkey
                                                       N: int, d: int, e: int, masked: bool) -> None:
     """The launchers' real arguments (CPU tensors, which torch allocates 64-byte aligned like CUDA's allocator)
     through triton's binder give exactly the specialisation ``launch_configs`` predicts: types, constants (here
-    ``NB = 1`` and ``N = 1``), divisibility of ``N, d, e``, options (warps and stages)."""
+    ``NB = 1`` and ``N = 1``), divisibility of ``N, d, e``, options (warps and stages). ``k`` is a view (the second
+    half of one allocation): at d = 17 it starts 68 bytes in, which the launcher copies to an aligned tensor."""
     calls = _recorded(monkeypatch, rel)
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, B, K, N, d, generator=g, dtype=torch.bfloat16)
