@@ -5,8 +5,8 @@ memory, status. Runs without ``TRITON_INTERPRET`` (it compiles in this process).
     python bench/aot_before_after.py --arch 89 --shapes all > bench/results/aot-DATE-sm89-before-after.md
 
 "Before" is the table of commit 40c0120 (one 16x16 / 8-warp / 3-stage tile for every fp32 kernel; 16-bit tiles
-by N only: 16x16 w8, 32x32 w4, or 64x64 w8 / 64x64 w8 / 64x32 w8), which the old report, compiling with pointer
-divisibility only, passed as spill-free.
+by N only: 16x16 w8, 32x32 w4, or 64x64 w8 / 64x64 w8 / 64x32 w8; the mask read as uint8), which the old
+report, compiling with pointer divisibility only, passed as spill-free.
 """
 from __future__ import annotations
 
@@ -32,15 +32,19 @@ def _old_blocks(N: int, width: int, dtype: torch.dtype) -> tuple[tuple[int, int,
     return _OLD_HALF[16 if N <= 16 else 32 if N <= 32 else 64]
 
 
+def _old_mask_dtype(fn: Any, dtype: torch.dtype, width: int) -> torch.dtype:
+    return torch.uint8  # every kernel read the mask as uint8
+
+
 @contextmanager
 def _old_table() -> Iterator[None]:
-    current = rel._blocks
-    rel._blocks = _old_blocks
+    current = rel._blocks, rel._mask_dtype
+    rel._blocks, rel._mask_dtype = _old_blocks, _old_mask_dtype
     rel._launch_configs.cache_clear()
     try:
         yield
     finally:
-        rel._blocks = current
+        rel._blocks, rel._mask_dtype = current
         rel._launch_configs.cache_clear()
 
 

@@ -8,7 +8,7 @@ that analysis, and upstream's function-level repro, pytorch#191603, passes on th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,13 @@ from pcmci.config import load_config
 from pcmci.engine import compile as fallback
 from pcmci.engine.train import train
 from pcmci.profiling.timing import measure_train_step
+
+
+@pytest.fixture(autouse=True)
+def _no_compile_caches() -> Iterator[None]:
+    """Lower every graph: one served from Inductor's on-disk caches (an earlier run) is never lowered again."""
+    with torch._inductor.config.patch(force_disable_caches=True):
+        yield
 
 
 def _failing_lowering(monkeypatch: pytest.MonkeyPatch, always: bool) -> list[bool]:
