@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import multiprocessing
 import re
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +74,37 @@ def _cuobjdump(cubin: bytes) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
 
 
+def _compiled(fn: Any, jobs: list) -> list:
+    """``fn`` over ``jobs`` in fresh processes without ``TRITON_INTERPRET`` (the interpreter's kernels do not
+    compile), as the report compiles."""
+    with report._compiling_env(), ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, jobs))
+
+
+def _cubin_usage(job: tuple[int, str]) -> list[tuple[str, dict[str, int], int]]:
+    """(kernel, cuobjdump usage, dynamic shared bytes) of the d = 128, N = 64 relation launches on one arch."""
+    arch, dname = job
+    out = []
+    for launch in rel.launch_configs(8, 8, 64, 128, 128, report.DTYPES[dname], arch):
+        kernel, _ = aot.compile_launch(launch, arch)
+        out.append((launch.fn.__name__, _cuobjdump(kernel.asm["cubin"]), kernel.metadata.shared))
+    return out
+
+
 @needs_ptxas
-@pytest.mark.parametrize("arch", ARCHS)
-def test_widest_tiles_checked_again_from_the_cubin(table: dict, arch: int) -> None:
+def test_widest_tiles_checked_again_from_the_cubin(table: dict) -> None:
     """Independent of the report's ptxas log: the cubin's own resource table (cuobjdump) shows no local memory
     (no spills) and no stack, the same registers, and its static shared memory plus the kernel's dynamic shared
     memory fits the arch's per-block limit (the CUDA programming guide's opt-in maximum, not ``aot.ARCH_LIMITS``)."""
-    opt_in = {80: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}[arch]
-    for dtype in (torch.float32, torch.bfloat16):
-        for launch in rel.launch_configs(8, 8, 64, 128, 128, dtype, arch):
-            kernel, _ = aot.compile_launch(launch, arch)
-            usage = _cuobjdump(kernel.asm["cubin"])
+    opt_in = {80: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+    jobs = [(arch, dname) for arch in ARCHS for dname in ("fp32", "bf16")]
+    for (arch, dname), kernels in zip(jobs, _compiled(_cubin_usage, jobs)):
+        for name, usage, shared in kernels:
             row = next(r for r in table["kernels"] if r["case"] == "d=128" and r["shape"][2] == 64
-                       and r["arch"] == arch and r["dtype"] == triton_type(dtype) and r["kernel"] == launch.fn.__name__)
-            assert usage["LOCAL"] == usage["STACK"] == 0, (launch.fn.__name__, usage)
+                       and r["arch"] == arch and r["dtype"] == dname and r["kernel"] == name)
+            assert usage["LOCAL"] == usage["STACK"] == 0, (arch, dname, name, usage)
             assert usage["REG"] == row["registers"] <= 255
-            assert usage["SHARED"] + kernel.metadata.shared <= opt_in
+            assert usage["SHARED"] + shared <= opt_in[arch]
 
 
 def _h200_rows() -> list[dict[str, Any]]:
@@ -104,6 +121,23 @@ def _h200_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def _h200_shared(row: dict[str, Any]) -> int:
+    """The shared memory of the launch an H200 row names (its tile and warps, triton's default 3 stages), compiled
+    for sm_90 with the launch's specialisation."""
+    dims = [int(x) for x in row["shape"].split("x")]
+    dtype = report.DTYPES[row["dtype"]]
+    tile, *_, warps = row["config"].split()
+    if len(dims) == 3:
+        launches = sk.launch_configs(*dims, dtype, 90, iters=report.PAPER_ITERS)
+        size = dict(zip(("BR", "BS"), map(int, tile.split("x"))))
+    else:
+        launches = rel.launch_configs(*dims, dtype, 90)
+        size = dict(zip(("BM", "BN"), map(int, tile.split("x"))))
+    launch = next(x for x in launches if x.fn.__name__ == row["kernel"])
+    launch = launch._replace(constexprs={**launch.constexprs, **size}, num_warps=int(warps[1:]), num_stages=3)
+    return aot.compile_stats(launch, 90).shared
+
+
 @needs_ptxas
 def test_aot_shared_memory_equals_the_h200_measurement() -> None:
     """Regression fixture: every launch the H200 compiled (triton 3.6, sm_90) recompiled here for sm_90 with the
@@ -111,19 +145,7 @@ def test_aot_shared_memory_equals_the_h200_measurement() -> None:
     (the old AOT report, pointers-only specialisation, said 24,576 B)."""
     rows = _h200_rows()
     assert len(rows) == 7 and any(r["real shared"] == "57344" and r["kernel"] == "_relation_fwd" for r in rows)
-    for row in rows:
-        dims = [int(x) for x in row["shape"].split("x")]
-        dtype = report.DTYPES[row["dtype"]]
-        tile, *_, warps = row["config"].split()
-        if len(dims) == 3:
-            launches = sk.launch_configs(*dims, dtype, 90, iters=report.PAPER_ITERS)
-            size = dict(zip(("BR", "BS"), map(int, tile.split("x"))))
-        else:
-            launches = rel.launch_configs(*dims, dtype, 90)
-            size = dict(zip(("BM", "BN"), map(int, tile.split("x"))))
-        launch = next(x for x in launches if x.fn.__name__ == row["kernel"])
-        launch = launch._replace(constexprs={**launch.constexprs, **size}, num_warps=int(warps[1:]), num_stages=3)
-        assert aot.compile_stats(launch, 90).shared == int(row["real shared"]), row
+    assert _compiled(_h200_shared, rows) == [int(r["real shared"]) for r in rows]
 
 
 def _recorded(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[tuple[Any, tuple, dict]]:
