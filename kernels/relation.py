@@ -273,7 +273,7 @@ def _launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, 
                     tf32: bool) -> tuple[Launch, ...]:
     """``launch_configs`` with ``tf32`` resolved, cached (the launchers ask on every call)."""
     prec = "tf32" if tf32 and dtype == torch.float32 else "ieee"  # ignored by tl.dot for 16-bit inputs
-    triton_type(dtype)
+    triton_type(dtype)  # raises for a dtype without kernels
     data, fp32 = TensorArg(dtype), TensorArg(torch.float32)
     args = dict(N=N, NB=K, d=d, e=e, scale=1.0 / math.sqrt(d),
                 **dict.fromkeys(("Q", "Kt", "V", "OUT", "DOUT", "DQ", "DK", "DV"), data),

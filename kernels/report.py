@@ -54,7 +54,7 @@ class Case:
     shape: tuple[int, ...]
     masked: bool = False
 
-    def launches(self, dtype: torch.dtype, arch: int) -> list[Launch]:
+    def launches(self, dtype: torch.dtype, arch: int) -> tuple[Launch, ...]:
         if self.op == "sinkhorn":
             return sinkhorn_configs(*self.shape, dtype, arch, self.masked, iters=PAPER_ITERS)
         return relation_configs(*self.shape, dtype, arch, self.masked)

@@ -410,7 +410,7 @@ def launch_configs(B: int, R: int, S: int, dtype: torch.dtype, arch: int, masked
     the launchers pass them (``iters`` is specialised on, ``eps`` is a float and is not); ``block`` forces
     regime 2 with that tile (tests). Cached: the launchers ask on every call (20 µs of Python otherwise).
     """
-    triton_type(dtype)
+    triton_type(dtype)  # raises for a dtype without kernels
     data, fp32 = TensorArg(dtype), TensorArg(torch.float32)
     args = dict(C=data, M=TensorArg(torch.uint8) if masked else data, P=data, G=data, DC=data,
                 R=R, S=S, T=iters, neg_inv_eps=-1.0 / eps,

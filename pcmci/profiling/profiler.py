@@ -8,7 +8,6 @@ for one video = ``views`` clips of ``frames`` frames, CLIP encoding every frame 
 from __future__ import annotations
 
 from dataclasses import dataclass
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ from .opcount import OpRecorder
 from .paper import budget_check, comparison
 from .report import write_report
 from .timing import measure_inference, measure_train_step
-
-log = logging.getLogger(__name__)
 
 TOLERANCE = 0.02
 CONVENTION = ("1 FLOP = 1 multiply-add (fvcore's and TimeSformer's convention); torch.utils.flop_counter counts 2 "
