@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -26,14 +27,38 @@ _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "
                  torch.uint8: "u8"}
 
 
+@dataclass(frozen=True)
+class TensorArg:
+    """A tensor argument as a launch's specialisation sees it: its dtype and a data pointer. The launchers pass
+    fresh or ``.contiguous()`` torch allocations, which start 16-byte aligned (the CUDA caching allocator
+    hands out 512-byte aligned blocks), hence the default aligned pointer; ``data_ptr`` is what triton's
+    specialisation reads (``ptr % 16``). Not a tuple: triton specialises tuples element-wise."""
+
+    dtype: torch.dtype
+    ptr: int = 0
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+
 class Launch(NamedTuple):
-    """One kernel launch as ``triton.compile(ASTSource(fn, signature, constexprs), options={"num_warps": ...})``
-    takes it: the launcher passes ``constexprs`` and ``num_warps``, the AOT report compiles exactly this."""
+    """One kernel launch as a launcher makes it: ``fn[grid](**args, **constexprs, num_warps=, num_stages=)``.
+
+    ``args`` holds every runtime argument by name: integers and floats by value, tensors as ``TensorArg``.
+    Triton specialises a launch on those values (integers equal to 1 become constants, integers and pointers
+    divisible by 16 get ``tt.divisibility``); ``aot.bind`` runs triton's own binder on them, so the AOT report
+    compiles exactly the specialisation a launch with these values compiles."""
 
     fn: Any
-    signature: dict[str, str]
+    args: dict[str, Any]
     constexprs: dict[str, Any]
     num_warps: int
+    num_stages: int = 3  # triton's default on NVIDIA GPUs
+
+    @property
+    def options(self) -> dict[str, int]:
+        """The launch options, as keyword arguments of the launch."""
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
 def triton_type(dtype: torch.dtype) -> str:
@@ -43,12 +68,27 @@ def triton_type(dtype: torch.dtype) -> str:
     return _TRITON_TYPES[dtype]
 
 
-def signature(fn: Any, types: dict[str, str], constexprs: dict[str, Any]) -> dict[str, str]:
-    """The full ``ASTSource`` signature of ``fn``: ``types`` for runtime arguments, ``"constexpr"`` for the rest."""
-    missing = set(fn.arg_names) - set(types) - set(constexprs)
-    if missing:
-        raise ValueError(f"{fn.__name__}: no type or constexpr for {sorted(missing)}")
-    return {name: "constexpr" if name in constexprs else types[name] for name in fn.arg_names}
+def aligned(*xs: Tensor) -> list[Tensor]:
+    """Each tensor contiguous and starting 16-byte aligned, as ``TensorArg`` assumes: a view whose storage offset
+    is not a multiple of 16 bytes (``torch.randn(2, ...)`` split in two, a slice) is copied, so every launch
+    compiles the specialisation the AOT report checked (triton marks a pointer divisible by 16 or not)."""
+    out = []
+    for x in xs:
+        x = x.contiguous()
+        out.append(x if x.storage_offset() * x.element_size() % 16 == 0 else x.clone())
+    return out
+
+
+def make_launch(fn: Any, args: dict[str, Any], constexprs: dict[str, Any], num_warps: int,
+                num_stages: int = 3) -> Launch:
+    """A ``Launch`` of ``fn`` whose ``args`` and ``constexprs`` name each of its parameters exactly once,
+    in ``fn``'s order."""
+    names = list(fn.arg_names)
+    missing = set(names) - set(args) - set(constexprs)
+    extra = (set(args) | set(constexprs)) - set(names)
+    if missing or extra or set(args) & set(constexprs):
+        raise ValueError(f"{fn.__name__}: arguments missing {sorted(missing)}, unknown {sorted(extra)}")
+    return Launch(fn, {n: args[n] for n in names if n in args}, constexprs, num_warps, num_stages)
 
 
 def device_arch(x: Tensor) -> int:

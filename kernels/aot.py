@@ -1,8 +1,12 @@
 """Ahead-of-time compile of a ``Launch`` for an NVIDIA arch without a GPU, and what the hardware makes of it.
 
-``compile_stats(launch, arch) -> KernelStats``: ``triton.compile`` for ``GPUTarget("cuda", arch, 32)`` (pointer
-arguments 16-byte aligned, as the runtime specialises torch allocations); the ``ptxas -v`` log of triton's bundled
-ptxas gives registers, spill bytes and stack, ``metadata.shared`` the shared memory.
+``bind(launch, arch) -> Bound``: the specialisation a launch with ``launch.args`` compiles, computed by triton's
+own launcher code (the binder ``JITFunction.run`` builds with ``create_function_from_signature`` and its
+``_pack_args``): integers equal to 1 become constants, integers and pointers divisible by 16 get
+``tt.divisibility = 16``, floats are not specialised, options are the backend's ``parse_options``.
+``compile_stats(launch, arch) -> KernelStats``: ``triton.compile`` of exactly that ``ASTSource`` and those
+options for ``GPUTarget("cuda", arch, 32)``; the ``ptxas -v`` log of triton's bundled ptxas gives registers,
+spill bytes and stack, ``metadata.shared`` the shared memory.
 ``occupancy(stats, arch)`` turns those into resident blocks and warps per SM from the arch's limits.
 Nothing is cached outside a temporary directory.
 """
@@ -18,7 +22,8 @@ from typing import Any
 import triton
 from triton import knobs
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
 
 from ._common import Launch
 
@@ -85,18 +90,80 @@ def _parse_ptxas(log: str) -> tuple[int, int, int, int]:
     return int(regs.group(1)), stack, stores, loads
 
 
-def compile_stats(launch: Launch, arch: int) -> KernelStats:
-    """Compile ``launch`` for ``sm_{arch}`` ahead of time; registers, spills and stack come from the ``ptxas -v``
-    log of the compile that produced the cubin (triton runs ptxas with ``-v``), shared memory from its metadata."""
+@dataclass(frozen=True)
+class Bound:
+    """What triton's launcher hands ``triton.compile`` for one launch: the ``ASTSource`` signature (argument
+    name -> type, ``"constexpr"`` for constants), the constants by argument path, the attributes by argument path
+    (``[["tt.divisibility", 16]]`` or ``[]``) and the backend options."""
+
+    signature: dict[str, str]
+    constexprs: dict[tuple[int, ...], Any]
+    attrs: dict[tuple[int, ...], list]
+    options: dict[str, Any]
+
+    def key(self) -> str:
+        """A hashable summary: two launches with equal keys compile the same kernel."""
+        return repr((self.signature, sorted(self.constexprs.items()), sorted(self.attrs.items()),
+                     sorted(self.options.items())))
+
+    def divisible(self) -> list[str]:
+        """Names of the arguments marked divisible by 16, in argument order."""
+        names = list(self.signature)
+        return [names[path[0]] for path, attr in sorted(self.attrs.items()) if ["tt.divisibility", 16] in attr]
+
+
+_JIT: dict[Any, JITFunction] = {}
+
+
+def jit_function(fn: Any) -> JITFunction:
+    """``fn`` as a ``JITFunction``; under ``TRITON_INTERPRET=1`` kernels are ``InterpretedFunction`` objects,
+    whose Python function is wrapped once (only for binding: it is never compiled in this process)."""
+    if isinstance(fn, JITFunction):
+        return fn
+    if fn not in _JIT:
+        _JIT[fn] = JITFunction(fn.fn)
+    return _JIT[fn]
+
+
+def bind_values(fn: Any, arch: int, args: tuple, kwargs: dict[str, Any]) -> Bound:
+    """Triton's specialisation of ``fn[grid](*args, **kwargs)`` launched on ``sm_{arch}``: its binder (what
+    ``JITFunction.run`` calls on every launch) and ``_pack_args`` (what it calls before compiling), with the
+    ``debug`` and ``instrumentation_mode`` options ``run`` adds. Tensors (real ones, or ``TensorArg``) are
+    read through ``dtype`` and ``data_ptr()`` only."""
+    jit = jit_function(fn)
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    kwargs = {**kwargs, "debug": knobs.runtime.debug, "instrumentation_mode": knobs.compilation.instrumentation_mode}
+    binder = create_function_from_signature(jit.signature, jit.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound_args, specialization, options)
+    return Bound(signature, constexprs, attrs, dict(options.__dict__))
+
+
+def bind(launch: Launch, arch: int) -> Bound:
+    """The specialisation ``launch`` compiles on ``sm_{arch}`` (see ``bind_values``)."""
+    return bind_values(launch.fn, arch, (), {**launch.args, **launch.constexprs, **launch.options})
+
+
+def compile_launch(launch: Launch, arch: int) -> tuple[Any, str]:
+    """``triton.compile`` of ``launch`` for ``sm_{arch}`` ahead of time, with the specialisation and options of a
+    real launch (``bind``): the compiled kernel (``asm`` holds ttgir, ptx, cubin) and the ``ptxas -v`` log of
+    the compile that produced its cubin."""
     _limits(arch)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(launch.signature.values()) if t.startswith("*")}
-    source = ASTSource(launch.fn, launch.signature, launch.constexprs, attrs)
+    bound = bind(launch, arch)
+    source = ASTSource(jit_function(launch.fn), bound.signature, bound.constexprs, bound.attrs)
     log = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp, knobs.cache.scope(), knobs.nvidia.scope(), redirect_stdout(log):
         knobs.cache.dir = tmp
         knobs.nvidia.dump_ptxas_log = True
-        kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": launch.num_warps})
-    regs, stack, stores, loads = _parse_ptxas(log.getvalue())
+        kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=bound.options)
+    return kernel, log.getvalue()
+
+
+def compile_stats(launch: Launch, arch: int) -> KernelStats:
+    """``compile_launch``'s registers, spills and stack from the ``ptxas -v`` log, shared memory from the
+    kernel's metadata."""
+    kernel, log = compile_launch(launch, arch)
+    regs, stack, stores, loads = _parse_ptxas(log)
     return KernelStats(launch.fn.__name__, arch, launch.num_warps, regs, stores, loads, stack, kernel.metadata.shared)
 
 

@@ -11,7 +11,8 @@ tensor reaches HBM; it stores the per-base log-sum-exp ``[B,K,N]``. The backward
 ``d prior``), a second gives ``dk`` and ``dv``.
 
 Dispatch (the op's body): Triton on CUDA, the reference math elsewhere; ``PCMCI_KERNELS=reference|triton``
-forces one.
+forces one. Head widths ``max(d, e)`` over ``MAX_WIDTH`` (128) always run the reference math: no tile of the
+dispatch table is verified spill-free there.
 
 FLOPs: ``B·K·N·N·(d+e) + B·K·N·e`` multiply-adds forward (``q k^T``, ``P v``, the prior-weighted sum),
 twice that backward; ``fvcore_handle`` counts one multiply-add as one FLOP (fvcore's convention), the
@@ -19,6 +20,7 @@ twice that backward; ``fvcore_handle`` counts one multiply-add as one FLOP (fvco
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -29,7 +31,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from torch.utils.flop_counter import register_flop_formula
 
-from ._common import Launch, acc_dtype, device_arch, jit_shape, safe_lse, signature, triton_type, use_triton
+from ._common import Launch, TensorArg, acc_dtype, aligned, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
 
 
 # ----------------------------------------------------------------------------------------- reference (spec)
@@ -216,61 +218,97 @@ def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, 
              mask=(rn[:, None] < N) & (re[None, :] < e))
 
 
-# Dispatch table: (query block BM, key block BN, warps) of the forward, dq and dk/dv kernels, the same on sm_80,
-# sm_89 and sm_90, spill-free for head widths d, e <= 64 (``pcmci kernels report``). fp32 dots (full fp32 on CUDA
-# cores, or TF32) hold whole operand rows per thread: 16x16 tiles, 8 warps. 16-bit dots by N (16, 32, more).
-_FP32_BLOCKS = ((16, 16, 8),) * 3
-_HALF_BLOCKS = {16: _FP32_BLOCKS, 32: ((32, 32, 4),) * 3, 64: ((64, 64, 8), (64, 64, 8), (64, 32, 8))}
+# Dispatch table: (query block BM, key block BN, warps, pipeline stages) of [_relation_fwd, _relation_bwd_dq,
+# _relation_bwd_dkdv], by padded head width (BD/BE up to 32, 64 or 128). Each row is the largest tile (then most
+# stages, then most warps) that compiles spill-free and within shared memory on sm_80, sm_89 and sm_90 with the
+# specialisation of a real launch (triton 3.8; ``pcmci kernels report --shapes heads``, tests/test_kernels_aot.py).
+# fp32 dots (full fp32 on CUDA cores, or TF32) hold whole operand rows per thread: 16x16 tiles throughout.
+# 16-bit dots take tiles by N: 16x16 up to N = 16, 32x32 up to 32, 64-row tiles beyond; at width 128 the
+# 64x64 dq tiles need two stages on sm_89 (3 stages: 106,496 B > 101,376 B of an RTX 4090), the forward 64x32
+# key blocks (64x64 spills on sm_80), and dk/dv 32x32 tiles (64x32 with a mask spills 88 B on sm_90).
+MAX_WIDTH = 128
+_FP32_BLOCKS = {32: ((16, 16, 4, 3), (16, 16, 8, 2), (16, 16, 8, 3)),
+                64: ((16, 16, 8, 2), (16, 16, 8, 2), (16, 16, 8, 3)),
+                128: ((16, 16, 4, 3), (16, 16, 8, 1), (16, 16, 8, 3))}
+_HALF_BLOCKS = {16: {32: ((16, 16, 8, 3), (16, 16, 8, 2), (16, 16, 8, 3)), 64: ((16, 16, 8, 3),) * 3,
+                     128: ((16, 16, 8, 3),) * 3},
+                32: {32: ((32, 32, 4, 3), (32, 32, 4, 3), (32, 32, 4, 2)),
+                     64: ((32, 32, 4, 3), (32, 32, 4, 2), (32, 32, 4, 3)), 128: ((32, 32, 4, 3),) * 3},
+                64: {32: ((64, 64, 8, 2), (64, 32, 8, 3), (64, 64, 8, 3)),
+                     64: ((64, 64, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3)),
+                     128: ((64, 32, 8, 3), (64, 64, 8, 2), (32, 32, 8, 3))}}
 
 
-def _blocks(N: int, dtype: torch.dtype) -> tuple[tuple[int, int, int], ...]:
-    """(BM, BN, num_warps) per kernel; ``tl.dot`` needs tiles of at least 16."""
+def _mask_dtype(fn: Any, dtype: torch.dtype, width: int) -> torch.dtype:
+    """How a kernel reads the key mask: uint8, except the fp32 forward at width 128, which reads int32 (with
+    uint8 triton vectorises the mask loads when N is divisible by 16 and the unpacking spills 16-40 B on sm_89
+    and sm_90; int32 costs more registers everywhere else and spills there, e.g. the 16-bit 64x64 forward)."""
+    return torch.int32 if fn is _relation_fwd and dtype == torch.float32 and width > 64 else torch.uint8
+
+
+def _blocks(N: int, width: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], ...]:
+    """(BM, BN, num_warps, num_stages) per kernel for ``N`` tokens and head width ``width = max(d, e)``."""
+    if width > MAX_WIDTH:
+        raise ValueError(f"relation: Triton tiles cover head widths up to {MAX_WIDTH}, got {width}")
+    padded = max(32, triton.next_power_of_2(width))
     if dtype.itemsize > 2:
-        return _FP32_BLOCKS
-    return _HALF_BLOCKS[16 if N <= 16 else 32 if N <= 32 else 64]
+        return _FP32_BLOCKS[padded]
+    return _HALF_BLOCKS[16 if N <= 16 else 32 if N <= 32 else 64][padded]
 
 
 def launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, arch: int, masked: bool = False, *,
-                   tf32: bool | None = None) -> list[Launch]:
-    """The launches of one forward and backward: ``[_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv]``.
+                   tf32: bool | None = None) -> tuple[Launch, ...]:
+    """The launches of one forward and backward: ``(_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv)``.
 
-    ``arch`` is the compute capability (89 = RTX 4090); fp32 inputs multiply in TF32 when ``tf32`` (default:
-    ``torch.backends.cuda.matmul.allow_tf32``), else in full fp32 (``"ieee"``).
+    ``arch`` is the compute capability (89 = RTX 4090; the table is the same on sm_80/89/90); fp32 inputs
+    multiply in TF32 when ``tf32`` (default: ``torch.backends.cuda.matmul.allow_tf32``), else in full fp32
+    (``"ieee"``).
     """
     tf32 = torch.backends.cuda.matmul.allow_tf32 if tf32 is None else tf32
+    return _launch_configs(B, K, N, d, e, dtype, masked, tf32)
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_configs(B: int, K: int, N: int, d: int, e: int, dtype: torch.dtype, masked: bool,
+                    tf32: bool) -> tuple[Launch, ...]:
+    """``launch_configs`` with ``tf32`` resolved, cached (the launchers ask on every call)."""
     prec = "tf32" if tf32 and dtype == torch.float32 else "ieee"  # ignored by tl.dot for 16-bit inputs
-    ct = triton_type(dtype)
-    types = dict(M="*u8" if masked else f"*{ct}", N="i32", NB="i32", d="i32", e="i32", scale="fp32",
-                 **dict.fromkeys(("Q", "Kt", "V", "OUT", "DOUT", "DQ", "DK", "DV"), f"*{ct}"),
-                 **dict.fromkeys(("PRIOR", "LSE", "ROWDOT"), "*fp32"))
+    triton_type(dtype)  # raises for a dtype without kernels
+    data, fp32 = TensorArg(dtype), TensorArg(torch.float32)
+    args = dict(N=N, NB=K, d=d, e=e, scale=1.0 / math.sqrt(d),
+                **dict.fromkeys(("Q", "Kt", "V", "OUT", "DOUT", "DQ", "DK", "DV"), data),
+                **dict.fromkeys(("PRIOR", "LSE", "ROWDOT"), fp32))
     launches = []
-    for fn, (BM, BN, warps) in zip((_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv), _blocks(N, dtype)):
+    for fn, (BM, BN, warps, stages) in zip((_relation_fwd, _relation_bwd_dq, _relation_bwd_dkdv),
+                                           _blocks(N, max(d, e), dtype)):
         const = dict(HAS_MASK=masked, BM=BM, BN=BN, BD=max(16, triton.next_power_of_2(d)),
                      BE=max(16, triton.next_power_of_2(e)), PREC=prec)
-        launches.append(Launch(fn, signature(fn, types, const), const, warps))
-    return launches
+        mask = TensorArg(_mask_dtype(fn, dtype, max(d, e))) if masked else data
+        launches.append(make_launch(fn, {n: {**args, "M": mask}[n] for n in fn.arg_names if n in args or n == "M"},
+                                    const, warps, stages))
+    return tuple(launches)
 
 
-def _launches(q: Tensor, v: Tensor, mask: Tensor | None) -> list[Launch]:
+def _launches(q: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Launch, ...]:
     B, K, N, d = q.shape
     return launch_configs(B, K, N, d, v.shape[3], q.dtype, device_arch(q), mask is not None)
 
 
-def _contig(*xs: Tensor) -> list[Tensor]:
-    return [x.contiguous() for x in xs]
+def _mask_arg(launch: Launch, q: Tensor, mask: Tensor | None) -> Tensor:
+    """The ``M`` argument of ``launch``: the mask in the dtype its kernel reads (``q``, unread, without one)."""
+    return q if mask is None else aligned(mask.to(launch.args["M"].dtype))[0]
 
 
 def triton_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Launch the fused forward: ``out[B,N,e]`` (v dtype) and ``lse[B,K,N]`` (fp32)."""
     B, K, N, d = q.shape
-    q, k, v, prior = _contig(q, k, v, prior)
-    m = q if mask is None else mask.contiguous().to(torch.uint8)
+    q, k, v, prior = aligned(q, k, v, prior)
     out = v.new_empty((B, N, v.shape[3]))
     lse = q.new_empty((B, K, N), dtype=torch.float32)
     fwd = _launches(q, v, mask)[0]
     wrap_triton(fwd.fn)[(triton.cdiv(N, fwd.constexprs["BM"]), B)](
-        q, k, v, prior, m, out, lse, N, K, d, v.shape[3], 1.0 / math.sqrt(d), **fwd.constexprs,
-        num_warps=fwd.num_warps)
+        q, k, v, prior, _mask_arg(fwd, q, mask), out, lse, N, K, d, v.shape[3], 1.0 / math.sqrt(d), **fwd.constexprs,
+        **fwd.options)
     return out, lse
 
 
@@ -279,24 +317,30 @@ def triton_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Launch the recomputing backward: gradients w.r.t. (q, k, v, prior)."""
     B, K, N, d = q.shape
-    dout, q, k, v, prior, lse = _contig(dout, q, k, v, prior, lse)
-    m = q if mask is None else mask.contiguous().to(torch.uint8)
+    dout, q, k, v, prior, lse = aligned(dout, q, k, v, prior, lse)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     rowdot = torch.empty_like(lse)
     _, bwd_dq, bwd_dkdv = _launches(q, v, mask)
     args = (N, K, d, v.shape[3], 1.0 / math.sqrt(d))
     wrap_triton(bwd_dq.fn)[(triton.cdiv(N, bwd_dq.constexprs["BM"]), B * K)](
-        q, k, v, prior, m, dout, lse, dq, rowdot, *args, **bwd_dq.constexprs, num_warps=bwd_dq.num_warps)
+        q, k, v, prior, _mask_arg(bwd_dq, q, mask), dout, lse, dq, rowdot, *args, **bwd_dq.constexprs,
+        **bwd_dq.options)
     wrap_triton(bwd_dkdv.fn)[(triton.cdiv(N, bwd_dkdv.constexprs["BN"]), B * K)](
-        q, k, v, prior, m, dout, lse, rowdot, dk, dv, *args, **bwd_dkdv.constexprs, num_warps=bwd_dkdv.num_warps)
+        q, k, v, prior, _mask_arg(bwd_dkdv, q, mask), dout, lse, rowdot, dk, dv, *args, **bwd_dkdv.constexprs,
+        **bwd_dkdv.options)
     return dq, dk, dv, rowdot.sum((0, 2)).to(prior.dtype)
 
 
 # ------------------------------------------------------------------------------------ torch.library op
+def _triton_fits(q: Tensor, v: Tensor) -> bool:
+    """Whether this call runs the Triton kernels: ``use_triton`` and a head width the dispatch table covers."""
+    return use_triton(q) and max(q.shape[-1], v.shape[-1]) <= MAX_WIDTH
+
+
 @triton_op("pcmci::relation", mutates_args=())
 def _relation_op(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """(out, lse); Triton on CUDA (or forced), the reference math otherwise."""
-    if use_triton(q):
+    if _triton_fits(q, v):
         return triton_forward(q, k, v, prior, mask)
     return _torch_forward(q, k, v, prior, mask)
 
@@ -306,7 +350,7 @@ def _relation_backward_op(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Optional[Tensor], lse: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients w.r.t. (q, k, v, prior) of ``pcmci::relation``'s output."""
-    if use_triton(q):
+    if _triton_fits(q, v):
         return triton_backward(dout, q, k, v, prior, mask, lse)
     return _torch_backward(dout, q, k, v, prior, mask, lse)
 

@@ -37,6 +37,12 @@ PAPER_BATCH, PAPER_TOKENS, PAPER_BASES, PAPER_HEAD_DIM, PAPER_ITERS = 8, 8, 8, 6
 LABEL_TEXTS = {"Breakfast": 10 + 48, "COIN": 180 + 778, "Charades": 157}
 BENCH_SINKHORN = [(B, R, S) for B in (8, 64, 256) for R, S in ((10, 8), (48, 16), (200, 64), (200, 2048))]
 BENCH_RELATION = [(B, N) for B in (8, 64) for N in (16, 64, 256, 1568)]
+# Head widths the relation tables cover, at one N per tile bucket (up to 16, up to 32, larger) and on both
+# sides of divisibility by 16 (58 and 64: triton specialises integer arguments divisible by 16); with and
+# without a key mask.
+HEAD_DIMS = (32, 64, 96, 128)
+HEAD_TOKENS = (16, 32, 58, 64)
+SHAPES = ("paper", "bench", "heads", "all")
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,10 @@ class Case:
     shape: tuple[int, ...]
     masked: bool = False
 
-    def launches(self, dtype: torch.dtype, arch: int) -> list[Launch]:
-        configs = sinkhorn_configs if self.op == "sinkhorn" else relation_configs
-        return configs(*self.shape, dtype, arch, self.masked)
+    def launches(self, dtype: torch.dtype, arch: int) -> tuple[Launch, ...]:
+        if self.op == "sinkhorn":
+            return sinkhorn_configs(*self.shape, dtype, arch, self.masked, iters=PAPER_ITERS)
+        return relation_configs(*self.shape, dtype, arch, self.masked)
 
     def roofline_us(self, dtype: torch.dtype, gpu: str) -> tuple[float, float]:
         """Lower bounds (forward, forward+backward) in microseconds."""
@@ -66,9 +73,10 @@ class Case:
 
 
 def cases(shapes: str) -> list[Case]:
-    """``paper`` (stage shapes of the Breakfast, COIN and Charades presets), ``bench`` (DESIGN §4) or ``all``."""
-    if shapes not in ("paper", "bench", "all"):
-        raise ValueError(f"shapes must be paper, bench or all, got {shapes!r}")
+    """``paper`` (stage shapes of the Breakfast, COIN and Charades presets), ``bench`` (DESIGN §4), ``heads``
+    (relation at head dims ``HEAD_DIMS``) or ``all``."""
+    if shapes not in SHAPES:
+        raise ValueError(f"shapes must be one of {', '.join(SHAPES)}, got {shapes!r}")
     out = []
     if shapes in ("paper", "all"):
         head = (PAPER_BASES, PAPER_HEAD_DIM, PAPER_HEAD_DIM)
@@ -79,6 +87,9 @@ def cases(shapes: str) -> list[Case]:
     if shapes in ("bench", "all"):
         out += [Case("sinkhorn", "bench", s) for s in BENCH_SINKHORN]
         out += [Case("relation", "bench", (B, 8, N, 64, 64)) for B, N in BENCH_RELATION]
+    if shapes in ("heads", "all"):
+        out += [Case("relation", f"d={d}" + (" masked" if masked else ""), (PAPER_BATCH, PAPER_BASES, N, d, d), masked)
+                for d in HEAD_DIMS for N in HEAD_TOKENS for masked in (False, True)]
     return out
 
 
@@ -86,13 +97,22 @@ _STATS: dict[tuple, aot.KernelStats] = {}  # compiled launches of this process, 
 
 
 def _key(launch: Launch, arch: int) -> tuple:
-    return launch.fn.__name__, arch, launch.num_warps, tuple(launch.signature.items()), tuple(launch.constexprs.items())
+    """Launches with equal keys compile the same kernel: same function, arch and triton specialisation."""
+    return launch.fn.__name__, arch, aot.bind(launch, arch).key()
 
 
 def _tile(launch: Launch) -> str:
     c = launch.constexprs
     tile = f"{c['BR']}x{c['BS']}" if "BR" in c else f"{c['BM']}x{c['BN']} {c['PREC']}"
-    return f"{tile} w{launch.num_warps}"
+    return f"{tile} w{launch.num_warps} s{launch.num_stages}"
+
+
+def _specialised(launch: Launch, arch: int) -> str:
+    """The integer arguments a launch specialises on: ``d,e`` (divisible by 16), ``NB=1`` (a constant)."""
+    bound = aot.bind(launch, arch)
+    ints = [n for n in bound.divisible() if bound.signature[n].startswith("i")]
+    ones = [f"{n}=1" for n, t in bound.signature.items() if t == "constexpr" and n not in launch.constexprs]
+    return ",".join(ints + ones) or "-"
 
 
 def _compile_job(job: tuple[Case, str, int, int]) -> aot.KernelStats:
@@ -126,10 +146,11 @@ def _compile_all(jobs: dict[tuple, tuple[Case, str, int, int]], workers: int) ->
     _STATS.update(zip((key for key, _ in todo), results))
 
 
-def build(archs: Sequence[int], dtypes: Sequence[str], shapes: str, workers: int = 1) -> dict[str, Any]:
-    """Compile the dispatch table; one row per (case, dtype, arch, launch), each distinct launch compiled once
-    per process (``workers`` compile in parallel)."""
-    table = [(case, dname, arch, index, launch) for case in cases(shapes) for dname in dtypes for arch in archs
+def build(archs: Sequence[int], dtypes: Sequence[str], shapes: str | Sequence[Case], workers: int = 1) -> dict[str, Any]:
+    """Compile the dispatch table at ``shapes`` (a name of ``cases`` or the cases themselves); one row per (case,
+    dtype, arch, launch), each distinct specialisation compiled once per process (``workers`` in parallel)."""
+    chosen = cases(shapes) if isinstance(shapes, str) else list(shapes)
+    table = [(case, dname, arch, index, launch) for case in chosen for dname in dtypes for arch in archs
              for index, launch in enumerate(case.launches(DTYPES[dname], arch))]
     _compile_all({_key(launch, arch): (case, dname, arch, index) for case, dname, arch, index, launch in table},
                  workers)
@@ -137,13 +158,14 @@ def build(archs: Sequence[int], dtypes: Sequence[str], shapes: str, workers: int
     for case, dname, arch, _, launch in table:
         stats = _STATS[_key(launch, arch)]
         rows.append({"op": case.op, "case": case.name, "shape": list(case.shape), "dtype": dname,
-                     "config": _tile(launch), **stats.as_dict(), **aot.occupancy(stats, arch),
-                     "problems": aot.check(stats)})
+                     "config": _tile(launch), "div16": _specialised(launch, arch), **stats.as_dict(),
+                     **aot.occupancy(stats, arch), "problems": aot.check(stats)})
     roof = [{"op": case.op, "case": case.name, "shape": list(case.shape), "dtype": dname,
              **{gpu: dict(zip(("fwd_us", "fwdbwd_us"), case.roofline_us(DTYPES[dname], gpu))) for gpu in ROOFLINE_GPUS}}
-            for case in cases(shapes) for dname in dtypes]
+            for case in chosen for dname in dtypes]
     distinct = {_key(launch, arch) for *_, arch, _, launch in table}
-    return {"archs": list(archs), "dtypes": list(dtypes), "shapes": shapes, "compiled": len(distinct),
+    name = shapes if isinstance(shapes, str) else "custom"
+    return {"archs": list(archs), "dtypes": list(dtypes), "shapes": name, "compiled": len(distinct),
             "ok": not any(r["problems"] for r in rows), "kernels": rows, "roofline": roof}
 
 
@@ -155,15 +177,17 @@ def _table(head: Sequence[str], body: Iterable[Sequence[Any]]) -> list[str]:
 def markdown(report: dict[str, Any]) -> str:
     """Per arch, one row per distinct (case, dtype, launch); then the roofline bounds."""
     out = [f"# Triton kernels, compiled ahead of time ({report['compiled']} distinct compiles)", "",
-           ("Registers per thread, spills = spill stores + loads (bytes per thread), shared memory per block; "
-            "occupancy = resident warps / max warps per SM."), ""]
+           ("Each launch compiled with the specialisation a real launch gets (triton's own binder: pointers and "
+            "integers divisible by 16 get `tt.divisibility`, integers equal to 1 become constants; column ÷16 / =1 "
+            "names the integer arguments). Registers per thread, spills = spill stores + loads (bytes per thread), "
+            "shared memory per block; occupancy = resident warps / max warps per SM."), ""]
     for arch in report["archs"]:
         out += [f"## sm_{arch} ({aot.ARCH_LIMITS[arch].gpu})", ""]
         rows = [r for r in report["kernels"] if r["arch"] == arch]
-        out += _table(["op", "case", "shape", "dtype", "kernel", "tile, warps", "regs", "spills B", "shared B",
-                       "blocks/SM", "warps/SM", "occupancy", "status"],
+        out += _table(["op", "case", "shape", "dtype", "kernel", "tile, warps, stages", "÷16 / =1", "regs",
+                       "spills B", "shared B", "blocks/SM", "warps/SM", "occupancy", "status"],
                       [(r["op"], r["case"], "x".join(map(str, r["shape"])), r["dtype"], r["kernel"], r["config"],
-                        r["registers"], r["spills"], r["shared"], r["blocks_per_sm"], r["warps_per_sm"],
+                        r["div16"], r["registers"], r["spills"], r["shared"], r["blocks_per_sm"], r["warps_per_sm"],
                         f"{r['occupancy']:.0%}", "; ".join(r["problems"]) or "ok") for r in rows])
         out.append("")
     out += ["## Roofline lower bound (µs, published peaks)", ""]
@@ -178,7 +202,7 @@ def markdown(report: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=list(aot.ARCH_LIMITS))
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
-    parser.add_argument("--shapes", default="paper", choices=["paper", "bench", "all"])
+    parser.add_argument("--shapes", default="paper", choices=list(SHAPES))
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
     parser.add_argument("--out", help="also write kernels-report.md and kernels-report.json into this folder")

@@ -27,6 +27,7 @@ multiply-add as one FLOP (fvcore's convention); the ``torch.utils.flop_counter``
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import torch
@@ -36,7 +37,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from torch.utils.flop_counter import register_flop_formula
 
-from ._common import Launch, acc_dtype, device_arch, jit_shape, safe_lse, signature, triton_type, use_triton
+from ._common import Launch, TensorArg, acc_dtype, aligned, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
 
 # Dispatch table, the same on sm_80 / sm_89 / sm_90 and for fp32 / bf16 / fp16 (``pcmci kernels report``: no
 # spills): regime 1 up to ONCHIP_MAX padded elements forward and ONCHIP_BWD_MAX backward (it holds about twice
@@ -72,6 +73,12 @@ def _check_finite(cost: Tensor, mask: Tensor | None) -> None:
         raise ValueError(_NONFINITE)
 
 
+def _uniform_log_marginal(B: int, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``log(1/n)`` as ``[B,n]``: the uniform marginal without a mask, in two ops (``fl(1/n)`` then its log, the
+    values ``_log_marginal`` computes from an all-valid mask in six)."""
+    return torch.full((B, n), 1.0 / n, dtype=dtype, device=device).log()
+
+
 def _log_marginal(m: Tensor | None, valid: Tensor, dtype: torch.dtype) -> Tensor:
     """Log of a marginal ``[B,n]``; uniform over the valid entries when ``m`` is None; -inf where invalid."""
     if m is None:
@@ -84,6 +91,8 @@ def _log_marginal(m: Tensor | None, valid: Tensor, dtype: torch.dtype) -> Tensor
 def _log_marginals(cost: Tensor, a: Tensor | None, b: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     B, R, S = cost.shape
     dt = acc_dtype(cost)
+    if mask is None and a is None and b is None:
+        return _uniform_log_marginal(B, R, dt, cost.device), _uniform_log_marginal(B, S, dt, cost.device)
     if mask is None:
         rows = torch.ones(B, R, dtype=torch.bool, device=cost.device)
         cols = torch.ones(B, S, dtype=torch.bool, device=cost.device)
@@ -391,17 +400,21 @@ def _blocks(R: int, S: int, backward: bool, block: tuple[int, int] | None) -> tu
     return False, BR, BS, _warps(BR * BS)
 
 
-def launch_configs(B: int, R: int, S: int, dtype: torch.dtype, arch: int, masked: bool = False, *,
-                   block: tuple[int, int] | None = None) -> list[Launch]:
-    """The launches of one forward and backward at this shape: ``[forward, *backward]``.
+@functools.lru_cache(maxsize=1024)
+def launch_configs(B: int, R: int, S: int, dtype: torch.dtype, arch: int, masked: bool = False, *, iters: int,
+                   eps: float = 0.1, block: tuple[int, int] | None = None) -> tuple[Launch, ...]:
+    """The launches of one forward and backward at this shape: ``(forward, *backward)``.
 
-    Regime 1: ``[_fwd_onchip, _bwd_onchip]``; regime 2: ``[_fwd_stream, _bwd_stream_adjoints, _bwd_stream_cost]``.
-    ``arch`` is the compute capability (89 = RTX 4090); ``block`` forces regime 2 with that tile (tests).
+    Regime 1: ``(_fwd_onchip, _bwd_onchip)``; regime 2: ``(_fwd_stream, _bwd_stream_adjoints, _bwd_stream_cost)``.
+    ``arch`` is the compute capability (89 = RTX 4090); ``iters`` and ``eps`` are passed to the kernels as
+    the launchers pass them (``iters`` is specialised on, ``eps`` is a float and is not); ``block`` forces
+    regime 2 with that tile (tests). Cached: the launchers ask on every call (20 µs of Python otherwise).
     """
-    ct = triton_type(dtype)
-    types = dict(C=f"*{ct}", M="*u8" if masked else f"*{ct}", P=f"*{ct}", G=f"*{ct}", DC=f"*{ct}",
-                 R="i32", S="i32", T="i32", neg_inv_eps="fp32",
-                 **dict.fromkeys(("LA", "LB", "RH", "CH", "DLA", "DLB", "DU0", "DUH", "DVH"), "*fp32"))
+    triton_type(dtype)  # raises for a dtype without kernels
+    data, fp32 = TensorArg(dtype), TensorArg(torch.float32)
+    args = dict(C=data, M=TensorArg(torch.uint8) if masked else data, P=data, G=data, DC=data,
+                R=R, S=S, T=iters, neg_inv_eps=-1.0 / eps,
+                **dict.fromkeys(("LA", "LB", "RH", "CH", "DLA", "DLB", "DU0", "DUH", "DVH"), fp32))
     launches = []
     for backward in (False, True):
         onchip, BR, BS, warps = _blocks(R, S, backward, block)
@@ -409,12 +422,13 @@ def launch_configs(B: int, R: int, S: int, dtype: torch.dtype, arch: int, masked
         kernels = {(False, True): [(_fwd_onchip, warps)], (False, False): [(_fwd_stream, warps)],
                    (True, True): [(_bwd_onchip, warps)],
                    (True, False): [(_bwd_stream_adjoints, warps), (_bwd_stream_cost, STREAM_COST_WARPS)]}
-        launches += [Launch(fn, signature(fn, types, const), const, w) for fn, w in kernels[backward, onchip]]
-    return launches
+        launches += [make_launch(fn, {n: args[n] for n in fn.arg_names if n in args}, const, w)
+                     for fn, w in kernels[backward, onchip]]
+    return tuple(launches)
 
 
 def _mask_arg(cost: Tensor, mask: Tensor | None) -> Tensor:
-    return cost if mask is None else mask.contiguous().to(torch.uint8)
+    return cost if mask is None else aligned(mask.to(torch.uint8))[0]
 
 
 def triton_forward(
@@ -423,14 +437,14 @@ def triton_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Launch the forward: ``plan[B,R,S]`` (cost dtype), ``r[B,T,R]``, ``c[B,T,S]`` (fp32); one launch."""
     B, R, S = cost.shape
-    cost = cost.contiguous()
-    la, lb = la.float().contiguous(), lb.float().contiguous()
+    cost, la, lb = aligned(cost, la.float(), lb.float())
     plan = torch.empty_like(cost)
     rh = cost.new_empty((B, iters, R), dtype=torch.float32)
     ch = cost.new_empty((B, iters, S), dtype=torch.float32)
-    fwd = launch_configs(B, R, S, cost.dtype, device_arch(cost), mask is not None, block=block)[0]
+    fwd = launch_configs(B, R, S, cost.dtype, device_arch(cost), mask is not None, iters=iters, eps=eps,
+                         block=block)[0]
     wrap_triton(fwd.fn)[(B,)](cost, _mask_arg(cost, mask), la, lb, plan, rh, ch, R, S, iters, -1.0 / eps,
-                              **fwd.constexprs, num_warps=fwd.num_warps)
+                              **fwd.constexprs, **fwd.options)
     return plan, rh, ch
 
 
@@ -441,24 +455,24 @@ def triton_backward(
     """Launch the backward: gradients w.r.t. ``cost`` (cost dtype), ``la``, ``lb`` (fp32)."""
     B, R, S = cost.shape
     T = rh.shape[1]
-    grad, cost = grad.contiguous(), cost.contiguous()
-    la, lb = la.float().contiguous(), lb.float().contiguous()
+    grad, cost, la, lb, rh, ch = aligned(grad, cost, la.float(), lb.float(), rh, ch)
     m = _mask_arg(cost, mask)
     dcost = torch.empty_like(cost)
-    _, *bwd = launch_configs(B, R, S, cost.dtype, device_arch(cost), mask is not None, block=block)
+    _, *bwd = launch_configs(B, R, S, cost.dtype, device_arch(cost), mask is not None, iters=T, eps=eps,
+                            block=block)
     if len(bwd) == 1:
         dla, dlb = torch.empty_like(la), torch.empty_like(lb)
         wrap_triton(bwd[0].fn)[(B,)](grad, cost, m, la, lb, rh, ch, dcost, dla, dlb, R, S, T, -1.0 / eps,
-                                     **bwd[0].constexprs, num_warps=bwd[0].num_warps)
+                                     **bwd[0].constexprs, **bwd[0].options)
         return dcost, dla, dlb
     adjoints, tiles = bwd
     du0 = torch.empty_like(la)
     duh, dvh = torch.empty_like(rh), torch.empty_like(ch)
     wrap_triton(adjoints.fn)[(B,)](grad, cost, m, la, lb, rh, ch, du0, duh, dvh, R, S, T, -1.0 / eps,
-                                   **adjoints.constexprs, num_warps=adjoints.num_warps)
+                                   **adjoints.constexprs, **adjoints.options)
     grid = (triton.cdiv(R, tiles.constexprs["BR"]) * triton.cdiv(S, tiles.constexprs["BS"]), B)
     wrap_triton(tiles.fn)[grid](grad, cost, m, la, lb, rh, ch, duh, dvh, dcost, R, S, T, -1.0 / eps,
-                                **tiles.constexprs, num_warps=tiles.num_warps)
+                                **tiles.constexprs, **tiles.options)
     return dcost, duh.sum(1), dvh.sum(1)
 
 

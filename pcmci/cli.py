@@ -1,4 +1,4 @@
-"""Command line: ``pcmci demo|train|ablate|diagnose|export|eval|predict|synth|profile|data|weights|convert|kernels``.
+"""Command line: ``pcmci demo|train|ablate|diagnose|export|eval|predict|synth|profile|data|weights|convert|kernels|bench``.
 
 Expected failures (bad config, missing or undecodable video, missing checkpoint) print one line
 ``pcmci: error: <cause>`` and exit 1; ``--debug`` shows the traceback instead.
@@ -181,13 +181,31 @@ def _add_kernels(sub: argparse._SubParsersAction) -> None:
     add_arguments(tools.add_parser("report", help="registers, spills, shared memory, occupancy, roofline per launch"))
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: pcmci bench train CONFIG (clips/s, step times, memory, MFU)")
+    tools = p.add_subparsers(dest="tool", required=True)
+    q = tools.add_parser("train", help="real training steps per variant (eager, compiled, +triton): clips/s, MFU")
+    q.add_argument("config", help="preset name (tiny, paper, ...) or YAML file")
+    q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.batch_size=16")
+    q.add_argument("--steps", type=int, default=20, help="timed steps per variant (default: 20)")
+    q.add_argument("--warmup", type=int, default=3, help="untimed steps first, compilation included (default: 3)")
+    q.add_argument("--input", choices=["synthetic", "loader"], default="synthetic",
+                   help="device-resident random frames, or the config's data loader (default: synthetic)")
+    q.add_argument("--variants", help="comma-separated eager, compiled, eager+triton, compiled+triton "
+                                      "(default: eager,compiled,compiled+triton on CUDA, eager,compiled on CPU)")
+    q.add_argument("--dtype", choices=["bf16", "fp32"], help="bf16 autocast (CUDA) or fp32 (default: bf16 on CUDA)")
+    q.add_argument("--peak-tflops", type=float, help="dense peak of this device in TFLOP/s, for MFU")
+    q.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
+    q.add_argument("--out", default="bench/results", help="folder for bench-train-NAME.md/.json (default: bench/results)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcmci", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_train, _add_ablate, _add_diagnose, _add_export, _add_eval, _add_predict, _add_synth,
-                _add_profile, _add_data, _add_weights, _add_convert, _add_kernels):
+                _add_profile, _add_data, _add_weights, _add_convert, _add_kernels, _add_bench):
         add(sub)
     return parser
 
@@ -316,6 +334,22 @@ def _run(args: argparse.Namespace) -> int | None:
         from .kernels.report import run as kernels_report
 
         return kernels_report(args)
+    elif args.command == "bench":
+        from .config import load_config
+        from .engine.bench import BenchOptions, bench_train, markdown, write
+
+        options = BenchOptions(steps=args.steps, warmup=args.warmup, input=args.input, dtype=args.dtype,
+                               variants=args.variants.split(",") if args.variants else [],
+                               peak_tflops=args.peak_tflops)
+        cfg = load_config(args.config, args.overrides)
+        report = bench_train(cfg, options, name=Path(str(args.config)).stem)
+        flags = {"--steps": args.steps, "--warmup": args.warmup, "--input": args.input, "--variants": args.variants,
+                 "--dtype": args.dtype, "--peak-tflops": args.peak_tflops}
+        command = " ".join(["pcmci bench train", args.config, *args.overrides,
+                            *(f"{k} {v}" for k, v in flags.items() if v is not None), *(["--json"] if args.json else [])])
+        paths = write(report, Path(args.out), command)
+        print(json.dumps(report) if args.json else markdown(report, command))
+        print(f"report: {paths['markdown']}, {paths['json']}", file=sys.stderr)
     elif args.command == "profile":
         import torch
 

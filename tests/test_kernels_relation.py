@@ -89,3 +89,35 @@ def test_shape_errors():
     (q, k, v, prior), _ = _inputs(1, 2, 4, 3, 3, False)
     with pytest.raises(ValueError, match="prior"):
         relation(q, k, v, prior[:1])
+
+
+@needs_triton
+def test_triton_fp16_64x64_tiles_match_the_fp32_reference(monkeypatch):
+    """fp16 at the paper's head width (d = e = 64) and N = 70: the 64-row tiles of the dispatch table, two query
+    and two key blocks (the online softmax rescales), forward and backward, against the fp32 reference on the
+    same fp16-rounded inputs (so input rounding is not counted).
+
+    Tolerances from the kernels' roundings: scores, softmax and every dot accumulate in fp32; what is rounded to
+    fp16 (unit roundoff u = 2^-11 = 4.9e-4) is the probability tile before ``P V``, the scaled ``dout`` and the
+    ``dS`` tile before their dots, and each stored result. The output is a convex combination of values
+    (|v| <= ~4.5 for 70*2*64 normal draws), so its error is at most 2u|v|max ~ 4.4e-3: atol 6e-3. A gradient
+    entry sums products each rounded at most three times (3u ~ 1.5e-3 relative) over terms that cancel in
+    ``p (dp - rowdot)``; bounded by 1e-2 of the gradient's largest entry (measured with torch 2.14 / triton 3.8:
+    1.7e-4 on the output, at most 5e-4 of the largest entry on the gradients)."""
+    B, K, N, d = 1, 2, 70, 64
+    launches = rl.launch_configs(B, K, N, d, d, torch.float16, 80)
+    assert [(x.constexprs["BM"], x.constexprs["BN"]) for x in launches] == [(64, 64), (64, 64), (64, 32)]
+    (q, k, v, prior), _ = _inputs(B, K, N, d, d, False)
+    q, k, v = (x.half() for x in (q, k, v))
+    grad = torch.randn(B, N, d, device=DEVICE)
+    ref_in = [x.float().requires_grad_() for x in (q, k, v)]
+    out_ref = relation_reference(*ref_in, prior)
+    grads_ref = torch.autograd.grad((out_ref * grad).sum(), ref_in)
+    monkeypatch.setenv("PCMCI_KERNELS", "triton")
+    xs = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = relation(*xs, prior)
+    grads = torch.autograd.grad((out.float() * grad).sum(), xs)
+    assert out.dtype == torch.float16 and all(g.dtype == torch.float16 for g in grads)
+    torch.testing.assert_close(out.float(), out_ref.detach(), atol=6e-3, rtol=0)
+    for g, g_ref in zip(grads, grads_ref):
+        assert (g.float() - g_ref).abs().max() <= 1e-2 * g_ref.abs().max()

@@ -5,7 +5,8 @@ is ``batch_size x world x optim.accum_steps``). Every epoch ends with an atomic 
 (model incl. dictionaries, optimiser, scheduler, CPU/CUDA/NumPy/Python RNG, epoch, world size, config, labels,
 all as tensors and plain data); ``resume=True`` continues from it and reproduces the uninterrupted run, since the
 data order and the sampling offsets are functions of (seed, epoch, index) only. AMP is bf16 autocast on CUDA
-(no loss scaler); ``run.compile`` wraps the model in ``torch.compile`` (default: on CUDA only).
+(no loss scaler); ``run.compile`` wraps the model in ``torch.compile`` (default: on CUDA only), falling back to
+Inductor without its tiling analysis, then to eager, when the compile fails (``compile.FallbackCompiled``).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ..model import PCMCI, build_model
 from ..model.weights import require_weights
 from . import distributed
 from .checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
+from .compile import FallbackCompiled
 from .dictionaries import fit_dictionaries, refit_epochs
 from .propensity import clip_weights
 from .run_state import config_changes, restore_rng, rng_state, use_compile
@@ -169,7 +171,7 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
     net = ddp or model
     compiled = use_compile(cfg.run.compile, device)
     if compiled:
-        net = torch.compile(net)
+        net = FallbackCompiled(net)
     board = _tensorboard(out, start_epoch * steps_per_epoch) if cfg.run.tensorboard and ctx.main else None
     show = cfg.run.progress and ctx.main
     weights = None  # IVC's backdoor: per-clip loss weights P(y)/P(y|s), fitted once per run
@@ -215,11 +217,9 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
                         with sync:
                             first = compiled and step == start_epoch * steps_per_epoch and i == 0
                             started = time.perf_counter()
-                            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                                out = net(frames)
-                                loss = model.loss(out, target, batch["steps"].to(device),
-                                                  None if weights is None else weights[batch["index"]].to(device))
-                            (loss * (size / sum(group))).backward()
+                            clip_w = None if weights is None else weights[batch["index"]].to(device)
+                            out, loss = forward_backward(net, model, frames, target, batch["steps"].to(device),
+                                                         size / sum(group), use_amp, clip_w)
                             if first:
                                 _log_compile(time.perf_counter() - started)
                     except torch.cuda.OutOfMemoryError as exc:
@@ -234,10 +234,7 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
                 loss_value, = distributed.mean_over_ranks([group_loss], device)
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"non-finite loss {loss_value} at epoch {epoch} step {step}")
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                grad_norm = optimizer_step(model, optimizer, scheduler, cfg.optim.grad_clip)
                 step += 1
                 seen, loss_sum, correct = seen + group_seen, loss_sum + loss_value * group_seen, correct + group_correct
                 group_loss, group_correct, group_seen = 0.0, 0, 0
@@ -281,6 +278,30 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
     if board is not None:
         board.close()
     return ckpt_path
+
+
+def forward_backward(net: Any, model: PCMCI, frames: torch.Tensor, target: torch.Tensor, steps: torch.Tensor,
+                     weight: float, amp: bool, clip_weights: torch.Tensor | None = None,
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One micro-batch: forward ``frames[B,F,3,H,W]`` through ``net`` (the model, DDP-wrapped and/or compiled)
+    under bf16 autocast when ``amp``, the loss against ``target`` and ``steps[B,A]`` (each clip weighted by
+    ``clip_weights[B]``, IVC's backdoor, when given), and the backward of ``weight x loss`` (the micro-batch's share
+    of its accumulation group). Returns (outputs, unweighted loss)."""
+    with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = net(frames)
+        loss = model.loss(out, target, steps, clip_weights)
+    (loss * weight).backward()
+    return out, loss
+
+
+def optimizer_step(model: PCMCI, optimizer: torch.optim.Optimizer, scheduler: Any, grad_clip: float) -> torch.Tensor:
+    """Clip the gradient norm to ``grad_clip``, step the optimiser and the LR schedule, clear the gradients;
+    returns the norm before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return grad_norm
 
 
 def _records(metrics_path: Path) -> list[str]:

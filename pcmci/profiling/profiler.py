@@ -8,7 +8,6 @@ for one video = ``views`` clips of ``frames`` frames, CLIP encoding every frame 
 from __future__ import annotations
 
 from dataclasses import dataclass
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ from .opcount import OpRecorder
 from .paper import budget_check, comparison
 from .report import write_report
 from .timing import measure_inference, measure_train_step
-
-log = logging.getLogger(__name__)
 
 TOLERANCE = 0.02
 CONVENTION = ("1 FLOP = 1 multiply-add (fvcore's and TimeSformer's convention); torch.utils.flop_counter counts 2 "
@@ -227,25 +224,6 @@ def latency_report(model: PCMCI, cfg: Config, options: ProfileOptions) -> dict[s
     if options.train:
         compile_too = device.type == "cuda" if options.compile is None else options.compile
         modes = {"eager": False, **({"compiled": True} if compile_too else {})}
-        out["train_step"] = {m: _train_step(model, frames, max(options.warmup, 1), options.repeats, amp, c)
+        out["train_step"] = {m: measure_train_step(model, frames, max(options.warmup, 1), options.repeats, amp, c)
                              for m, c in modes.items()}
     return out
-
-
-def _train_step(model: PCMCI, frames: torch.Tensor, warmup: int, repeats: int, amp: bool,
-                compiled: bool) -> dict[str, Any]:
-    """``measure_train_step``; an Inductor failure of the compiled step is retried once without Inductor's
-    coalescing tiling analysis (torch 2.11's asserts on the paper model on an H200), and if that fails too
-    the row records the error instead of sinking the whole profile."""
-    if not compiled:
-        return measure_train_step(model, frames, warmup, repeats, amp, False)
-    errors = []
-    for patch in ({}, {"triton.coalesce_tiling_analysis": False}):
-        torch._dynamo.reset()
-        try:
-            with torch._inductor.config.patch(patch):
-                return {**measure_train_step(model, frames, warmup, repeats, amp, True), "inductor_config": patch}
-        except (torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError) as err:
-            errors.append(" ".join(str(err).split())[:300])
-            log.warning("compiled train step failed under Inductor config %s: %s", patch, errors[-1])
-    return {"error": " | ".join(errors)}

@@ -100,17 +100,19 @@ def to_markdown(report: dict[str, Any]) -> str:
                      "yes" if r["ok"] else "**no**"] for r in check["rows"]])]
     perf = [["inference forward", f"{inf['forward_ms']:.1f}", f"{inf['clips_per_s']:.2f}", "",
              f"{inf['peak_memory_bytes'] / 2**20:,.0f}"]]
+    fallbacks = []
     for mode, t in lat.get("train_step", {}).items():
-        if "error" in t:
-            perf.append([f"train step ({mode})", "failed: " + t["error"], "", "", ""])
-            continue
+        if t.get("compile_failures"):  # the compiled step fell back (engine.compile.FallbackCompiled)
+            mode = f"{mode}: {t['compile_stage']}"
+            fallbacks.append(f"Compiled train step fell back to {t['compile_stage']}: "
+                             + "; ".join(t["compile_failures"]))
         perf.append([f"train step ({mode})", f"{t['step_ms']:.1f}", f"{t['clips_per_s']:.2f}",
                      f"{t['first_call_ms']:.0f}", f"{t['peak_memory_bytes'] / 2**20:,.0f}"])
     out += ["", "## Latency, throughput, memory", "", f"{lat['device']}, {lat['method']}, bf16 autocast: "
             f"{lat['amp_bf16']}. Peak memory: " + ("peak allocated on the GPU." if "cuda" in lat["method"].lower()
                                                     else "process peak RSS (high-water mark of the run).")
             + ("" if "compiled" in lat.get("train_step", {}) else " Compiled train step: not run (pass --compile)."),
-            "", _table(["run", "median ms", "clips/s", "first call ms", "peak MiB"], perf)]
+            "", _table(["run", "median ms", "clips/s", "first call ms", "peak MiB"], perf), *fallbacks]
     out += ["", "## Comparison with published figures", "", "`published`: figures printed in the PCMCI paper; "
             "`measured`: this run. Ratios are relative to this model.", "",
             _table(["model", "source", "FLOPs", "params", "FLOPs ratio", "params ratio"],

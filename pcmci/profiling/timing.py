@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..engine.compile import FallbackCompiled
 from ..model import PCMCI
 
 
@@ -118,12 +119,13 @@ def measure_inference(model: nn.Module, frames: Tensor, stages: dict[str, nn.Mod
 
 def measure_train_step(model: PCMCI, frames: Tensor, warmup: int, repeats: int, amp: bool,
                        compiled: bool) -> dict[str, Any]:
-    """One optimisation step (forward, loss, backward, Adam step), eager or ``torch.compile``d: median ms,
-    clips/s, peak memory, and the first call (which includes compilation)."""
+    """One optimisation step (forward, loss, backward, Adam step), eager or ``torch.compile``d (with the training
+    loop's fallbacks, ``FallbackCompiled``): median ms, clips/s, peak memory, and the first call (which includes
+    compilation); compiled, also the compile stage that ran and the failures that led to it."""
     device = frames.device
     clock = _Clock(device)
     model.train()
-    forward = torch.compile(model) if compiled else model
+    forward = FallbackCompiled(model) if compiled else model
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     b = frames.shape[0]
     multilabel = model.cfg.multilabel
@@ -140,5 +142,8 @@ def measure_train_step(model: PCMCI, frames: Tensor, warmup: int, repeats: int, 
 
     totals, _, first = _timed(step, clock, warmup, repeats)
     ms = statistics.median(totals)
-    return {"step_ms": ms, "clips_per_s": frames.shape[0] / (ms / 1e3), "first_call_ms": first,
-            "peak_memory_bytes": _peak_memory(device)}
+    out = {"step_ms": ms, "clips_per_s": frames.shape[0] / (ms / 1e3), "first_call_ms": first,
+           "peak_memory_bytes": _peak_memory(device)}
+    if isinstance(forward, FallbackCompiled):
+        out.update(compile_stage=forward.stage, compile_failures=forward.failures)
+    return out
