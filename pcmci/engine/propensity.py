@@ -106,13 +106,13 @@ def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], dev
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
         batches = _loader(dataset, indices, batch, cfg.data.num_workers, True, seed + epoch)
-        for batch in tqdm(batches, desc=f"single-frame reference, epoch {epoch + 1}/{epochs}", leave=False,
+        for items in tqdm(batches, desc=f"single-frame reference, epoch {epoch + 1}/{epochs}", leave=False,
                           disable=not progress):
-            if "video" not in batch:
+            if "video" not in items:
                 continue
-            frames = _one_frame(batch["video"].to(device), generator)
-            per_clip = F.cross_entropy(model(frames)["logits"].float(), batch["label"].to(device), reduction="none")
-            loss = (weights[batch["index"]].to(device, per_clip.dtype) * per_clip).mean()
+            frames = _one_frame(items["video"].to(device), generator)
+            per_clip = F.cross_entropy(model(frames)["logits"].float(), items["label"].to(device), reduction="none")
+            loss = (weights[items["index"]].to(device, per_clip.dtype) * per_clip).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
