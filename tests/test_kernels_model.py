@@ -53,6 +53,7 @@ def test_tiny_model_triton_path_equals_reference(monkeypatch: pytest.MonkeyPatch
     torch.manual_seed(0)
     cfg = preset("tiny").model
     cfg.learn_text = True  # frozen T and CLIP leave nothing upstream of the Sinkhorn cost to differentiate
+    cfg.ich.adjust = "prior"  # the default (population) runs the Sinkhorn only while fitting the strata
     model = build_model(cfg, ["make cereal", "make tea", "fry egg"], ["pour", "stir", "crack"])
     model.build_dictionaries([torch.rand(4, 8, 3, 64, 64) for _ in range(2)])
     model = model.to(DEVICE).eval()  # eval: no dropout, the same computation on both paths
