@@ -1,11 +1,10 @@
 """When and on what the k-means confounder dictionaries are fitted during training.
 
 The strata must represent the population: ``model.dictionaries.clips`` clips drawn at random (seeded by
-``run.seed`` and the epoch) from the whole training split, the same number from every class (so every class is
+``run.seed`` and the epoch) from the whole training split, classes taking turns (so every class is
 covered), sampled as in training, encoded by the model as it is at that moment. They are fitted before the first
 epoch (the stages need them to run), refitted once the warm-up is over (the features have moved away from the random
-init) and then every ``refit_every`` epochs. IVC's context strata read the frozen CLIP only: they are fitted once,
-before the first epoch, on ``model.dictionaries.context_clips`` clips (0 = all) with their labels.
+init) and then every ``refit_every`` epochs.
 """
 from __future__ import annotations
 
@@ -70,17 +69,10 @@ def fit_dictionaries(cfg: Config, model: PCMCI, dataset: VideoDataset, device: t
     if not model.dictionaries():
         return
     chosen = sample_indices(len(dataset), cfg.model.dictionaries.clips, cfg.run.seed, epoch, _classes(dataset))
-    batches = [b["video"] for b in _clips(cfg, dataset, chosen, epoch, world, device, "dictionaries")]
-    used = model.build_dictionaries(batches, seed=cfg.run.seed + epoch)
-    log.info("epoch %d: fitted confounder dictionaries on %d clips (%s feature vectors)", epoch, len(chosen), used)
-
-
-def _clips(cfg: Config, dataset: VideoDataset, chosen: list[int], epoch: int, world: int,
-           device: torch.device, what: str) -> list[dict]:
-    """The chosen clips in batches of the global size (every rank the same), sampled as in ``epoch``."""
     dataset.set_epoch(epoch)
     loader = DataLoader(Subset(dataset, chosen), batch_size=cfg.optim.batch_size * world,
                         num_workers=cfg.data.num_workers, collate_fn=collate_videos)
-    return [{"video": b["video"].to(device)}
-            for b in tqdm(loader, desc=f"{what} (epoch {epoch})", disable=not cfg.run.progress, leave=False)
-            if "video" in b]
+    batches = [b["video"].to(device) for b in tqdm(loader, desc=f"dictionaries (epoch {epoch})",
+                                                  disable=not cfg.run.progress, leave=False) if "video" in b]
+    used = model.build_dictionaries(batches, seed=cfg.run.seed + epoch)
+    log.info("epoch %d: fitted confounder dictionaries on %d clips (%s feature vectors)", epoch, len(chosen), used)
