@@ -54,6 +54,12 @@ def test_predict_pads_a_short_video_as_the_checkpoint_says_and_prints_json(check
     assert {row["label"] for row in result["top"]} <= set(classes)
 
 
+def test_predict_refuses_a_topk_below_one(checkpoint, synthetic_set, capsys) -> None:
+    video = sorted((synthetic_set.parent / "videos").glob("test_ood_*"))[0]
+    code, out, err = run_cli(capsys, "predict", str(checkpoint), str(video), "--topk", "0")
+    assert code == 1 and out == "" and "--topk must be at least 1, got 0" in err
+
+
 def test_eval_and_predict_name_a_label_mismatch(checkpoint, synthetic_set, tmp_path, capsys) -> None:
     classes = json.loads((synthetic_set.parent / "labels.json").read_text())["classes"]
     first = classes[0]

@@ -22,6 +22,8 @@ def predict_video(checkpoint: str | Path, video: str | Path, topk: int = 5, devi
 
     ``labels`` (a ``labels.json``): the classes the caller expects; any difference from the checkpoint's stops.
     """
+    if topk < 1:
+        raise ValueError(f"--topk must be at least 1, got {topk}")
     dev = resolve_device(device)
     model, cfg = load_model(checkpoint, dev)
     if labels is not None:
