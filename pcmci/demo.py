@@ -19,7 +19,7 @@ import torch
 
 from .config import STAGE_NAMES, preset
 from .data.synthetic import DEMO_SCENE, GENERATOR, Scene, synthesize
-from .diagnose import checkpoint_flip_rate, counterfactual_pairs, predict_labels, still_object_accuracy
+from .diagnose import counterfactual_pairs, flip_rate, predict_labels, still_object_accuracy
 from .engine.evaluate import evaluate, load_model
 from .engine.plots import plot_grouped_bars, plot_training_curves
 from .engine.train import resolve_device, train
@@ -44,13 +44,14 @@ def _dataset(data: Path, confound: float, n_train: int, n_test: int, scene: Scen
     return synthesize(data, seed=0, n_train=n_train, n_test=n_test, confound=confound, progress=progress, scene=scene)
 
 
-def _still_object_acc(checkpoint: Path, pairs: tuple | None, meta: dict, device: str) -> float | None:
-    """Accuracy on the OOD clips of the classes told apart only by a still tool (rendered without a codec)."""
-    if pairs is None or not meta.get("tools"):
-        return None
+def _counterfactual_scores(checkpoint: Path, pairs: tuple, meta: dict, device: str) -> tuple[float, float | None]:
+    """(flip rate, still-object accuracy) of a checkpoint on the OOD counterfactual pairs (rendered without a codec),
+    from one load and one pass over the originals; the accuracy is over the classes told apart only by a still
+    tool (None when the set has none)."""
     model, _ = load_model(checkpoint, resolve_device(device))
-    classes = [list(meta["activities"]).index(name) for name in meta["tools"]]
-    return still_object_accuracy(predict_labels(model, pairs[0]), pairs[2], classes)
+    own = predict_labels(model, pairs[0])
+    classes = [list(meta["activities"]).index(name) for name in meta.get("tools", {})]
+    return flip_rate(own, predict_labels(model, pairs[1])), still_object_accuracy(own, pairs[2], classes)
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -91,10 +92,10 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None =
             ckpt = train(cfg)
             results = evaluate(ckpt, list(SPLITS.values()), device=device, progress=progress)
             if pairs is not None:
-                flips[variant].append(checkpoint_flip_rate(ckpt, pairs, device))
-            still_acc = _still_object_acc(ckpt, pairs, meta, device)
-            if still_acc is not None:
-                still[variant].append(still_acc)
+                flip, still_acc = _counterfactual_scores(ckpt, pairs, meta, device)
+                flips[variant].append(flip)
+                if still_acc is not None:
+                    still[variant].append(still_acc)
             for short, split in SPLITS.items():
                 for metric in ("acc", "map", "top5"):
                     raw[variant][short][metric].append(results[split][metric])

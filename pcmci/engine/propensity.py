@@ -153,8 +153,17 @@ def clip_weights(cfg: Config, dataset: VideoDataset, device: torch.device, progr
                           "but the training set is multi-label; set model.ivc.reweight=false")
     targets = [int(r.target) for r in dataset.records]
     folds = stratified_folds(targets, cfg.model.ivc.reference_folds, cfg.run.seed)
-    weights = torch.ones(len(targets), dtype=torch.float64)
     was_training = dataset.train
+    try:
+        return _cross_fitted_weights(cfg, dataset, device, progress, batch, targets, folds)
+    finally:
+        dataset.train = was_training  # the read-out switched to centre-sampled frames
+
+
+def _cross_fitted_weights(cfg: Config, dataset: VideoDataset, device: torch.device, progress: bool, batch: int,
+                          targets: list[int], folds: list[int]) -> Tensor:
+    """``reference_rounds`` rounds of cross-fitted references, each multiplying the weights by its factor."""
+    weights = torch.ones(len(targets), dtype=torch.float64)
     for round_ in range(cfg.model.ivc.reference_rounds):
         p_label = torch.ones(len(targets), dtype=torch.float64)
         for k in range(cfg.model.ivc.reference_folds):
@@ -170,5 +179,4 @@ def clip_weights(cfg: Config, dataset: VideoDataset, device: torch.device, progr
         log.info("IVC backdoor weights, round %d: %d clips, P(y|s) median %.3f, weights %.2f..%.2f, effective sample "
                  "size %.0f", round_ + 1, len(targets), float(p_label.median()), float(weights.min()),
                  float(weights.max()), ess)
-    dataset.train = was_training
     return weights
