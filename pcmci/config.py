@@ -53,12 +53,15 @@ class ICHConfig:
     of the over-alignment proxy. ``adjust="population"`` (default) adds the prior expectation over the strata (the
     clips' proxies shape the strata, never their own texts: no clip-to-logit path outside the adjustment);
     ``"prior"`` also projects the clip's hallucinated direction out of the texts (a path from the clip's scene to
-    the logits, kept for ablations), ``"posterior"`` is the pre-fix variant that feeds the clip's proxy forward."""
+    the logits, kept for ablations), ``"posterior"`` is the pre-fix variant that feeds the clip's proxy forward.
+    ``proxy="plan"`` (default): the transport plan weighs the frames of each label's hallucination proxy — on the
+    shipped VLM it is the one of the three proxies that puts more than half its mass on the frames showing a
+    planted co-occurring object (``docs/results/vlm/``)."""
 
     eps: float = 0.1
     iters: int = 50
     ot_grad: bool = True
-    proxy: str = "overalign"
+    proxy: str = "plan"
     adjust: str = "population"
     dictionary: str = "kmeans"
     dict_size: int = 256

@@ -148,7 +148,8 @@ def load_clips(cfg: Any, split: str, limit: int, progress: bool) -> tuple[Tensor
 def counterfactual_pairs(manifest: Path, split: str, frames: int, image_size: int,
                          limit: int) -> tuple[Tensor, Tensor, Tensor] | None:
     """(original, counterfactual, labels) clips of a synthetic set, both rendered in memory (no codec), the
-    counterfactual with the background and distractor each moved to another kind; None if not a synthetic set."""
+    counterfactual with the background and distractor (and the prop, in sets with props) each moved to another kind;
+    None if not a synthetic set."""
     meta_path = manifest.parent / "meta.json"
     if not meta_path.is_file():
         return None
@@ -160,8 +161,9 @@ def counterfactual_pairs(manifest: Path, split: str, frames: int, image_size: in
         shift = 1 + k % (kinds - 1)
         idx = segment_indices(video["num_frames"], frames, train=False)
         own = render_counterfactual(meta, video, video["background"], video["distractor"])
+        prop = None if "prop" not in video else (video["prop"] + shift) % kinds
         other = render_counterfactual(meta, video, (video["background"] + shift) % kinds,
-                                      (video["distractor"] + shift) % kinds)
+                                      (video["distractor"] + shift) % kinds, prop)
         originals.append(preprocess(own[idx], image_size))
         swapped.append(preprocess(other[idx], image_size))
         labels.append(video["label"])

@@ -140,7 +140,7 @@ def test_still_cause_is_identical_in_every_frame_while_the_camera_moves_the_room
     own, twin, tool, _ = STILL_PAIRS[0]
     assert table[own] == table[twin] and tools(1) == {own: tool, twin: STILL_PAIRS[0][3]}
     label = list(table).index(own)
-    _, style, distractor, rng = _plan(0, "train", label, 0.9, DEMO_SCENE.still_pairs)
+    _, style, distractor, _, rng = _plan(0, "train", label, 0.9, DEMO_SCENE.still_pairs)
     frames = _render(label, style, distractor, 8, 64, rng, DEMO_SCENE, noise=False).astype(float)
     colour = np.array(TOOLS[tool], dtype=float)
     tool_px = (np.abs(frames - colour).max(-1) < 1).all(0)  # the tool's colour in every frame, at the same pixels

@@ -47,6 +47,13 @@ ACTIVITIES = {
 # Still-object pairs: (activity with a tool, its twin with the same actions, the first's tool, the twin's tool).
 STILL_PAIRS = [("fry egg", "boil egg", "pan", "pot"), ("make juice", "make smoothie", "jug", "blender")]
 TOOLS = {"pan": (35, 35, 40), "pot": (150, 150, 165), "jug": (90, 160, 230), "blender": (240, 120, 40)}
+# Co-occurring props (the paper's apron): an object that goes with an activity in the data but does not cause it.
+# Prop ``i`` is activity ``i``'s own; name -> (RGB, shape of :func:`_prop_margin`).
+PROPS = {
+    "bowl": ((245, 245, 235), "half disc"), "kettle": ((190, 40, 60), "disc"), "mug": ((60, 200, 120), "box"),
+    "apron": ((250, 120, 170), "apron"), "glass": ((170, 230, 250), "tall box"), "plate": ((230, 220, 90), "flat"),
+    "timer": ((140, 90, 230), "ring"), "straw": ((255, 255, 255), "bar"),
+}
 BACKGROUNDS = ["sky gradient", "warm lamp", "dim room", "green stripes", "tiles", "purple dusk", "brick wall",
                "teal waves"]
 DISTRACTORS = {
@@ -78,13 +85,15 @@ class Scene:
     drift up to ``camera`` %/frame, shake of std ``camera / 4`` px; ``lighting`` in [0, 1]: drift up to
     +-``30 lighting`` % of brightness over the clip, flicker of std ``6 lighting`` %;
     ``distractor_motion`` in [0, 2]: the distractor's own speed in px/frame; ``still_pairs`` in 0..2: how many
-    still-object class pairs (each adds one class).
+    still-object class pairs (each adds one class); ``props``: a third confounder, a co-occurring object standing in
+    the room (:data:`PROPS`, the paper's apron), drawn like the background and the distractor.
     """
 
     camera: float = 0.0
     lighting: float = 0.0
     distractor_motion: float = 0.0
     still_pairs: int = 0
+    props: bool = False
 
     def __post_init__(self) -> None:
         for name, hi in (("camera", 1.0), ("lighting", 1.0), ("distractor_motion", 2.0)):
@@ -169,6 +178,27 @@ def _distractor_margin(kind: int, u: np.ndarray, v: np.ndarray, r: float) -> np.
     return np.minimum(r - np.abs(u), 0.35 * r - np.abs(v))
 
 
+def _prop_margin(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
+    """Signed inside-distance of a prop of ``shape`` and size ``r`` at local offsets (u, v)."""
+    if shape == "half disc":
+        return np.minimum(r - np.hypot(u, v), v)
+    if shape == "disc":
+        return 0.8 * r - np.hypot(u, v)
+    if shape == "box":
+        return np.maximum(np.minimum(0.6 * r - np.abs(u), 0.7 * r - np.abs(v)),
+                          0.15 * r - np.abs(np.hypot(u - 0.6 * r, v) - 0.35 * r))
+    if shape == "apron":  # a bib over a wider skirt
+        return np.maximum(np.minimum(0.45 * r - np.abs(u), np.minimum(v + r, -v)),
+                          np.minimum(0.9 * r - np.abs(u), np.minimum(v, r - v)))
+    if shape == "tall box":
+        return np.minimum(0.4 * r - np.abs(u), r - np.abs(v))
+    if shape == "flat":
+        return 1.0 - np.hypot(u / (1.1 * r), v / (0.35 * r))
+    if shape == "ring":
+        return 0.25 * r - np.abs(np.hypot(u, v) - 0.65 * r)
+    return np.minimum(0.15 * r - np.abs(u + 0.3 * v), r - np.abs(v))
+
+
 def _tool_margin(tool: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
     """Signed inside-distance of a still tool of size ``r`` at local offsets (u, v)."""
     if tool == "pan":  # a disc with a handle to the right
@@ -223,8 +253,13 @@ def _camera(scene: Scene, frames: int, size: int, rng: np.random.Generator) -> t
 
 
 def _render(label: int, style: int, distractor: int, frames_per_action: int, size: int, rng: np.random.Generator,
-            scene: Scene = Scene(), noise: bool = True) -> np.ndarray:
-    """uint8 [T, size, size, 3] RGB frames of one video (``noise=False``: without the sensor noise)."""
+            scene: Scene = Scene(), noise: bool = True, prop: int | None = None,
+            hide: frozenset[str] = frozenset()) -> np.ndarray:
+    """uint8 [T, size, size, 3] RGB frames of one video (``noise=False``: without the sensor noise).
+
+    ``prop``: the index of a :data:`PROPS` object standing in the room (None: no prop; no random draw either, so
+    sets without props render as before). ``hide`` ⊆ {"actor", "prop"}: the same draws, with the hand and tool (the
+    activity's visible cause) or the prop left out — the masks of the hallucination probe."""
     classes = activities(scene.still_pairs)
     name = list(classes)[label]
     state = _trajectory(classes[name], frames_per_action, size, rng)
@@ -249,7 +284,14 @@ def _render(label: int, style: int, distractor: int, frames_per_action: int, siz
     du, dv = xx - centre[:, 0, None, None], yy - centre[:, 1, None, None]
     d_alpha = _alpha(_distractor_margin(distractor, du, dv, r))[..., None]
     d_rgb = np.array(list(DISTRACTORS.values())[distractor])
-    video = (room * (1 - d_alpha) + d_alpha * d_rgb) * gain[:, None, None, None]
+    video = room * (1 - d_alpha) + d_alpha * d_rgb
+    if prop is not None:  # the prop stands in the room, upper middle, shaken with it
+        rgb, shape = list(PROPS.values())[prop]
+        at = np.array([rng.uniform(0.35, 0.65), rng.uniform(0.14, 0.24)]) * size - shake[:, None, None, :]
+        p_alpha = _alpha(_prop_margin(shape, xx - at[..., 0], yy - at[..., 1], 6.5 * unit))[..., None]
+        if "prop" not in hide:
+            video = video * (1 - p_alpha) + p_alpha * np.array(rgb, dtype=np.float64)
+    video = video * gain[:, None, None, None]
     # hand: rotated, scaled block
     x, y, angle, log_scale = (state[:, i, None, None] for i in range(4))
     scale = np.exp(log_scale)
@@ -258,12 +300,14 @@ def _render(label: int, style: int, distractor: int, frames_per_action: int, siz
     v = (-sin * (xx - x) + cos * (yy - y)) / scale
     h_alpha = _alpha(np.minimum(9 * unit - np.abs(u), 4 * unit - np.abs(v)) * scale)[..., None]
     hand_rgb = _HAND_RGB + rng.uniform(-25, 25, 3)
-    video = video * (1 - h_alpha) + h_alpha * hand_rgb
+    if "actor" not in hide:
+        video = video * (1 - h_alpha) + h_alpha * hand_rgb
     tool = tools(scene.still_pairs).get(name)
     if tool is not None:  # the still cause: the same pixels in every frame, in front of the hand
         at = np.array([rng.uniform(0.3, 0.6), rng.uniform(0.72, 0.8)]) * size
         t_alpha = _alpha(_tool_margin(tool, xx - at[0], yy - at[1], 7.5 * unit))[None, ..., None]
-        video = video * (1 - t_alpha) + t_alpha * np.array(TOOLS[tool], dtype=np.float64)
+        if "actor" not in hide:
+            video = video * (1 - t_alpha) + t_alpha * np.array(TOOLS[tool], dtype=np.float64)
     if noise:
         video = video + rng.normal(0, 2.0, video.shape)
     return np.clip(video, 0, 255).round().astype(np.uint8)
@@ -301,15 +345,16 @@ SPLITS = ("train", "test_id", "test_ood")
 GENERATOR = 3  # bumped whenever the same arguments would synthesize different videos (3: scenes, textures)
 
 
-def _plan(seed: int, split: str, index: int, confound: float,
-          still_pairs: int = 0) -> tuple[int, int, int, np.random.Generator]:
-    """(label, background, distractor, the generator that then renders the video) of one video."""
+def _plan(seed: int, split: str, index: int, confound: float, still_pairs: int = 0,
+          props: bool = False) -> tuple[int, int, int, int | None, np.random.Generator]:
+    """(label, background, distractor, prop (None without props), the generator that then renders the video)."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     k = len(activities(still_pairs))
     label = index % k
     style = _confounder(label, confound, split == "test_ood", rng, k)
     distractor = _confounder(label, confound, split == "test_ood", rng, k)
-    return label, style, distractor, rng
+    prop = _confounder(label, confound, split == "test_ood", rng, k) if props else None
+    return label, style, distractor, prop, rng
 
 
 def split_sizes(n_train: int, n_test: int) -> list[tuple[str, int]]:
@@ -317,14 +362,16 @@ def split_sizes(n_train: int, n_test: int) -> list[tuple[str, int]]:
     return list(zip(SPLITS, (n_train, n_test // 2, n_test - n_test // 2)))
 
 
-def confounder_table(seed: int, n_train: int, n_test: int, confound: float, still_pairs: int = 0) -> list[dict]:
-    """Per video ``{"split", "label", "background", "distractor"}`` exactly as :func:`synthesize` assigns them,
-    without rendering anything (for probing the confounders alone)."""
+def confounder_table(seed: int, n_train: int, n_test: int, confound: float, still_pairs: int = 0,
+                     props: bool = False) -> list[dict]:
+    """Per video ``{"split", "label", "background", "distractor"}`` (and ``"prop"`` with props) exactly as
+    :func:`synthesize` assigns them, without rendering anything (for probing the confounders alone)."""
     rows = []
     for split, count in split_sizes(n_train, n_test):
         for i in range(count):
-            label, style, distractor, _ = _plan(seed, split, i, confound, still_pairs)
-            rows.append({"split": split, "label": label, "background": style, "distractor": distractor})
+            label, style, distractor, prop, _ = _plan(seed, split, i, confound, still_pairs, props)
+            row = {"split": split, "label": label, "background": style, "distractor": distractor}
+            rows.append(row if prop is None else {**row, "prop": prop})
     return rows
 
 
@@ -333,14 +380,17 @@ def scene_of(meta: dict) -> Scene:
     return Scene(**meta.get("scene", {}))
 
 
-def render_counterfactual(meta: dict, video: dict, background: int, distractor: int) -> np.ndarray:
+def render_counterfactual(meta: dict, video: dict, background: int, distractor: int,
+                          prop: int | None = None) -> np.ndarray:
     """uint8 [T, size, size, 3]: video ``video`` of a set written by :func:`synthesize` (``meta`` = its meta.json),
     re-rendered with the same random draws — same motion, speeds, positions, camera, light, hand colour, tool,
-    noise — but the given background style and distractor kind. With the video's own ids it reproduces the frames
-    before encoding."""
+    noise — but the given background style, distractor kind and prop (``None``: the video's own, if its set has
+    props). With the video's own ids it reproduces the frames before encoding."""
     scene = scene_of(meta)
-    label, _, _, rng = _plan(meta["seed"], video["split"], int(video["index"]), meta["confound"], scene.still_pairs)
-    return _render(label, background, distractor, meta["frames_per_action"], meta["size"], rng, scene)
+    label, _, _, own, rng = _plan(meta["seed"], video["split"], int(video["index"]), meta["confound"],
+                                  scene.still_pairs, scene.props)
+    return _render(label, background, distractor, meta["frames_per_action"], meta["size"], rng, scene,
+                   prop=own if prop is None else prop)
 
 
 def synthesize(
@@ -379,14 +429,14 @@ def synthesize(
     with tqdm(total=n_train + n_test, desc=f"synthesizing {codec} videos", disable=not progress) as bar:
         for split, count in splits:
             for i in range(count):
-                label, style, distractor, rng = _plan(seed, split, i, confound, scene.still_pairs)
-                frames = _render(label, style, distractor, frames_per_action, size, rng, scene)
+                label, style, distractor, prop, rng = _plan(seed, split, i, confound, scene.still_pairs, scene.props)
+                frames = _render(label, style, distractor, frames_per_action, size, rng, scene, prop=prop)
                 rel = f"videos/{split}_{i:04d}.{CODECS[codec][1]}"
                 encode_video(out / rel, frames, codec, fps, gop=frames_per_action)
                 rows.append([rel, classes[label], split, ";".join(table[classes[label]])])
                 videos.append(
                     {"path": rel, "split": split, "index": i, "label": label, "background": style,
-                     "distractor": distractor, "num_frames": len(frames)}
+                     "distractor": distractor, "num_frames": len(frames)} | ({} if prop is None else {"prop": prop})
                 )
                 bar.update()
     with (out / "manifest.csv").open("w", newline="") as f:
@@ -397,6 +447,7 @@ def synthesize(
         "frames_per_action": frames_per_action, "n_train": n_train, "n_test": n_test, "scene": asdict(scene),
         "activities": table, "tools": tools(scene.still_pairs), "backgrounds": BACKGROUNDS[: len(classes)],
         "distractors": list(DISTRACTORS)[: len(classes)],
+        **({"props": list(PROPS)[: len(classes)]} if scene.props else {}),
         "videos": videos,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -26,6 +26,8 @@ from ..config import ClipConfig
 
 log = logging.getLogger(__name__)
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
+# Weights the project ships (tag -> (open_clip model, file)); ``model.clip.pretrained=<tag>`` resolves them.
+SHIPPED = {"pcmci-synth": ("pcmci-tiny-clip", Path(__file__).parent / "pretrained" / "pcmci-tiny-vlm.safetensors")}
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ def locate_weights(name: str, pretrained: str | None, cache_dir: str | None = No
     """Resolve ``pretrained`` (a local file, or an open_clip tag looked up in the local caches only)."""
     if not pretrained:
         return ClipWeights(None, "model.clip.pretrained is unset")
+    if pretrained in SHIPPED:
+        model, file = SHIPPED[pretrained]
+        if name != model:
+            raise ValueError(f"model.clip.pretrained={pretrained!r} is a {model} checkpoint, model.clip.name is {name!r}")
+        return ClipWeights(str(file), f"shipped weights {pretrained} ({file.name}, `pcmci vlm pretrain`)")
     path = Path(pretrained).expanduser()
     if path.is_file():
         return ClipWeights(str(path), f"local file {path}")

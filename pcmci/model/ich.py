@@ -5,9 +5,12 @@ proxy of the unobservable hallucination H ("OT is more reliable than simple thre
 distributions to find disproportionately aligned features"). As built, texts ``t[B,L,D]``, frames ``vp[B,F,D]``:
 
 1. ``S_b = norm(t_b) norm(VP_b)^T  [L,F]``; ``Q_b = sinkhorn(1 - S_b, eps)`` with marginals ``1/L``, ``1/F``.
-2. Over-alignment at one temperature ``eps``: ``O_b = rownorm(relu(softmax_F(S_b / eps) - L Q_b))`` — the
-   similarity mass each label puts on frames beyond its balanced transport budget (``proxy="plan"``: ``L Q_b``;
-   ``"similarity"``: ``S_b``).
+2. The frames each label over-aligns with (``proxy="plan"``, default): ``O_b = L Q_b`` — OT shares every frame
+   among the labels by relative alignment, so a frame goes to the label it matches disproportionately (raw
+   cosines are not comparable across frames; the plan's column marginals make them so). ``"overalign"``:
+   ``rownorm(relu(softmax_F(S_b / eps) - L Q_b))``, the similarity mass beyond the transport budget;
+   ``"similarity"``: ``S_b``. Measured on the shipped VLM (``pcmci diagnose --hallucination``): the plan puts more
+   than half of the prop's label on the frames that show the planted prop, the other two less.
 3. The clip's hallucination proxy ``H_b = O_b VP_b [L,D]``, direction ``u_bl = H_bl / |H_bl|``.
 4. Backdoor adjustment (``adjust="prior"``): the clip's hallucinated component is removed,
    ``t_bl - <t_bl, u_bl> u_bl``, and the prior expectation over the strata ``Z`` (k-means over H of the training
