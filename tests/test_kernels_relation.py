@@ -1,17 +1,11 @@
 """relation: fused Triton kernels (interpreter on CPU) vs the reference, forward and backward."""
-import os
-
 import pytest
 import torch
+from conftest import DEVICE, HALF, needs_triton, tolerance
 
 from pcmci.kernels import relation_product, relation_reference
 from pcmci.kernels import relation as rl
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-HALF = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])  # the interpreter (numpy) has no bf16
-needs_triton = pytest.mark.skipif(
-    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1", reason="needs CUDA or TRITON_INTERPRET=1"
-)
 
 
 def _inputs(B, K, N, d, e, masked, dtype=torch.float32, seed=0):
@@ -40,9 +34,9 @@ def test_triton_matches_reference(monkeypatch, shape, masked):
     xs = [x.clone().requires_grad_() for x in (q, k, v, prior)]
     out = relation_product(*xs, mask)
     grads = torch.autograd.grad((out * grad).sum(), xs)
-    torch.testing.assert_close(out, out_ref.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, out_ref.detach(), **tolerance(torch.float32))
     for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(g, g_ref, **tolerance(torch.float32, gradient=True))
 
 
 @needs_triton
@@ -55,7 +49,7 @@ def test_triton_half_precision(monkeypatch, dtype):
     out = relation_product(*xs, prior)
     grads = torch.autograd.grad(out.float().square().sum(), xs)
     assert out.dtype == dtype and all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
-    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.float(), ref, **tolerance(dtype))
 
 
 def test_reference_and_op_gradcheck():

@@ -146,7 +146,8 @@ def cross_check(model: PCMCI, frames: torch.Tensor, count: FvcoreCount) -> dict[
     return {"tolerance": TOLERANCE, "ok": all(r["ok"] for r in rows), "rows": rows}
 
 
-def _labels(options: ProfileOptions) -> tuple[list[str], list[str]]:
+def profile_labels(options: ProfileOptions) -> tuple[list[str], list[str]]:
+    """The label texts a profile builds the model with: ``classes`` activities and ``actions`` atomic actions."""
     return [f"activity {i}" for i in range(options.classes)], [f"action {i}" for i in range(options.actions)]
 
 
@@ -175,7 +176,7 @@ def profile_model(cfg: Config, options: ProfileOptions, name: str = "") -> dict[
     torch.manual_seed(options.seed)
     views = options.views or cfg.data.test_views
     tcfg = cfg.model.timesformer
-    model = build_model(cfg.model, *_labels(options)).eval()
+    model = build_model(cfg.model, *profile_labels(options)).eval()
     video = torch.rand(views, tcfg.frames, 3, tcfg.img_size, tcfg.img_size)
     fitted = model.build_dictionaries([video], seed=options.seed)
     count = fvcore_count(model, (video,))
