@@ -256,6 +256,8 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 
 def _add_data(sub: Subparsers) -> None:
+    from .data.prepare import CODECS as PREPARE_CODECS
+
     p = sub.add_parser("data", help="dataset tools: pcmci data inspect|prepare --dataset NAME --root DIR")
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("inspect", help="counts per split/class, missing and undecodable files, stats, sample grid")
@@ -275,7 +277,7 @@ def _add_data(sub: Subparsers) -> None:
     r.add_argument("--out", required=True, help="output folder: the videos, manifest.csv, labels.json, prepare.json")
     r.add_argument("--short-side", type=int, default=256, help="scale the shorter side down to this (default: 256)")
     r.add_argument("--gop", type=int, default=8, help="a keyframe at least every GOP frames (default: 8)")
-    r.add_argument("--codec", choices=["h264", "vp9"], default="h264", help="(default: h264, NVDEC and PyAV)")
+    r.add_argument("--codec", choices=list(PREPARE_CODECS), default="h264", help="(default: h264, NVDEC and PyAV)")
     r.add_argument("--fps", type=float, help="constant output rate (default: each source's average rate)")
     r.add_argument("--jobs", type=int, default=1, help="videos encoded at a time, one process each (default: 1)")
     r.set_defaults(func=_data_prepare)
