@@ -11,7 +11,6 @@ report, compiling with pointer divisibility only, passed as spill-free.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +19,8 @@ from typing import Any
 import torch
 
 from pcmci.kernels import report
+from pcmci.kernels import relation as rel
 
-rel = importlib.import_module("pcmci.kernels.relation")
 _OLD_FP32 = ((16, 16, 8, 3),) * 3
 _OLD_HALF = {16: _OLD_FP32, 32: ((32, 32, 4, 3),) * 3, 64: ((64, 64, 8, 3), (64, 64, 8, 3), (64, 32, 8, 3))}
 

@@ -14,7 +14,6 @@ Without CUDA only the CPU cases run (the batched reference vs POT bar, plus smal
 """
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 
@@ -22,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from pcmci.kernels import log_sinkhorn, log_sinkhorn_reference, relation, relation_reference
+from pcmci.kernels import log_sinkhorn, log_sinkhorn_reference, relation_product, relation_reference
+from pcmci.kernels import sinkhorn as sk
 from pcmci.kernels._common import device_arch
 from pcmci.kernels.roofline import PEAKS, Work, relation_work, sinkhorn_work
 
-sk = importlib.import_module("pcmci.kernels.sinkhorn")
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -149,7 +148,7 @@ def test_relation(benchmark, B: int, N: int, backward: bool, impl: str) -> None:
     q, k, v = (torch.randn(B, K_BASES, N, HEAD_DIM, device=DEVICE, generator=g, dtype=dtype).requires_grad_(backward)
                for _ in range(3))
     prior = torch.full((K_BASES,), 1 / K_BASES, device=DEVICE, requires_grad=backward)
-    fn = {"fused": relation, "reference": relation_reference,
+    fn = {"fused": relation_product, "reference": relation_reference,
           "compiled": _compile(f"relation-{backward}", relation_reference)}[impl]
 
     def step() -> None:

@@ -45,13 +45,13 @@ if wants sanitizer; then
   if [ -x "$SAN" ]; then
     timeout "$PART_TIMEOUT" "$SAN" --tool memcheck --error-exitcode 3 $PY - >"$OUT/sanitizer.log" 2>&1 <<'PYEOF'
 import torch
-from pcmci.kernels import log_sinkhorn, relation
+from pcmci.kernels import log_sinkhorn, relation_product
 for R, S in ((10, 8), (200, 300)):  # both Sinkhorn regimes, masks, forward and backward
     cost = torch.rand(3, R, S, device="cuda", requires_grad=True)
     mask = torch.rand(3, R, S, device="cuda") > 0.1
     log_sinkhorn(cost, 0.1, 5, mask=mask).sum().backward()
 q, k, v = (torch.randn(2, 8, 70, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-relation(q, k, v, torch.full((8,), 0.125, device="cuda", requires_grad=True)).sum().backward()
+relation_product(q, k, v, torch.full((8,), 0.125, device="cuda", requires_grad=True)).sum().backward()
 torch.cuda.synchronize()
 PYEOF
     rc=$?; echo "compute-sanitizer memcheck: rc=$rc  $(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log")"

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pcmci.kernels import log_sinkhorn, relation
+from pcmci.kernels import log_sinkhorn, relation_product
 from pcmci.kernels.report import DTYPES, PAPER_ITERS, cases
 
 
@@ -29,7 +29,7 @@ def _run(case: Any, dtype: torch.dtype) -> None:
     B, K, N, d, e = case.shape
     q, k = (torch.randn(B, K, N, d, device="cuda", generator=g).to(dtype).requires_grad_() for _ in range(2))
     v = torch.randn(B, K, N, e, device="cuda", generator=g).to(dtype).requires_grad_()
-    relation(q, k, v, torch.full((K,), 1 / K, device="cuda", requires_grad=True)).float().sum().backward()
+    relation_product(q, k, v, torch.full((K,), 1 / K, device="cuda", requires_grad=True)).float().sum().backward()
 
 
 def _compiled(fn: Any) -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ the Triton launch replaced by a recorder, and reports per call:
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import statistics
@@ -28,7 +27,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sk = importlib.import_module("pcmci.kernels.sinkhorn")
+from pcmci.kernels import sinkhorn as sk
+
 SHAPES = [(8, 10, 8), (8, 48, 16), (8, 58, 8)]  # the H200's small cases and the paper's Breakfast ICH
 EPS, ITERS = 0.1, 50
 

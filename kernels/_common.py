@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import triton.language as tl
 from torch import Tensor
 
 TINY = torch.finfo(torch.float32).tiny  # log(TINY) stands in for log(0) so empty slices stay finite
+TINY_TL = tl.constexpr(TINY)  # the same constant for kernels, which may read only constexpr globals
 
 _MODES = ("auto", "reference", "triton")
 

@@ -1,6 +1,6 @@
 """K-base relation products.
 
-``relation(q[B,K,N,d], k[B,K,N,d], v[B,K,N,e], prior[K], mask=None, return_maps=False) -> out[B,N,e]``
+``relation_product(q[B,K,N,d], k[B,K,N,d], v[B,K,N,e], prior[K], mask=None, return_maps=False) -> out[B,N,e]``
 with ``out = sum_k prior_k softmax(q_k k_k^T / sqrt(d)) v_k``; ``mask[B,N]`` marks valid keys (True = real).
 A query row with no valid key gets a zero output (and zero map row).
 
@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from torch.utils.flop_counter import register_flop_formula
 
-from ._common import Launch, TensorArg, acc_dtype, aligned, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
+from ._common import TINY_TL, Launch, TensorArg, acc_dtype, aligned, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
 
 
 # ----------------------------------------------------------------------------------------- reference (spec)
@@ -53,7 +53,7 @@ def _scores(q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
     return s if mask is None else s.masked_fill(~mask[:, None, None, :], float("-inf"))
 
 
-def _torch_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def reference_forward(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """``out[B,N,e]`` (v dtype) and the per-base log-sum-exp ``[B,K,N]`` (accumulation dtype)."""
     s = _scores(q, k, mask)
     lse = safe_lse(s, -1)
@@ -89,7 +89,7 @@ def relation_reference(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Reference relation product; returns ``out[B,N,e]`` (and the maps ``G[B,K,N,N]`` if asked)."""
     _check_inputs(q, k, v, prior, mask)
-    out = _torch_forward(q, k, v, prior, mask)[0]
+    out = reference_forward(q, k, v, prior, mask)[0]
     return (out, _maps(q, k, mask)) if return_maps else out
 
 
@@ -136,13 +136,20 @@ def _relation_fwd(Q, Kt, V, PRIOR, M, OUT, LSE, N, NB, d, e, scale,
             l_i = l_i * alpha + tl.sum(p, 1)
             o = o * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=PREC)
             m_i = m_new
-        l_safe = tl.maximum(l_i, 1.1754943508222875e-38)
+        l_safe = tl.maximum(l_i, TINY_TL)
         acc += tl.load(PRIOR + kb).to(tl.float32) * o / l_safe[:, None]
         lse = tl.log(l_safe) + tl.where(m_i == float("-inf"), 0.0, m_i)
         tl.store(LSE + bk * N + rm, lse, mask=rm < N)
     re = tl.arange(0, BE)
     tl.store(OUT + (b * N + rm[:, None]) * e + re[None, :], acc.to(OUT.dtype.element_ty),
              mask=(rm[:, None] < N) & (re[None, :] < e))
+
+
+@triton.jit
+def _base_program(PRIOR, NB):
+    """A backward program's (batch·base) index ``bk`` on grid axis 1, its batch ``b`` and prior ``pk``."""
+    bk = tl.program_id(1).to(tl.int64)
+    return bk, bk // NB, tl.load(PRIOR + bk % NB).to(tl.float32)
 
 
 @triton.jit
@@ -157,9 +164,7 @@ def _relation_bwd_dq(Q, Kt, V, PRIOR, M, DOUT, LSE, DQ, ROWDOT, N, NB, d, e, sca
                      HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
                      BE: tl.constexpr, PREC: tl.constexpr):
     """Per (query block, b·K): ``rowdot = dout·O_k`` (recomputing ``O_k``), then ``dq``."""
-    bk = tl.program_id(1).to(tl.int64)
-    b = bk // NB
-    pk = tl.load(PRIOR + bk % NB).to(tl.float32)
+    bk, b, pk = _base_program(PRIOR, NB)
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     q = _tile(Q, bk, rm, N, d, BD)
     lse = tl.load(LSE + bk * N + rm, mask=rm < N, other=0.0)
@@ -191,9 +196,7 @@ def _relation_bwd_dkdv(Q, Kt, V, PRIOR, M, DOUT, LSE, ROWDOT, DK, DV, N, NB, d, 
                        HAS_MASK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
                        BE: tl.constexpr, PREC: tl.constexpr):
     """Per (key block, b·K): ``dk``, ``dv``, looping over query blocks."""
-    bk = tl.program_id(1).to(tl.int64)
-    b = bk // NB
-    pk = tl.load(PRIOR + bk % NB).to(tl.float32)
+    bk, b, pk = _base_program(PRIOR, NB)
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     kt = _tile(Kt, bk, rn, N, d, BD)
     vt = _tile(V, bk, rn, N, e, BE)
@@ -342,7 +345,7 @@ def _relation_op(q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Optional[
     """(out, lse); Triton on CUDA (or forced), the reference math otherwise."""
     if _triton_fits(q, v):
         return triton_forward(q, k, v, prior, mask)
-    return _torch_forward(q, k, v, prior, mask)
+    return reference_forward(q, k, v, prior, mask)
 
 
 @triton_op("pcmci::relation_backward", mutates_args=())
@@ -396,7 +399,7 @@ def relation_maps(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
     return _maps(q, k, mask)
 
 
-def relation(
+def relation_product(
     q: Tensor, k: Tensor, v: Tensor, prior: Tensor, mask: Tensor | None = None, return_maps: bool = False
 ) -> Tensor | tuple[Tensor, Tensor]:
     """K-base relation product ``out[B,N,e]`` (see module docstring); differentiable in q, k, v, prior.

@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 from torch.utils.flop_counter import register_flop_formula
 
-from ._common import Launch, TensorArg, acc_dtype, aligned, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
+from ._common import TINY_TL, Launch, TensorArg, acc_dtype, aligned, device_arch, jit_shape, make_launch, safe_lse, triton_type, use_triton
 
 # Dispatch table, the same on sm_80 / sm_89 / sm_90 and for fp32 / bf16 / fp16 (``pcmci kernels report``: no
 # spills): regime 1 up to ONCHIP_MAX padded elements forward and ONCHIP_BWD_MAX backward (it holds about twice
@@ -138,23 +138,30 @@ def _torch_backward(
     return dk, dla, dlb
 
 
-def log_sinkhorn_reference(
-    cost: Tensor,
-    eps: float,
-    iters: int,
-    a: Tensor | None = None,
-    b: Tensor | None = None,
-    mask: Tensor | None = None,
-) -> Tensor:
+def _checked_log_marginals(cost: Tensor, eps: float, iters: int, a: Tensor | None, b: Tensor | None,
+                           mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The log marginals of a public call, once its arguments and its unmasked costs have been checked."""
+    _check_inputs(cost, eps, iters, mask)
+    _check_finite(cost, mask)
+    return _log_marginals(cost, a, b, mask)
+
+
+def reference_forward(cost: Tensor, log_a: Tensor, log_b: Tensor, eps: float, iters: int,
+                      mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The reference math on log marginals: the plan (accumulation dtype) and the log-normaliser histories
+    ``r[B,T,R]``, ``c[B,T,S]``; what the op runs off CUDA, and what the profiler's independent count replays."""
+    return _torch_forward(_scaled_cost(cost, eps, mask, log_a.dtype), log_a, log_b, iters)
+
+
+def log_sinkhorn_reference(cost: Tensor, eps: float, iters: int, a: Tensor | None = None, b: Tensor | None = None,
+                           mask: Tensor | None = None) -> Tensor:
     """Reference log-domain Sinkhorn, differentiable by autograd.
 
     cost: [B,R,S]; a: [B,R] or [R] row marginal; b: [B,S] or [S]; mask: [B,R,S] bool, True = real entry.
     Returns the plan [B,R,S] in ``cost.dtype``; masked entries are exactly 0.
     """
-    _check_inputs(cost, eps, iters, mask)
-    _check_finite(cost, mask)
-    la, lb = _log_marginals(cost, a, b, mask)
-    return _torch_forward(_scaled_cost(cost, eps, mask, la.dtype), la, lb, iters)[0].to(cost.dtype)
+    la, lb = _checked_log_marginals(cost, eps, iters, a, b, mask)
+    return reference_forward(cost, la, lb, eps, iters, mask)[0].to(cost.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- Triton
@@ -174,7 +181,7 @@ def _lse(x, axis: tl.constexpr):
     m = tl.max(x, axis)
     m = tl.where(m == float("-inf"), 0.0, m)
     s = tl.sum(tl.exp(x - tl.expand_dims(m, axis)), axis)
-    return tl.log(tl.maximum(s, 1.1754943508222875e-38)) + m
+    return tl.log(tl.maximum(s, TINY_TL)) + m
 
 
 @triton.jit
@@ -188,7 +195,7 @@ def _lse_update(m, s, x, axis: tl.constexpr):
 
 @triton.jit
 def _lse_finish(m, s):
-    return tl.log(tl.maximum(s, 1.1754943508222875e-38)) + tl.where(m == float("-inf"), 0.0, m)
+    return tl.log(tl.maximum(s, TINY_TL)) + tl.where(m == float("-inf"), 0.0, m)
 
 
 @triton.jit
@@ -483,7 +490,7 @@ def triton_backward(
 def _log_sinkhorn_ref_op(
     cost: Tensor, log_a: Tensor, log_b: Tensor, eps: float, iters: int, mask: Optional[Tensor]
 ) -> tuple[Tensor, Tensor, Tensor]:
-    plan, rh, ch = _torch_forward(_scaled_cost(cost, eps, mask, log_a.dtype), log_a, log_b, iters)
+    plan, rh, ch = reference_forward(cost, log_a, log_b, eps, iters, mask)
     return plan.to(cost.dtype), rh, ch
 
 
@@ -565,20 +572,12 @@ def fvcore_handle(inputs: list, outputs: list) -> int:
     return _macs(jit_shape(inputs[0]), int(inputs[4].toIValue()))
 
 
-def log_sinkhorn(
-    cost: Tensor,
-    eps: float,
-    iters: int,
-    a: Tensor | None = None,
-    b: Tensor | None = None,
-    mask: Tensor | None = None,
-) -> Tensor:
+def log_sinkhorn(cost: Tensor, eps: float, iters: int, a: Tensor | None = None, b: Tensor | None = None,
+                 mask: Tensor | None = None) -> Tensor:
     """Batched log-domain Sinkhorn plan ``[B,R,S]`` (see module docstring); differentiable in cost, a, b.
 
     cost: [B,R,S] fp32/fp16/bf16; a: [B,R] or [R]; b: [B,S] or [S]; mask: [B,R,S] bool, True = real entry.
     Raises ValueError (eager) or RuntimeError (compiled) when an unmasked cost entry is NaN or inf.
     """
-    _check_inputs(cost, eps, iters, mask)
-    _check_finite(cost, mask)
-    la, lb = _log_marginals(cost, a, b, mask)
+    la, lb = _checked_log_marginals(cost, eps, iters, a, b, mask)
     return torch.ops.pcmci.log_sinkhorn(cost, la, lb, float(eps), int(iters), mask)[0]

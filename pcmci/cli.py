@@ -1,98 +1,33 @@
 """Command line: ``pcmci demo|train|ablate|diagnose|export|eval|predict|synth|profile|data|weights|convert|kernels|bench``.
 
-Expected failures (bad config, missing or undecodable video, missing checkpoint) print one line
-``pcmci: error: <cause>`` and exit 1; ``--debug`` shows the traceback instead.
+Each command is a parser and, beside it, its handler (``set_defaults(func=...)``); a handler returns the exit
+code (None = 0). A ``PcmciError`` (bad config, dataset, video, weights or checkpoint) or an ``OSError`` (a file
+that cannot be read or written) prints one line ``pcmci: error: <cause>`` and exits 1; any other exception is a
+bug and is named as one, with its type; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
+
+from .config import DatasetName
+from .errors import PcmciError
+
+Subparsers = argparse._SubParsersAction
+# ValueError stays expected until the layers outside pcmci.errors (the model and the train / evaluate / predict
+# entry points) raise the project's types for input they refuse, e.g. missing pretrained weights.
+EXPECTED_ERRORS = (PcmciError, OSError, ValueError)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="synthesize data, train full model + baseline, evaluate ID/OOD, write a report")
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds; >1 reports mean ± std")
-    p.add_argument("--epochs", type=int, help="training epochs per model (default: the tiny preset's, 30)")
-    p.add_argument("--confound", type=float, default=0.9, help="confounder/label correlation in train and ID test")
-    p.add_argument("--train", type=int, default=720, help="synthetic training videos")
-    p.add_argument("--test", type=int, default=240, help="synthetic test videos: half test_id, half test_ood")
-    p.add_argument("--device", default="auto")
-    _add_scene(p)
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model: pcmci train CONFIG [key=value ...]")
+def _add_config(p: argparse.ArgumentParser, example: str = "optim.lr=1e-4 model.stages=[ich,ivc]") -> None:
+    """The positional ``CONFIG [key=value ...]`` every config-driven command takes."""
     p.add_argument("config", help="preset name (tiny, paper, breakfast, coin, charades) or YAML file")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4 model.stages=[ich,ivc]")
-    p.add_argument("--resume", action="store_true", help="continue from run.out_dir/checkpoint.pt")
-    p.add_argument("--overwrite", action="store_true", help="start over in a run.out_dir that holds a checkpoint")
-    p.add_argument("--nproc", type=int, default=1,
-                   help="processes (one per GPU; gloo on CPU): relaunches itself under torchrun (DDP)")
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="checkpoint -> DIR/model.safetensors + config.json + labels.json")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="output folder (PCMCI.from_pretrained(DIR) loads it)")
-
-
-def _add_ablate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ablate", help="train + evaluate the paper's stage variants over seeds: table, JSON, bar chart")
-    p.add_argument("config", help="preset name or YAML file")
-    p.add_argument("overrides", nargs="*", help="dotted overrides shared by every variant")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
-    p.add_argument("--variants", nargs="+", help="subset of: baseline ich ici ivc ich+ici ich+ivc ici+ivc full reversed")
-    p.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process (default: 1)")
-    p.add_argument("--device", default="auto")
-
-
-def _add_diagnose(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("diagnose", help="static-bias probes, counterfactual flip rate, stage heatmaps of a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--split", help="split to probe (default: the config's last eval split)")
-    p.add_argument("--video", help="also draw the ICH / ICI / IVC maps for this video")
-    p.add_argument("--limit", type=int, default=200, help="at most this many videos (default: 200)")
-    p.add_argument("--out", help="output folder (default: CHECKPOINT_DIR/diagnose)")
-    p.add_argument("--device", default="auto")
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint: accuracy, mAP, per-class table, confusion matrix")
-    p.add_argument("checkpoint")
-    p.add_argument("--splits", nargs="+", help="split names (default: the config's data.eval_splits)")
-    p.add_argument("--manifest", help="evaluate on another manifest with the same classes")
-    p.add_argument("--out", help="output folder (default: the checkpoint's folder)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-
-
-def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="top-k labels for one video")
-    p.add_argument("checkpoint")
-    p.add_argument("video")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--labels", help="labels.json the caller expects; stop naming any difference from the checkpoint's")
-    p.add_argument("--json", action="store_true", help="print the predictions as one JSON object")
-
-
-def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="write the synthetic confounded activity dataset (videos + manifest)")
-    p.add_argument("--out", default="data/synthetic")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--confound", type=float, default=0.9)
-    p.add_argument("--codec", choices=["vp9", "h264", "mjpeg"], default="vp9")
-    p.add_argument("--train", type=int, default=720, help="training videos")
-    p.add_argument("--test", type=int, default=240, help="test videos in all: half test_id, half test_ood")
-    p.add_argument("--size", type=int, default=64, help="frame size in pixels")
-    _add_scene(p)
+    p.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
 
 
 def _add_scene(p: argparse.ArgumentParser) -> None:
@@ -116,14 +51,220 @@ def scene_from(args: argparse.Namespace):  # -> pcmci.data.synthetic.Scene
                  still_pairs=args.still_pairs)
 
 
-def _add_data(sub: argparse._SubParsersAction) -> None:
+def _demo(args: argparse.Namespace) -> None:
+    from .experiments.demo import run_demo
+
+    report = run_demo(args.out, seeds=args.seeds, epochs=args.epochs, confound=args.confound, n_train=args.train,
+                      n_test=args.test, scene=scene_from(args), device=args.device, progress=not args.quiet)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"report: {args.out}/report.md, {args.out}/report.json (full OOD acc {report['full']['ood']['acc']:.4f}, "
+          f"baseline OOD acc {report['baseline']['ood']['acc']:.4f})")
+
+
+def _add_demo(sub: Subparsers) -> None:
+    p = sub.add_parser("demo", help="synthesize data, train full model + baseline, evaluate ID/OOD, write a report")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds; >1 reports mean ± std")
+    p.add_argument("--epochs", type=int, help="training epochs per model (default: the tiny preset's, 30)")
+    p.add_argument("--confound", type=float, default=0.9, help="confounder/label correlation in train and ID test")
+    p.add_argument("--train", type=int, default=720, help="synthetic training videos")
+    p.add_argument("--test", type=int, default=240, help="synthetic test videos: half test_id, half test_ood")
+    p.add_argument("--device", default="auto")
+    _add_scene(p)
+    p.set_defaults(func=_demo)
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this ``pcmci train`` under ``torchrun --standalone --nproc_per_node N``; its exit code."""
+    import subprocess
+
+    flags = [*(["--debug"] if args.debug else []), *(["--quiet"] if args.quiet else [])]
+    mode = [*(["--resume"] if args.resume else []), *(["--overwrite"] if args.overwrite else [])]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "pcmci", *flags, "train", args.config, *args.overrides, *mode]
+    return subprocess.run(command, check=False).returncode
+
+
+def _train(args: argparse.Namespace) -> int | None:
+    from .config import load_config
+    from .engine.distributed import is_main_process, launched_by_torchrun
+    from .engine.train import refuse_existing_run, train
+
+    cfg = load_config(args.config, args.overrides)
+    cfg.run.progress = cfg.run.progress and not args.quiet
+    refuse_existing_run(cfg, args.resume, args.overwrite)
+    if args.nproc > 1 and not launched_by_torchrun():
+        return _launch_torchrun(args)
+    checkpoint = train(cfg, resume=args.resume)
+    if is_main_process():
+        print(f"checkpoint: {checkpoint}")
+    return None
+
+
+def _add_train(sub: Subparsers) -> None:
+    p = sub.add_parser("train", help="train a model: pcmci train CONFIG [key=value ...]")
+    _add_config(p)
+    p.add_argument("--resume", action="store_true", help="continue from run.out_dir/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over in a run.out_dir that holds a checkpoint")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes (one per GPU; gloo on CPU): relaunches itself under torchrun (DDP)")
+    p.set_defaults(func=_train)
+
+
+def _ablate(args: argparse.Namespace) -> None:
+    from .experiments.ablate import run_ablation
+
+    run_ablation(args.config, args.overrides, args.seeds, args.out, args.variants, args.device, not args.quiet,
+                 args.jobs)
+    print((Path(args.out) / "ablation.md").read_text())
+    print(f"report: {args.out}/ablation.md, {args.out}/ablation.json, {args.out}/ablation_acc.png")
+
+
+def _add_ablate(sub: Subparsers) -> None:
+    p = sub.add_parser("ablate", help="train + evaluate the paper's stage variants over seeds: table, JSON, bar chart")
+    _add_config(p, "data.manifest=... (shared by every variant)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
+    p.add_argument("--variants", nargs="+", help="subset of: baseline ich ici ivc ich+ici ich+ivc ici+ivc full reversed")
+    p.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process (default: 1)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_ablate)
+
+
+def _diagnose(args: argparse.Namespace) -> None:
+    from .experiments.diagnose import diagnose
+
+    report = diagnose(args.checkpoint, args.split, args.video, args.out, args.limit, args.device, not args.quiet)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "diagnose"
+    print((out / "diagnose.md").read_text())
+    print(f"report: {out}/diagnose.md, {out}/diagnose.json ({report['videos']} videos)")
+
+
+def _add_diagnose(sub: Subparsers) -> None:
+    p = sub.add_parser("diagnose", help="static-bias probes, counterfactual flip rate, stage heatmaps of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", help="split to probe (default: the config's last eval split)")
+    p.add_argument("--video", help="also draw the ICH / ICI / IVC maps for this video")
+    p.add_argument("--limit", type=int, default=200, help="at most this many videos (default: 200)")
+    p.add_argument("--out", help="output folder (default: CHECKPOINT_DIR/diagnose)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_diagnose)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .engine.export import export_checkpoint
+
+    print(f"exported: {', '.join(str(p) for p in export_checkpoint(args.checkpoint, args.out))}")
+
+
+def _add_export(sub: Subparsers) -> None:
+    p = sub.add_parser("export", help="checkpoint -> DIR/model.safetensors + config.json + labels.json")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="output folder (PCMCI.from_pretrained(DIR) loads it)")
+    p.set_defaults(func=_export)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .engine.distributed import is_main_process
+    from .engine.evaluate import evaluate, per_class_markdown
+
+    results = evaluate(args.checkpoint, args.splits, args.out, args.manifest, args.device, progress=not args.quiet)
+    if not is_main_process():  # under torchrun every rank holds the gathered results; one prints them
+        return
+    if args.json:
+        print(json.dumps({s: {k: m[k] for k in ("videos", "acc", "top5", "map")} for s, m in results.items()}))
+    else:
+        for split, metrics in results.items():
+            print(per_class_markdown(metrics, split))
+
+
+def _add_eval(sub: Subparsers) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: accuracy, mAP, per-class table, confusion matrix")
+    p.add_argument("checkpoint")
+    p.add_argument("--splits", nargs="+", help="split names (default: the config's data.eval_splits)")
+    p.add_argument("--manifest", help="evaluate on another manifest with the same classes")
+    p.add_argument("--out", help="output folder (default: the checkpoint's folder)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(func=_eval)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .engine.predict import predict_video
+
+    top = predict_video(args.checkpoint, args.video, args.topk, args.device, args.labels)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "video": args.video,
+                          "top": [{"label": label, "prob": prob} for label, prob in top]}))
+    else:
+        print("\n".join(f"{prob:.4f}  {label}" for label, prob in top))
+
+
+def _add_predict(sub: Subparsers) -> None:
+    p = sub.add_parser("predict", help="top-k labels for one video")
+    p.add_argument("checkpoint")
+    p.add_argument("video")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--labels", help="labels.json the caller expects; stop naming any difference from the checkpoint's")
+    p.add_argument("--json", action="store_true", help="print the predictions as one JSON object")
+    p.set_defaults(func=_predict)
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from .data.synthetic import synthesize
+
+    path = synthesize(args.out, seed=args.seed, n_train=args.train, n_test=args.test, confound=args.confound,
+                      codec=args.codec, size=args.size, progress=not args.quiet, scene=scene_from(args))
+    print(f"manifest: {path}")
+
+
+def _add_synth(sub: Subparsers) -> None:
+    from .data.synthetic import CODECS
+
+    p = sub.add_parser("synth", help="write the synthetic confounded activity dataset (videos + manifest)")
+    p.add_argument("--out", default="data/synthetic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--confound", type=float, default=0.9)
+    p.add_argument("--codec", choices=list(CODECS), default="vp9")
+    p.add_argument("--train", type=int, default=720, help="training videos")
+    p.add_argument("--test", type=int, default=240, help="test videos in all: half test_id, half test_ood")
+    p.add_argument("--size", type=int, default=64, help="frame size in pixels")
+    _add_scene(p)
+    p.set_defaults(func=_synth)
+
+
+def _data_inspect(args: argparse.Namespace) -> None:
+    from .data.datasets import tree_config
+    from .data.inspect import inspect_into, render
+
+    data = tree_config(args.dataset, args.root, args.video_template, args.annotations)
+    report = inspect_into(data, args.split, Path(args.out) if args.out else None, args.grid, progress=not args.quiet)
+    print(json.dumps(report) if args.json else render(report))
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from .data import prepare
+    from .data.datasets import tree_config
+
+    data = tree_config(args.dataset, args.root, args.video_template, args.annotations)
+    settings = prepare.PrepareSettings.for_jobs(args.jobs, short_side=args.short_side, gop=args.gop,
+                                                codec=args.codec, fps=args.fps)
+    report = prepare.prepare_dataset(data, args.out, settings, args.jobs, progress=not args.quiet)
+    print(json.dumps(report) if args.json else prepare.render(report))
+    return 1 if report["failed"] else 0
+
+
+def _add_data(sub: Subparsers) -> None:
+    from .data.prepare import CODECS as PREPARE_CODECS
+
     p = sub.add_parser("data", help="dataset tools: pcmci data inspect|prepare --dataset NAME --root DIR")
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("inspect", help="counts per split/class, missing and undecodable files, stats, sample grid")
     r = tools.add_parser("prepare", help="re-encode every video for random access (keyframe every --gop frames, "
                                          "constant rate, short side scaled) + manifest.csv and a report")
     for t in (q, r):
-        t.add_argument("--dataset", choices=["manifest", "breakfast", "coin", "charades"], required=True)
+        t.add_argument("--dataset", choices=get_args(DatasetName), required=True)
         t.add_argument("--root", required=True,
                        help="dataset folder (manifest: the CSV, or the folder holding manifest.csv)")
         t.add_argument("--video-template", default="", help="video path template under ROOT (default: the dataset's)")
@@ -132,15 +273,32 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--split", help="only this split (default: all)")
     q.add_argument("--out", help="write report.json and the sample grid (grid.png) into this folder")
     q.add_argument("--grid", help="sample-frame grid PNG (default: OUT/grid.png with --out, else none; '' for none)")
+    q.set_defaults(func=_data_inspect)
     r.add_argument("--out", required=True, help="output folder: the videos, manifest.csv, labels.json, prepare.json")
     r.add_argument("--short-side", type=int, default=256, help="scale the shorter side down to this (default: 256)")
     r.add_argument("--gop", type=int, default=8, help="a keyframe at least every GOP frames (default: 8)")
-    r.add_argument("--codec", choices=["h264", "vp9"], default="h264", help="(default: h264, NVDEC and PyAV)")
+    r.add_argument("--codec", choices=list(PREPARE_CODECS), default="h264", help="(default: h264, NVDEC and PyAV)")
     r.add_argument("--fps", type=float, help="constant output rate (default: each source's average rate)")
     r.add_argument("--jobs", type=int, default=1, help="videos encoded at a time, one process each (default: 1)")
+    r.set_defaults(func=_data_prepare)
 
 
-def _add_profile(sub: argparse._SubParsersAction) -> None:
+def _profile(args: argparse.Namespace) -> None:
+    from .config import ConfigError, load_config
+    from .profiling import ProfileOptions, run_profile
+
+    if args.preset and args.config:
+        raise ConfigError("give either --preset NAME or CONFIG, not both")
+    source = args.preset or args.config or "tiny"
+    options = ProfileOptions(device=args.device, batch=args.batch, views=args.views, classes=args.classes,
+                             actions=args.actions, warmup=args.warmup, repeats=args.repeats, train=args.train,
+                             compile=args.compile)
+    paths = run_profile(load_config(source, args.overrides), options, args.out, name=Path(str(source)).stem)
+    print(paths["markdown"].read_text())
+    print("report: " + ", ".join(str(p) for p in paths.values()))
+
+
+def _add_profile(sub: Subparsers) -> None:
     p = sub.add_parser("profile", help="params, FLOPs (fvcore, cross-checked), latency, memory -> profile.md/.json")
     p.add_argument("config", nargs="?", help="preset name or YAML file (default: tiny; or use --preset)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.stages=[ich,ivc]")
@@ -156,47 +314,96 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also time a torch.compile'd training step (default: on CUDA only)")
     p.add_argument("--out", default="runs/profile", help="output folder (default: runs/profile)")
+    p.set_defaults(func=_profile)
 
 
-def _add_weights(sub: argparse._SubParsersAction) -> None:
+def _weights_check(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .errors import WeightsError
+    from .model.weights import check_weights, render_check, require_weights
+
+    cfg = load_config(args.config, args.overrides)
+    rows = check_weights(cfg.model)
+    print(render_check(rows))
+    failed = [f"{r['tower']} ({r['shape_check']})" for r in rows if r["shape_check"].startswith("FAILED")]
+    if failed:
+        raise WeightsError(f"weights that do not fit: {'; '.join(failed)}")
+    require_weights(cfg.model)
+
+
+def _add_weights(sub: Subparsers) -> None:
     p = sub.add_parser("weights", help="pretrained weights: pcmci weights check CONFIG [key=value ...]")
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("check", help="resolve every weight file of a config: source, shape check, parameters")
-    q.add_argument("config", help="preset name or YAML file")
-    q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.timesformer.pretrained=DIR")
+    _add_config(q, "model.timesformer.pretrained=DIR")
+    q.set_defaults(func=_weights_check)
 
 
-def _add_convert(sub: argparse._SubParsersAction) -> None:
+def _convert(args: argparse.Namespace) -> None:
+    from .model.weights import convert_timesformer
+
+    out, fields = convert_timesformer(args.src, args.out)
+    shape = " ".join(f"model.timesformer.{k}={v:g}" for k, v in fields.items())
+    print(f"wrote {out}; train with model.timesformer.pretrained={out} {shape}")
+
+
+def _add_convert(sub: Subparsers) -> None:
     p = sub.add_parser("convert", help="foreign weights -> a pcmci file: pcmci convert timesformer SRC --out FILE")
     p.add_argument("kind", choices=["timesformer"])
     p.add_argument("src", help="HF TimeSformer model directory (config.json + model.safetensors/pytorch_model.bin)")
     p.add_argument("--out", required=True, help="file to write (for model.timesformer.pretrained)")
+    p.set_defaults(func=_convert)
 
 
-def _add_kernels(sub: argparse._SubParsersAction) -> None:
-    from .kernels.report import add_arguments
+def _add_kernels(sub: Subparsers) -> None:
+    from .kernels.report import add_arguments, run
 
     p = sub.add_parser("kernels", help="kernel tools: pcmci kernels report (AOT compile for sm_80/89/90, no GPU)")
     tools = p.add_subparsers(dest="tool", required=True)
-    add_arguments(tools.add_parser("report", help="registers, spills, shared memory, occupancy, roofline per launch"))
+    q = tools.add_parser("report", help="registers, spills, shared memory, occupancy, roofline per launch")
+    add_arguments(q)
+    q.set_defaults(func=run)
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:
+def _bench_command(args: argparse.Namespace) -> str:
+    """The command line that regenerates this benchmark, written into its report."""
+    flags = {"--steps": args.steps, "--warmup": args.warmup, "--input": args.input, "--variants": args.variants,
+             "--dtype": args.dtype, "--peak-tflops": args.peak_tflops}
+    return " ".join(["pcmci bench train", args.config, *args.overrides,
+                     *(f"{k} {v}" for k, v in flags.items() if v is not None), *(["--json"] if args.json else [])])
+
+
+def _bench_train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .engine.bench import BenchOptions, bench_train, markdown, write
+
+    options = BenchOptions(steps=args.steps, warmup=args.warmup, input=args.input, dtype=args.dtype,
+                           variants=args.variants.split(",") if args.variants else [], peak_tflops=args.peak_tflops)
+    report = bench_train(load_config(args.config, args.overrides), options, name=Path(str(args.config)).stem)
+    command = _bench_command(args)
+    paths = write(report, Path(args.out), command)
+    print(json.dumps(report) if args.json else markdown(report, command))
+    print(f"report: {paths['markdown']}, {paths['json']}", file=sys.stderr)
+
+
+def _add_bench(sub: Subparsers) -> None:
+    from .engine.bench import DTYPES, INPUTS
+
     p = sub.add_parser("bench", help="benchmarks: pcmci bench train CONFIG (clips/s, step times, memory, MFU)")
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("train", help="real training steps per variant (eager, compiled, +triton): clips/s, MFU")
-    q.add_argument("config", help="preset name (tiny, paper, ...) or YAML file")
-    q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.batch_size=16")
+    _add_config(q, "optim.batch_size=16")
     q.add_argument("--steps", type=int, default=20, help="timed steps per variant (default: 20)")
     q.add_argument("--warmup", type=int, default=3, help="untimed steps first, compilation included (default: 3)")
-    q.add_argument("--input", choices=["synthetic", "loader"], default="synthetic",
+    q.add_argument("--input", choices=list(INPUTS), default="synthetic",
                    help="device-resident random frames, or the config's data loader (default: synthetic)")
     q.add_argument("--variants", help="comma-separated eager, compiled, eager+triton, compiled+triton "
                                       "(default: eager,compiled,compiled+triton on CUDA, eager,compiled on CPU)")
-    q.add_argument("--dtype", choices=["bf16", "fp32"], help="bf16 autocast (CUDA) or fp32 (default: bf16 on CUDA)")
+    q.add_argument("--dtype", choices=list(DTYPES), help="bf16 autocast (CUDA) or fp32 (default: bf16 on CUDA)")
     q.add_argument("--peak-tflops", type=float, help="dense peak of this device in TFLOP/s, for MFU")
     q.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
     q.add_argument("--out", default="bench/results", help="folder for bench-train-NAME.md/.json (default: bench/results)")
+    q.set_defaults(func=_bench_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,172 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _launch_torchrun(args: argparse.Namespace) -> int:
-    """Re-run this ``pcmci train`` under ``torchrun --standalone --nproc_per_node N``; its exit code."""
-    import subprocess
-
-    flags = [*(["--debug"] if args.debug else []), *(["--quiet"] if args.quiet else [])]
-    mode = [*(["--resume"] if args.resume else []), *(["--overwrite"] if args.overwrite else [])]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "pcmci", *flags, "train", args.config, *args.overrides, *mode]
-    return subprocess.run(command, check=False).returncode
-
-
-def _run(args: argparse.Namespace) -> int | None:
-    progress = not args.quiet
-    if args.command == "demo":
-        from .demo import run_demo
-
-        report = run_demo(args.out, seeds=args.seeds, epochs=args.epochs, confound=args.confound,
-                          n_train=args.train, n_test=args.test, scene=scene_from(args), device=args.device,
-                          progress=progress)
-        print((Path(args.out) / "report.md").read_text())
-        print(f"report: {args.out}/report.md, {args.out}/report.json (full OOD acc "
-              f"{report['full']['ood']['acc']:.4f}, baseline OOD acc {report['baseline']['ood']['acc']:.4f})")
-    elif args.command == "train":
-        from .config import load_config
-        from .engine.distributed import launched_by_torchrun
-        from .engine.train import refuse_existing_run, train
-
-        cfg = load_config(args.config, args.overrides)
-        cfg.run.progress = cfg.run.progress and progress
-        refuse_existing_run(cfg, args.resume, args.overwrite)
-        if args.nproc > 1 and not launched_by_torchrun():
-            return _launch_torchrun(args)
-        checkpoint = train(cfg, resume=args.resume)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"checkpoint: {checkpoint}")
-    elif args.command == "ablate":
-        from .ablate import run_ablation
-
-        run_ablation(args.config, args.overrides, args.seeds, args.out, args.variants, args.device, progress,
-                     args.jobs)
-        print((Path(args.out) / "ablation.md").read_text())
-        print(f"report: {args.out}/ablation.md, {args.out}/ablation.json, {args.out}/ablation_acc.png")
-    elif args.command == "diagnose":
-        from .diagnose import diagnose
-
-        report = diagnose(args.checkpoint, args.split, args.video, args.out, args.limit, args.device, progress)
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / "diagnose"
-        print((out / "diagnose.md").read_text())
-        print(f"report: {out}/diagnose.md, {out}/diagnose.json ({report['videos']} videos)")
-    elif args.command == "export":
-        from .engine.export import export_checkpoint
-
-        print(f"exported: {', '.join(str(p) for p in export_checkpoint(args.checkpoint, args.out))}")
-    elif args.command == "eval":
-        from .engine.evaluate import evaluate, per_class_markdown
-
-        results = evaluate(args.checkpoint, args.splits, args.out, args.manifest, args.device, progress=progress)
-        if int(os.environ.get("RANK", "0")) > 0:  # under torchrun every rank holds the gathered results
-            return 0
-        if args.json:
-            print(json.dumps({s: {k: m[k] for k in ("videos", "acc", "top5", "map")} for s, m in results.items()}))
-        else:
-            for split, metrics in results.items():
-                print(per_class_markdown(metrics, split))
-    elif args.command == "predict":
-        from .engine.predict import predict_video
-
-        top = predict_video(args.checkpoint, args.video, args.topk, args.device, args.labels)
-        if args.json:
-            print(json.dumps({"checkpoint": args.checkpoint, "video": args.video,
-                              "top": [{"label": label, "prob": prob} for label, prob in top]}))
-        else:
-            print("\n".join(f"{prob:.4f}  {label}" for label, prob in top))
-    elif args.command == "weights":
-        from .config import load_config
-        from .model.weights import check_weights, render_check, require_weights
-
-        cfg = load_config(args.config, args.overrides)
-        rows = check_weights(cfg.model)
-        print(render_check(rows))
-        failed = [f"{r['tower']} ({r['shape_check']})" for r in rows if r["shape_check"].startswith("FAILED")]
-        if failed:
-            raise ValueError(f"weights that do not fit: {'; '.join(failed)}")
-        require_weights(cfg.model)
-    elif args.command == "convert":
-        from .model.weights import convert_timesformer
-
-        out, fields = convert_timesformer(args.src, args.out)
-        shape = " ".join(f"model.timesformer.{k}={v:g}" for k, v in fields.items())
-        print(f"wrote {out}; train with model.timesformer.pretrained={out} {shape}")
-    elif args.command == "synth":
-        from .data.synthetic import synthesize
-
-        path = synthesize(args.out, seed=args.seed, n_train=args.train, n_test=args.test, confound=args.confound,
-                          codec=args.codec, size=args.size, progress=progress, scene=scene_from(args))
-        print(f"manifest: {path}")
-    elif args.command == "data":
-        from .config import DataConfig
-
-        root = Path(args.root)
-        manifest = root / "manifest.csv" if args.dataset == "manifest" and root.is_dir() else root
-        data = DataConfig(dataset=args.dataset, root=str(root), manifest=str(manifest),
-                          video_template=args.video_template, annotations=args.annotations)
-        if args.tool == "prepare":
-            from .data import prepare
-
-            settings = prepare.PrepareSettings(args.short_side, args.gop, args.codec, args.fps,
-                                               max(1, (os.cpu_count() or 1) // max(1, args.jobs)))
-            report = prepare.prepare_dataset(data, args.out, settings, args.jobs, progress=progress)
-            print(json.dumps(report) if args.json else prepare.render(report))
-            return 1 if report["failed"] else 0
-        from .data.inspect import inspect_dataset, render
-
-        out = Path(args.out) if args.out else None
-        grid = Path(args.grid) if args.grid else out / "grid.png" if out and args.grid is None else None
-        report = inspect_dataset(data, args.split, grid, progress=progress)
-        if out:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "report.json").write_text(json.dumps(report, indent=1))
-        print(json.dumps(report) if args.json else render(report))
-    elif args.command == "kernels":
-        from .kernels.report import run as kernels_report
-
-        return kernels_report(args)
-    elif args.command == "bench":
-        from .config import load_config
-        from .engine.bench import BenchOptions, bench_train, markdown, write
-
-        options = BenchOptions(steps=args.steps, warmup=args.warmup, input=args.input, dtype=args.dtype,
-                               variants=args.variants.split(",") if args.variants else [],
-                               peak_tflops=args.peak_tflops)
-        cfg = load_config(args.config, args.overrides)
-        report = bench_train(cfg, options, name=Path(str(args.config)).stem)
-        flags = {"--steps": args.steps, "--warmup": args.warmup, "--input": args.input, "--variants": args.variants,
-                 "--dtype": args.dtype, "--peak-tflops": args.peak_tflops}
-        command = " ".join(["pcmci bench train", args.config, *args.overrides,
-                            *(f"{k} {v}" for k, v in flags.items() if v is not None), *(["--json"] if args.json else [])])
-        paths = write(report, Path(args.out), command)
-        print(json.dumps(report) if args.json else markdown(report, command))
-        print(f"report: {paths['markdown']}, {paths['json']}", file=sys.stderr)
-    elif args.command == "profile":
-        import torch
-
-        from .config import ConfigError, load_config
-        from .profiling import ProfileOptions, run_profile
-
-        if args.preset and args.config:
-            raise ConfigError("give either --preset NAME or CONFIG, not both")
-        source = args.preset or args.config or "tiny"
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        options = ProfileOptions(device=device, batch=args.batch, views=args.views, classes=args.classes,
-                                 actions=args.actions, warmup=args.warmup, repeats=args.repeats, train=args.train,
-                                 compile=args.compile)
-        paths = run_profile(load_config(source, args.overrides), options, args.out, name=Path(str(source)).stem)
-        print(paths["markdown"].read_text())
-        print("report: " + ", ".join(str(p) for p in paths.values()))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet = args.quiet or int(os.environ.get("RANK", "0")) > 0  # under torchrun only rank 0 logs progress
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+    from .engine.distributed import is_main_process
+
+    logging.basicConfig(level=logging.INFO if is_main_process() and not args.quiet else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return _run(args) or 0
-    except (ValueError, FileNotFoundError, OSError, RuntimeError, KeyError, ArithmeticError) as exc:
+        return args.func(args) or 0
+    except EXPECTED_ERRORS as exc:
         if args.debug:
             raise
         print(f"pcmci: error: {exc}", file=sys.stderr)
@@ -383,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         cause = (str(exc).strip().splitlines() or [""])[0]
-        print(f"pcmci: error: {type(exc).__name__}: {cause} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"pcmci: error: {type(exc).__name__}: {cause} (run with --debug for the traceback)",
+              file=sys.stderr)
     return 1
 
 

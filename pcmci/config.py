@@ -1,7 +1,8 @@
 """Configs as dataclasses, named presets, YAML files and dotted ``key=value`` overrides.
 
 ``load_config(path_or_preset, overrides)`` is the one entry point; unknown keys, unknown stages and
-ill-typed values raise ``ConfigError`` naming the offending key.
+ill-typed values raise ``ConfigError`` naming the offending key. A field with a fixed set of values is typed
+``Literal[...]``: the type is the one list of its choices, read by the coercion here and by the command line.
 """
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-STAGE_NAMES = ("ich", "ici", "ivc")
+from .errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A config file or override that does not match the schema."""
+StageName = Literal["ich", "ici", "ivc"]
+STAGE_NAMES: tuple[str, ...] = typing.get_args(StageName)
+DatasetName = Literal["manifest", "breakfast", "coin", "charades"]
+DictionaryKind = Literal["kmeans", "learned"]
 
 
 @dataclass
@@ -59,16 +61,18 @@ class ICHConfig:
     planted co-occurring object (``docs/results/vlm/``)."""
 
     eps: float = 0.1
-    iters: int = 50
-    ot_grad: bool = True
-    proxy: str = "plan"
-    adjust: str = "population"
-    dictionary: str = "kmeans"
-    dict_size: int = 256
+    iters: int = 50  # Sinkhorn iterations, a fixed count (compile- and CUDA-graph-friendly)
+    ot_grad: bool = True  # backpropagate through the transport plan (false: the plan is a constant)
+    proxy: Literal["overalign", "plan", "similarity"] = "plan"  # what weighs the frames of H; others for ablations
+    adjust: Literal["population", "prior", "posterior"] = "population"
+    dictionary: DictionaryKind = "kmeans"  # strata of H: k-means over the training population, or learned atoms
+    dict_size: int = 256  # strata (atoms); fewer when the fit has under 4 features per atom
 
 
 @dataclass
 class ICIConfig:
+    """Relation-aware backdoor on the texts: ``layers`` relation layers over K = ``bases`` relation bases."""
+
     bases: int = 8
     layers: int = 1
     mlp_ratio: float = 2.0
@@ -99,17 +103,19 @@ class IVCConfig:
     reference_epochs: int = 6
     reference_rounds: int = 1
     max_weight: float = 10.0
-    dictionary: str = "kmeans"
+    dictionary: DictionaryKind = "kmeans"  # population visual tokens: k-means over V' of the training split, or learned
     dict_size: int = 512
-    align_weight: float = 0.0
+    align_weight: float = 0.0  # lambda of the alignment loss between video and transported text bases (0 = off)
 
 
 @dataclass
 class HeadConfig:
+    """Cross-attention decoder: the class rows of the texts query the video tokens; group-wise linear logits."""
+
     layers: int = 1
     heads: int = 4
     mlp_ratio: float = 2.0
-    aux_weight: float = 0.0
+    aux_weight: float = 0.0  # weight of the auxiliary BCE on atomic-action presence (needs action texts)
 
 
 @dataclass
@@ -123,16 +129,19 @@ class DictionaryConfig:
 
 @dataclass
 class ModelConfig:
+    """The towers, the causal stages in ``stages`` order (any subset; ``[]`` is the no-intervention baseline),
+    the head and the confounder dictionaries."""
+
     clip: ClipConfig = field(default_factory=ClipConfig)
     timesformer: TimeSformerConfig = field(default_factory=TimeSformerConfig)
-    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
+    stages: list[StageName] = field(default_factory=lambda: list(STAGE_NAMES))
     ich: ICHConfig = field(default_factory=ICHConfig)
     ici: ICIConfig = field(default_factory=ICIConfig)
     ivc: IVCConfig = field(default_factory=IVCConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     dictionaries: DictionaryConfig = field(default_factory=DictionaryConfig)
-    learn_text: bool = False
-    multilabel: bool = False
+    learn_text: bool = False  # train the label texts T (frozen CLIP embeddings by default)
+    multilabel: bool = False  # BCE over classes (Charades) instead of softmax cross-entropy
     allow_random_init: bool = True  # false: `pcmci train` stops when a tower's pretrained weights are missing
 
 
@@ -141,17 +150,17 @@ class DataConfig:
     """``dataset`` picks the adapter: ``manifest`` reads ``manifest``; breakfast/coin/charades read ``root`` in
     their public layout (``video_template`` / ``annotations`` override the default paths, "" = default)."""
 
-    dataset: str = "manifest"
+    dataset: DatasetName = "manifest"
     root: str = ""
     video_template: str = ""
     annotations: str = ""
     manifest: str = ""
-    labels: str | None = None
+    labels: str | None = None  # labels.json fixing the class order (default: beside the manifest, else the rows)
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["test_id", "test_ood"])
     frames: int = 8
     image_size: int = 64
-    backend: str = "pyav"
+    backend: Literal["auto", "pyav", "dali"] = "pyav"  # auto: DALI's GPU loader on CUDA when installed, else PyAV
     num_workers: int = 0
     test_views: int = 1  # clips per test video (temporal clips x spatial crops), scores averaged
     test_crops: int = 1  # spatial crops per temporal clip; temporal clips = test_views // test_crops
@@ -163,30 +172,37 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
+    """Optimiser and schedule: linear warm-up for ``warmup_epochs``, then cosine decay to the end of ``epochs``."""
+
+    name: Literal["adamw", "adam"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
     epochs: int = 10
     warmup_epochs: float = 1.0
     batch_size: int = 8  # clips per process per forward; global batch = batch_size x processes x accum_steps
     grad_clip: float = 1.0
-    amp: bool = True
+    amp: bool = True  # bf16 autocast on CUDA; no effect on CPU
     accum_steps: int = 1  # gradient accumulation: one optimiser step per accum_steps batches
 
 
 @dataclass
 class RunConfig:
+    """Where and how a run executes. On ``--resume`` these may change, except ``seed`` and ``dtype``, which
+    fix the numbers the checkpoint holds."""
+
     out_dir: str = "runs/default"
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA when available), cpu, cuda, cuda:N
     progress: bool = True
     compile: bool | None = None  # torch.compile the model for training and evaluation; None = on CUDA only
     tensorboard: bool = True  # TensorBoard scalars under out_dir/tensorboard, beside metrics.jsonl
-    dtype: str = "float32"  # weights and inputs; float64 (CPU only, slow) for bit-level reproducibility checks
+    dtype: Literal["float32", "float64"] = "float32"  # weights and inputs; float64 (CPU only, slow) for bit-level reproducibility checks
 
 
 @dataclass
 class Config:
+    """A whole run: model, data, optimiser and run settings; ``load_config`` builds one."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -267,7 +283,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
-        return [_coerce(v, args[0], key) for v in value]
+        # A list of choices (model.stages) is checked as a whole by validate(), which names every unknown item.
+        item = str if typing.get_origin(args[0]) is Literal else args[0]
+        return [_coerce(v, item, key) for v in value]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key {key!r} = {value!r}; valid values: {list(args)}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key {key!r} expects true/false, got {value!r}")
@@ -314,26 +336,25 @@ def _set(obj: Any, dotted: str, value: Any) -> None:
             node = getattr(node, name)
 
 
+def _check_choices(node: Any, prefix: str = "") -> None:
+    """Every ``Literal`` field of a config built in code (not through ``_set``) holds one of its choices."""
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
+        elif typing.get_origin(hints[f.name]) is Literal:
+            _coerce(value, hints[f.name], f"{prefix}{f.name}")
+
+
 def validate(cfg: Config) -> Config:
-    """Cross-field checks that a type alone cannot express."""
+    """The choices of fields set in code, and cross-field checks that a type alone cannot express."""
+    _check_choices(cfg)
     unknown = [s for s in cfg.model.stages if s not in STAGE_NAMES]
     if unknown:
         raise ConfigError(f"unknown stage name(s) {unknown} in model.stages; valid stages: {list(STAGE_NAMES)}")
     if len(set(cfg.model.stages)) != len(cfg.model.stages):
         raise ConfigError(f"model.stages lists a stage twice: {cfg.model.stages}")
-    choices = {
-        "model.ich.proxy": (cfg.model.ich.proxy, ("overalign", "plan", "similarity")),
-        "model.ich.dictionary": (cfg.model.ich.dictionary, ("kmeans", "learned")),
-        "model.ich.adjust": (cfg.model.ich.adjust, ("prior", "population", "posterior")),
-        "model.ivc.dictionary": (cfg.model.ivc.dictionary, ("kmeans", "learned")),
-        "optim.name": (cfg.optim.name, ("adamw", "adam")),
-        "data.backend": (cfg.data.backend, ("auto", "pyav", "dali")),
-        "data.dataset": (cfg.data.dataset, ("manifest", "breakfast", "coin", "charades")),
-        "run.dtype": (cfg.run.dtype, ("float32", "float64")),
-    }
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise ConfigError(f"config key {key!r} = {value!r}; valid values: {list(valid)}")
     if cfg.data.frames != cfg.model.timesformer.frames:
         raise ConfigError(
             f"data.frames={cfg.data.frames} must equal model.timesformer.frames={cfg.model.timesformer.frames}"

@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny model factory and one small synthetic dataset per test session."""
+"""Shared fixtures: a tiny model factory, one small synthetic dataset per test session, and the kernel tests'
+device, dtypes and tolerances."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +12,45 @@ import torch
 
 from pcmci.config import preset
 from pcmci.model import PCMCI, build_model
+
+# The kernel tests' preamble: Triton runs on CUDA, or on CPU under TRITON_INTERPRET=1 (numpy, which has no bf16).
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+HALF = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+needs_triton = pytest.mark.skipif(
+    DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1", reason="needs CUDA or TRITON_INTERPRET=1"
+)
+
+# (atol, rtol) of a kernel's result against the fp32 reference, by the dtype the kernel is fed. Both ops
+# accumulate in fp32 whatever their inputs, so the error has two sources: fp32 rounding in the reductions and the
+# rounding of inputs and stored results to the input dtype.
+# - float32: unit roundoff u = 2^-24 = 6.0e-8. The longest reduction in the tests is a relation dot or key sum of
+#   n <= 128 terms (d, e <= 64; N <= 70 keys), and a Sinkhorn log-sum-exp over <= 21 entries repeated for
+#   <= 10 iterations (each iterate's error is damped, not amplified, by the next normalisation):
+#   gamma_n = n u / (1 - n u) = 7.6e-6 relative, so rtol 1e-5. Entries that cancel to about zero need an
+#   absolute bar: a plan entry is at most 1/max(R, S) <= 1/6 and its error at most 7.6e-6 of the row's mass
+#   (1/R), i.e. about 1e-6 -> atol 1e-6.
+# - float16: u = 2^-11 = 4.9e-4. A rounded cost C enters exp(-C/eps) with its error scaled by |C|/eps
+#   (<= 2/0.3 = 6.7 in the half tests), a rounded q, k enter the softmax through q.k/sqrt(d) (|q.k|/sqrt(d)
+#   <= ~5), so an entry carries up to about 2 * 6.7 * u = 6.5e-3 relative error from its inputs, plus u from the
+#   stored result: rtol 2e-2 (3x margin). atol = 4u = 2e-3 for entries near zero.
+# - bfloat16: u = 2^-8 = 3.9e-3, 8x float16's u: the same arithmetic gives 8x float16's bars.
+TOLERANCES = {
+    torch.float32: (1e-6, 1e-5),
+    torch.float16: (2e-3, 2e-2),
+    torch.bfloat16: (1.6e-2, 1.6e-1),
+}
+# A gradient through a recomputing (relation) or replaying (Sinkhorn) backward chains the forward's reductions
+# with the backward's and subtracts nearly equal terms (p (dp - rowdot); the adjoint of a normalisation), which
+# cancels about log2(10) bits: gradients are held to 10x the forward's bars.
+GRADIENT = 10
+
+
+def tolerance(dtype: torch.dtype, gradient: bool = False) -> dict[str, float]:
+    """``atol``/``rtol`` keywords for ``torch.testing.assert_close`` from ``TOLERANCES`` (x ``GRADIENT``)."""
+    atol, rtol = TOLERANCES[dtype]
+    factor = GRADIENT if gradient else 1
+    return {"atol": atol * factor, "rtol": rtol * factor}
+
 
 CLASSES = ["make cereal", "make tea", "fry egg"]
 ACTIONS = ["pour", "stir", "crack"]

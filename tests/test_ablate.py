@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pcmci.ablate import DEFAULT_VARIANTS, SWITCHES, VARIANTS, summarise, variant_config
+from pcmci.experiments.ablate import DEFAULT_VARIANTS, SWITCHES, VARIANTS, summarise, variant_config
 from pcmci.cli import main
 
 
@@ -62,7 +62,7 @@ def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_pa
     assert (out / "ivc-seed1" / "checkpoint.pt").is_file()
     assert "ablation.md" in capsys.readouterr().out
     stamp = (out / "ivc-seed1" / "checkpoint.pt").stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="pcmci.ablate"):
+    with caplog.at_level("INFO", logger="pcmci.experiments.ablate"):
         assert main(args) == 0
     assert sum("reusing" in r.getMessage() for r in caplog.records) == 4
     assert (out / "ivc-seed1" / "checkpoint.pt").stat().st_mtime_ns == stamp

@@ -1,16 +1,20 @@
 """CLI: each kind of bad input stops with one clear line naming the cause; the happy paths print results."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
 from pathlib import Path
+from typing import get_args
 
 import av
 import numpy as np
 import pytest
 
-from pcmci.cli import main
+from pcmci.cli import build_parser, main
+from pcmci.config import DatasetName
+from pcmci.data.formats import READERS
 
 
 def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -93,3 +97,24 @@ def test_train_eval_predict_synth_commands(synthetic_set, tmp_path, capsys) -> N
     code, stdout, _ = run_cli(capsys, "synth", "--out", str(tmp_path / "syn"), "--train", "6", "--test", "6",
                               "--codec", "mjpeg")
     assert code == 0 and (tmp_path / "syn" / "manifest.csv").is_file()
+
+
+def test_dataset_names_have_one_source() -> None:
+    """The config's ``Literal`` names the datasets; the adapters and the command line follow it."""
+    names = get_args(DatasetName)
+    assert set(names) == {"manifest", *READERS}
+    data = build_parser()._subparsers._group_actions[0].choices["data"]
+    for tool in ("inspect", "prepare"):
+        parser = data._subparsers._group_actions[0].choices[tool]
+        assert next(a for a in parser._actions if a.dest == "dataset").choices == names
+
+
+def test_every_command_has_a_handler_and_help(capsys) -> None:
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():
+        tools = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for sub in tools[0].choices.values() if tools else [parser]:
+            assert callable(sub.get_default("func")), name
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0 and "usage: pcmci " + name in capsys.readouterr().out

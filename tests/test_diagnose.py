@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from pcmci.cli import main
-from pcmci.diagnose import flip_rate, repeated_frame, shuffled, static_bias_probes, time_reversed
+from pcmci.experiments.diagnose import flip_rate, repeated_frame, shuffled, static_bias_probes, time_reversed
 
 
 def clips_with_motion_and_colour(n: int = 8, frames: int = 6) -> tuple[Tensor, Tensor]:
@@ -93,7 +93,7 @@ def test_diagnose_command_end_to_end(synthetic_set: Path, tmp_path: Path, capsys
 
 
 def test_still_object_accuracy_and_an_uninformative_probe_is_named(tiny_model) -> None:
-    from pcmci.diagnose import still_object_accuracy, uninformative_probes
+    from pcmci.experiments.diagnose import still_object_accuracy, uninformative_probes
 
     pred, labels = torch.tensor([0, 6, 5, 6, 1]), torch.tensor([0, 6, 6, 6, 2])
     assert still_object_accuracy(pred, labels, [5, 6]) == pytest.approx(2 / 3)
@@ -111,7 +111,7 @@ def test_mediator_collapse_against_a_loop(tiny_model) -> None:
     """Entropy share and effective rank recomputed from IVC's own maps with explicit loops (float64)."""
     import numpy as np
 
-    from pcmci.diagnose import mediator_collapse
+    from pcmci.experiments.diagnose import mediator_collapse
 
     model = tiny_model().eval()
     clips = torch.rand(3, 8, 3, 64, 64)

@@ -10,6 +10,8 @@ from conftest import tiny_run_overrides
 from pcmci.cli import main
 from pcmci.config import ConfigError, check_dataset, load_config
 from pcmci.engine.train import train
+from pcmci.errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError, DataError, PcmciError,
+                          VideoDecodeError, WeightsError)
 from pcmci.model import PCMCI
 
 
@@ -50,6 +52,33 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path: Path, monkeypatch
     assert err == "pcmci: error: TypeError: something nobody expected (run with --debug for the traceback)"
     with pytest.raises(TypeError, match="something nobody expected"):
         main(["--debug", *args])
+
+
+def test_project_errors_are_plain_lines_and_other_errors_are_named_as_bugs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A ``PcmciError`` is the user's to fix: its message alone. A ``RuntimeError`` or ``KeyError`` from inside
+    pcmci is a bug, not bad input: it is named with its type and the --debug hint."""
+    args = ["train", "tiny", f"run.out_dir={tmp_path}"]
+    for raised, expected in [
+        (DataError("labels.json:2: not valid JSON"), "pcmci: error: labels.json:2: not valid JSON"),
+        (RuntimeError("tensor shapes disagree"),
+         "pcmci: error: RuntimeError: tensor shapes disagree (run with --debug for the traceback)"),
+        (KeyError("model"), "pcmci: error: KeyError: 'model' (run with --debug for the traceback)"),
+    ]:
+        def broken(*args, exc=raised, **kwargs):
+            raise exc
+
+        monkeypatch.setattr("pcmci.engine.train.train", broken)
+        assert main(args) == 1
+        assert capsys.readouterr().err.strip() == expected
+
+
+def test_error_kinds_keep_the_builtin_types_callers_catch() -> None:
+    assert issubclass(ConfigError, ValueError) and issubclass(DataError, ValueError)
+    assert issubclass(CheckpointError, RuntimeError) and issubclass(VideoDecodeError, RuntimeError)
+    assert issubclass(CheckpointNotFoundError, FileNotFoundError) and issubclass(CheckpointWriteError, OSError)
+    assert all(issubclass(e, PcmciError) for e in (ConfigError, DataError, CheckpointError, VideoDecodeError,
+                                                    CheckpointNotFoundError, CheckpointWriteError, WeightsError))
 
 
 def test_out_of_memory_names_the_batch_size_and_suggests_accumulation(

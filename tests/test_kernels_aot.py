@@ -5,7 +5,6 @@ specialisation is the one triton's binder computes for the launchers' real argum
 the shared memory the H200 measured. The whole grid (``--shapes all``, fp16 too) is ``pcmci kernels report``."""
 from __future__ import annotations
 
-import importlib
 import json
 import multiprocessing
 import re
@@ -23,10 +22,10 @@ from pcmci.cli import main
 from pcmci.config import preset
 from pcmci.data.formats import BREAKFAST_ACTIONS, BREAKFAST_ACTIVITIES
 from pcmci.kernels import aot, report
+from pcmci.kernels import relation as rel
+from pcmci.kernels import sinkhorn as sk
 from pcmci.kernels._common import ARCHS, triton_type
 
-sk = importlib.import_module("pcmci.kernels.sinkhorn")
-rel = importlib.import_module("pcmci.kernels.relation")
 try:
     from triton.backends.nvidia.compiler import get_ptxas
 

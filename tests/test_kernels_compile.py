@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pcmci.kernels import FVCORE_HANDLES, log_sinkhorn, relation
+from pcmci.kernels import FVCORE_HANDLES, log_sinkhorn, relation_product
 
 
 def _f(cost, q, k, v, prior, mask):
     plan = log_sinkhorn(cost, 0.1, 10, mask=mask)
-    return plan.sum(-1).square().sum() + relation(q, k, v, prior).square().sum() + (plan * cost).sum()
+    return plan.sum(-1).square().sum() + relation_product(q, k, v, prior).square().sum() + (plan * cost).sum()
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # cuda: Triton kernels inside the graph
@@ -49,7 +49,7 @@ def test_flop_formulas():
     cost, q, k, v, prior, mask = _args()
     with FlopCounterMode(display=False) as counter:
         log_sinkhorn(cost, 0.1, 10, mask=mask).sum().backward()
-        relation(q, k, v, prior).sum().backward()
+        relation_product(q, k, v, prior).sum().backward()
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     assert counts["pcmci.log_sinkhorn"] == 2 * 2 * 5 * 3 * 21
     assert counts["pcmci.log_sinkhorn_backward"] == 2 * counts["pcmci.log_sinkhorn"]
@@ -62,7 +62,7 @@ def test_fvcore_handles():
 
     class Both(torch.nn.Module):
         def forward(self, cost, q, k, v, prior):
-            return log_sinkhorn(cost, 0.1, 10), relation(q, k, v, prior)
+            return log_sinkhorn(cost, 0.1, 10), relation_product(q, k, v, prior)
 
     flops = fvcore.FlopCountAnalysis(Both(), (cost, q, k, v, prior)).set_op_handle(**FVCORE_HANDLES)
     flops.unsupported_ops_warnings(False)

@@ -114,25 +114,31 @@ def test_ich_population_adjustment_ignores_the_clip() -> None:
     assert not ich.reads_frames and ICH(ICHConfig(dict_size=4, adjust="prior"), d).reads_frames
 
 
-def test_ich_removes_the_clips_hallucinated_direction() -> None:
-    """With the prior adjustment the cleaned text has no component along the clip's proxy direction, and the
-    prior term does not depend on the clip: two clips differ in T' only through what was removed."""
-    d = 16
+def test_ich_prior_output_differs_from_the_text_only_along_the_clips_proxy() -> None:
+    """``adjust="prior"`` with ``W_o = 0`` and an identity LN: read from the module's output alone, each label's T'
+    is the text with its whole component along the clip's proxy direction ``u`` removed, then normalised. LN only
+    shifts (by a multiple of the all-ones vector) and scales, so ``t`` must lie in span{T', 1, u} with the
+    coefficient of ``u`` equal to ``<t, u>`` (the pre-norm text is orthogonal to ``u``); another direction in place
+    of ``u`` does not explain T', and ``<t, u>`` is not zero, so something was removed."""
+    d, labels = 16, 3
     ich = ICH(ICHConfig(dict_size=4, adjust="prior"), d).double()
     fit_dictionary(ich, d, 4)
-    t = torch.randn(1, 3, d, dtype=torch.float64)
-    vp = torch.randn(1, 4, d, dtype=torch.float64)
-    u = torch.nn.functional.normalize(ich.proxy(t, vp), dim=-1)
     with torch.no_grad():
         ich.w_o.weight.zero_()
         ich.w_o.bias.zero_()
         ich.norm.weight.fill_(1.0)
         ich.norm.bias.zero_()
-    cleaned = ich.adjust(t, vp)
-    # with W_o = 0 and an identity LN the module's output is LN of the text minus its proxy component
-    raw = t - (t * u).sum(-1, keepdim=True) * u
-    np.testing.assert_allclose(np_(cleaned), np_(torch.nn.functional.layer_norm(raw, (d,))), atol=1e-6)
-    assert (cleaned - torch.nn.functional.layer_norm(t, (d,))).abs().max() > 1e-3  # something was removed
+    t = torch.randn(1, labels, d, dtype=torch.float64)
+    vp = torch.randn(1, 4, d, dtype=torch.float64)
+    out, t, u = np_(ich.adjust(t, vp))[0], np_(t)[0], np_(torch.nn.functional.normalize(ich.proxy(t, vp), dim=-1))[0]
+    other = np.random.default_rng(0).standard_normal((labels, d))
+    for j in range(labels):
+        basis = np.stack([out[j], np.ones(d), u[j]], axis=1)
+        coef = np.linalg.lstsq(basis, t[j], rcond=None)[0]
+        np.testing.assert_allclose(basis @ coef, t[j], atol=1e-10)
+        assert abs(t[j] @ u[j]) > 1e-2 and coef[2] == pytest.approx(t[j] @ u[j], abs=1e-10)
+        wrong = np.stack([out[j], np.ones(d), other[j] / np.linalg.norm(other[j])], axis=1)
+        assert np.abs(wrong @ np.linalg.lstsq(wrong, t[j], rcond=None)[0] - t[j]).max() > 1e-3
 
 
 def relation_layer_direct(x: np.ndarray, layer: torch.nn.Module) -> np.ndarray:

@@ -2,7 +2,6 @@
 files and keys, the cross-check failure path, and the paper preset's parameter budget."""
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch import nn
 
 from pcmci.cli import main
 from pcmci.config import preset
+from pcmci.kernels import sinkhorn as sk
 from pcmci.model import build_model
 from pcmci.profiling import profiler
 from pcmci.profiling.analytic import clip_visual_macs, timesformer_macs
@@ -140,7 +140,6 @@ def test_inflated_fused_op_count_fails_profile(tmp_path: Path, monkeypatch: pyte
                                                capsys: pytest.CaptureFixture) -> None:
     """Sinkhorn's fvcore handle and its FlopCounterMode formula both read ``_macs``: doubled, they still agree
     with each other (and every stage row), but not with the count of the unrolled reference -> exit 1."""
-    sk = importlib.import_module("pcmci.kernels.sinkhorn")
     macs = sk._macs
     monkeypatch.setattr(sk, "_macs", lambda shape, iters: 2 * macs(shape, iters))
     rc = main(["--quiet", "profile", "tiny", "model.ich.adjust=prior", "--device", "cpu", "--classes", str(C),

@@ -23,6 +23,7 @@ import torch
 
 from pcmci.data.records import ClipSource, Source, VideoDecodeError, VideoInfo
 from pcmci.data.watchdog import DECODE_TIMEOUT, with_thread_timeout
+from pcmci.errors import ConfigError
 
 
 def available() -> bool:
@@ -36,7 +37,7 @@ def available() -> bool:
 
 def _require() -> None:
     if not available():
-        raise RuntimeError("data.backend=dali needs NVIDIA DALI: pip install 'pcmci[dali]'")
+        raise ConfigError("data.backend=dali needs NVIDIA DALI: pip install 'pcmci[dali]'")
 
 
 def _encoded(source: Source) -> np.ndarray:
@@ -131,7 +132,7 @@ class DaliLoader:
                  rank: int = 0, world: int = 1, threads: int = 2, timeout: float | None = None) -> None:
         _require()
         if dataset.views > 1:
-            raise ValueError("DaliLoader decodes one view per video; use the PyTorch loader for multi-view tests")
+            raise ConfigError("DaliLoader decodes one view per video; use the PyTorch loader for multi-view tests")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.rank, self.world, self.epoch = rank, world, 0
         self.timeout = getattr(dataset, "timeout", DECODE_TIMEOUT) if timeout is None else timeout

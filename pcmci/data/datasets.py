@@ -10,24 +10,23 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
+from pcmci.config import DataConfig, DatasetName
 from pcmci.data import formats
 from pcmci.data.decode import DECODE_TIMEOUT, check_length, decode_frames, guarded, probe
 from pcmci.data.records import ClipPlan, LabelSet, VideoDecodeError, VideoInfo, VideoRecord, VideoSet
 from pcmci.data.sampling import crop_offsets, segment_indices, view_indices
-
-if TYPE_CHECKING:
-    from pcmci.config import DataConfig
+from pcmci.errors import DataError
 
 __all__ = ["ClipPlan", "LabelSet", "ManifestDataset", "ManifestRow", "VideoDataset", "VideoRecord", "VideoSet",
            "build_dataset", "collate_videos", "preprocess", "preprocess_views", "read_manifest", "read_manifest_set",
-           "read_video_set"]
+           "read_video_set", "tree_config"]
 
 
 @dataclass
@@ -53,9 +52,9 @@ def read_manifest(path: str | Path, labels: LabelSet | None = None) -> list[Mani
     try:
         return _read_rows(path, labels)
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+        raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except csv.Error as err:
-        raise ValueError(f"{path}: not a readable CSV manifest: {err}") from None
+        raise DataError(f"{path}: not a readable CSV manifest: {err}") from None
 
 
 def _read_rows(path: Path, labels: LabelSet | None) -> list[ManifestRow]:
@@ -64,7 +63,7 @@ def _read_rows(path: Path, labels: LabelSet | None) -> list[ManifestRow]:
         header = [name.strip() for name in reader.fieldnames or []]
         missing = [name for name in ("path", "label") if name not in header]
         if missing:
-            raise ValueError(f"{path}:1: missing required column(s) {missing}; header is {header}")
+            raise DataError(f"{path}:1: missing required column(s) {missing}; header is {header}")
         reader.fieldnames = header
 
         def fail(cause: str) -> ValueError:
@@ -230,17 +229,25 @@ def collate_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def tree_config(dataset: DatasetName, root: str | Path, video_template: str = "", annotations: str = "") -> DataConfig:
+    """The data config of a dataset tree named on the command line; a manifest's root is the CSV itself or
+    the folder that holds ``manifest.csv``."""
+    root = Path(root)
+    manifest = root / "manifest.csv" if dataset == "manifest" and root.is_dir() else root
+    return DataConfig(dataset=dataset, root=str(root), manifest=str(manifest), video_template=video_template,
+                      annotations=annotations)
+
+
 def read_video_set(data: DataConfig, labels: LabelSet | None = None) -> VideoSet:
     """The adapter named by ``data.dataset`` applied to ``data.root`` (or ``data.manifest``), all splits."""
     if data.dataset == "manifest":
         if not data.manifest:
-            raise ValueError("data.manifest is not set: pass data.manifest=path/to/manifest.csv")
+            raise DataError("data.manifest is not set: pass data.manifest=path/to/manifest.csv")
         return read_manifest_set(data.manifest, labels or (LabelSet.load(data.labels) if data.labels else None))
     if data.dataset not in formats.READERS:
-        valid = ", ".join(["manifest", *formats.READERS])
-        raise ValueError(f"unknown data.dataset {data.dataset!r}; valid datasets: {valid}")
+        raise DataError(f"unknown data.dataset {data.dataset!r}; valid datasets: {', '.join(get_args(DatasetName))}")
     if not data.root:
-        raise ValueError(f"data.root is not set: pass data.root=path/to/{data.dataset}")
+        raise DataError(f"data.root is not set: pass data.root=path/to/{data.dataset}")
     return formats.READERS[data.dataset](Path(data.root), data.video_template or None, data.annotations or None)
 
 

@@ -31,6 +31,7 @@ from pcmci.data.records import Source, VideoDecodeError, VideoInfo
 from pcmci.data.records import source_name as _name
 from pcmci.data.sampling import segment_indices
 from pcmci.data.watchdog import DECODE_TIMEOUT, guarded, with_thread_timeout
+from pcmci.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ def choose_backend(requested: str, codec: str) -> str:
     The choice is logged once per (requested, codec).
     """
     if requested not in (*_BACKENDS, "auto"):
-        raise ValueError(f"unknown decode backend {requested!r}; valid backends: auto, {', '.join(_BACKENDS)}")
+        raise ConfigError(f"unknown decode backend {requested!r}; valid backends: auto, {', '.join(_BACKENDS)}")
     chosen = "dali" if requested == "dali" and codec in DALI_CPU_CODECS else "pyav"
     if (requested, codec) not in _announced:
         _announced.add((requested, codec))
@@ -295,7 +296,7 @@ def decode_frames(
     seconds; ``ValueError`` for an unknown ``backend`` or bad indices.
     """
     if backend not in (*_BACKENDS, "auto"):
-        raise ValueError(f"unknown decode backend {backend!r}; valid backends: auto, {', '.join(_BACKENDS)}")
+        raise ConfigError(f"unknown decode backend {backend!r}; valid backends: auto, {', '.join(_BACKENDS)}")
     if len(indices) == 0 or min(indices) < 0:
         raise ValueError(f"indices must be a non-empty sequence of frame numbers >= 0, got {list(indices)}")
 

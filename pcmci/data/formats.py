@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from pcmci.data.records import LabelSet, VideoRecord, VideoSet, read_json
+from pcmci.errors import DataError
 
 BREAKFAST_TEMPLATE = "{person}/{camera}/{person}_{activity}.avi"
 BREAKFAST_ACTIVITIES = {
@@ -72,9 +73,9 @@ def _read_segments(path: Path) -> list[int]:
             continue
         match = re.fullmatch(r"\s*(\d+)-(\d+)\s+(\S+)\s*", line)
         if not match or int(match[1]) > int(match[2]):
-            raise ValueError(f"{path}:{number}: expected 'START-END action', got {line!r}")
+            raise DataError(f"{path}:{number}: expected 'START-END action', got {line!r}")
         if match[3] not in index:
-            raise ValueError(f"{path}:{number}: unknown Breakfast action {match[3]!r}")
+            raise DataError(f"{path}:{number}: unknown Breakfast action {match[3]!r}")
         if index[match[3]] not in found:
             found.append(index[match[3]])
     return found
@@ -88,7 +89,7 @@ def read_breakfast(root: Path, video_template: str | None = None, annotations: s
     A ``.labels`` file without its video gives a record whose file is missing.
     """
     if annotations:
-        raise ValueError("data.annotations is not used by breakfast (the .labels files sit beside the videos)")
+        raise DataError("data.annotations is not used by breakfast (the .labels files sit beside the videos)")
     template = video_template or BREAKFAST_TEMPLATE
     fields = {"person": r"P\d+", "camera": r"[^/]+", "activity": "|".join(BREAKFAST_ACTIVITIES)}
     pattern, wildcard = _template_regex(template, fields), re.sub(r"\{\w+\}", "*", template)
@@ -107,7 +108,7 @@ def read_breakfast(root: Path, video_template: str | None = None, annotations: s
         steps = _read_segments(labels) if labels else []
         records.append(VideoRecord(video, activities.index(match["activity"]), steps, split))
     if not records:
-        raise ValueError(f"no Breakfast videos matching {template!r} under {root}")
+        raise DataError(f"no Breakfast videos matching {template!r} under {root}")
     labels = LabelSet(list(BREAKFAST_ACTIVITIES.values()), [action_text(a) for a in BREAKFAST_ACTIONS])
     return VideoSet(labels, records, str(root))
 
@@ -125,7 +126,7 @@ def read_coin(root: Path, video_template: str | None = None, annotations: str | 
     coin = read_json(path)
     database = coin.get("database") if isinstance(coin, dict) else None
     if not isinstance(database, dict):
-        raise ValueError(f"{path}: expected a top-level 'database' mapping")
+        raise DataError(f"{path}: expected a top-level 'database' mapping")
     tasks: dict[int, str] = {}
     steps: dict[int, str] = {}
     for vid, entry in database.items():
@@ -133,17 +134,17 @@ def read_coin(root: Path, video_template: str | None = None, annotations: str | 
             named = [(tasks, int(entry["recipe_type"]), entry["class"])]
             named += [(steps, int(s["id"]), s["label"]) for s in entry.get("annotation", [])]
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: video {vid!r}: malformed entry ({err!r})") from err
+            raise DataError(f"{path}: video {vid!r}: malformed entry ({err!r})") from err
         for table, key, name in named:
             if table.setdefault(key, name) != name:
-                raise ValueError(f"{path}: video {vid!r}: id {key} is both {table[key]!r} and {name!r}")
+                raise DataError(f"{path}: video {vid!r}: id {key} is both {table[key]!r} and {name!r}")
     class_index = {key: i for i, key in enumerate(sorted(tasks))}
     step_index = {key: i for i, key in enumerate(sorted(steps))}
     template = video_template or COIN_TEMPLATE
     records = []
     for vid, entry in sorted(database.items()):
         if entry.get("subset") not in COIN_SUBSETS:
-            raise ValueError(f"{path}: video {vid!r}: subset {entry.get('subset')!r} not in {list(COIN_SUBSETS)}")
+            raise DataError(f"{path}: video {vid!r}: subset {entry.get('subset')!r} not in {list(COIN_SUBSETS)}")
         recipe = int(entry["recipe_type"])
         video = root / template.format(**{"id": vid, "recipe_type": recipe, "class": entry["class"],
                                           "subset": entry["subset"]})
@@ -168,7 +169,7 @@ def read_charades(root: Path, video_template: str | None = None, annotations: st
         if line.strip():
             code, _, name = line.strip().partition(" ")
             if not re.fullmatch(r"c\d{3}", code) or not name:
-                raise ValueError(f"{class_file}:{number}: expected 'cNNN class name', got {line!r}")
+                raise DataError(f"{class_file}:{number}: expected 'cNNN class name', got {line!r}")
             codes[code] = len(classes)
             classes.append(name.strip())
     template = video_template or CHARADES_TEMPLATE
@@ -180,13 +181,13 @@ def read_charades(root: Path, video_template: str | None = None, annotations: st
         with table.open(newline="") as f:
             reader = csv.DictReader(f)
             if not {"id", "actions"} <= set(reader.fieldnames or []):
-                raise ValueError(f"{table}:1: missing the 'id' and 'actions' columns")
+                raise DataError(f"{table}:1: missing the 'id' and 'actions' columns")
             for row in reader:
                 target = set()
                 for action in filter(None, (a.strip() for a in row["actions"].split(";"))):
                     code = action.split()[0]
                     if code not in codes or len(action.split()) != 3:
-                        raise ValueError(f"{table}:{reader.line_num}: bad action {action!r}")
+                        raise DataError(f"{table}:{reader.line_num}: bad action {action!r}")
                     target.add(codes[code])
                 records.append(VideoRecord(root / template.format(id=row["id"]), sorted(target), [], split))
     return VideoSet(LabelSet(classes), records, str(folder), multilabel=True)

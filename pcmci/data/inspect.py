@@ -3,6 +3,7 @@ undecodable files, frame-count / fps / duration statistics and a PNG grid of sam
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,20 @@ def inspect_dataset(data: DataConfig, split: str | None = None, grid: Path | Non
         "missing": missing, "undecodable": sorted(errors), "errors": errors, "stats": stats,
         "grid": str(_grid(videos, infos, grid)) if grid and infos else None,
     }
+
+
+def inspect_into(data: DataConfig, split: str | None, out: Path | None, grid: str | None,
+                 progress: bool = False) -> dict[str, Any]:
+    """``inspect_dataset``, writing ``report.json`` under ``out`` and the sample grid to ``grid``.
+
+    ``grid=None`` puts the grid at ``out/grid.png`` (none without ``out``); ``grid=""`` draws none.
+    """
+    path = Path(grid) if grid else out / "grid.png" if out is not None and grid is None else None
+    report = inspect_dataset(data, split, path, progress=progress)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 def render(report: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ from pcmci.data.datasets import read_video_set
 from pcmci.data.decode import decode_frames, probe
 from pcmci.data.formats import CHARADES_FILES, CHARADES_TEMPLATE
 from pcmci.data.records import VideoDecodeError, VideoSet
+from pcmci.errors import ConfigError
 
 if TYPE_CHECKING:
     from pcmci.config import DataConfig
@@ -61,10 +62,15 @@ class PrepareSettings:
 
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
-            raise ValueError(f"unknown codec {self.codec!r}; valid codecs: {', '.join(CODECS)}")
+            raise ConfigError(f"unknown codec {self.codec!r}; valid codecs: {', '.join(CODECS)}")
         if self.short_side < 16 or self.gop < 1 or (self.fps is not None and self.fps <= 0):
-            raise ValueError(f"need short_side >= 16, gop >= 1 and fps > 0, got {self.short_side}, {self.gop}, "
-                             f"{self.fps}")
+            raise ConfigError(f"need short_side >= 16, gop >= 1 and fps > 0, got {self.short_side}, {self.gop}, "
+                              f"{self.fps}")
+
+    @classmethod
+    def for_jobs(cls, jobs: int, **settings: Any) -> PrepareSettings:
+        """Settings whose encoder threads share this machine's cores among ``jobs`` encodes at a time."""
+        return cls(**settings, threads=max(1, (os.cpu_count() or 1) // max(1, jobs)))
 
     def record(self) -> dict[str, Any]:
         """The settings that shape the output (threads do not)."""

@@ -1,5 +1,5 @@
 """The data layer's plain records, imported by every other data module and importing none of them:
-video sources and probe facts, the decode error, label sets, video records and sets, clip plans, and the
+video sources and probe facts, label sets, video records and sets, clip plans, and the
 ``ClipSource`` protocol a batch loader reads (so the data modules import one way only)."""
 
 from __future__ import annotations
@@ -11,36 +11,26 @@ from typing import Any, Protocol
 
 import torch
 
+from pcmci.errors import DataError, VideoDecodeError
+
 Source = str | Path | bytes
 
 
 def read_json(path: str | Path) -> Any:
-    """The JSON in ``path``; ``FileNotFoundError`` / ``ValueError`` in one line naming the file (and the line)."""
+    """The JSON in ``path``; ``FileNotFoundError`` / ``DataError`` in one line naming the file (and the line)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
+        raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+        raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
 
 
 def source_name(source: Source) -> str:
     return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
-
-
-class VideoDecodeError(RuntimeError):
-    """A video that cannot give the requested frames; ``path`` and ``cause`` name what and why."""
-
-    def __init__(self, path: Source, cause: str) -> None:
-        self.path = source_name(path)
-        self.cause = cause
-        super().__init__(f"cannot decode {self.path}: {cause}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickles across the decode worker's pipe
-        return (VideoDecodeError, (self.path, self.cause))
 
 
 @dataclass
@@ -69,7 +59,7 @@ class LabelSet:
         """Read ``{"classes": [...], "actions": [...]}`` (``actions`` optional)."""
         data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
-            raise ValueError(f"{path}: expected a JSON object with a non-empty 'classes' list")
+            raise DataError(f"{path}: expected a JSON object with a non-empty 'classes' list")
         return cls([str(c) for c in data["classes"]], [str(a) for a in data.get("actions", [])])
 
     @property
@@ -97,13 +87,13 @@ class VideoSet:
     multilabel: bool = False
 
     def split(self, name: str | None) -> VideoSet:
-        """The records of split ``name`` (all for None); ``ValueError`` listing the splits when empty."""
+        """The records of split ``name`` (all for None); ``DataError`` listing the splits when empty."""
         if name is None:
             return self
         records = [r for r in self.records if r.split == name]
         if not records:
             available = sorted({r.split for r in self.records if r.split is not None})
-            raise ValueError(f"{self.source}: split {name!r} has no rows; available splits: {available or 'none'}")
+            raise DataError(f"{self.source}: split {name!r} has no rows; available splits: {available or 'none'}")
         return VideoSet(self.labels, records, self.source, self.multilabel)
 
 

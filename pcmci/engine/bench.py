@@ -66,13 +66,13 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.warmup < 0:
-            raise ValueError(f"bench train: --steps must be >= 1 and --warmup >= 0, got {self.steps}, {self.warmup}")
+            raise ConfigError(f"bench train: --steps must be >= 1 and --warmup >= 0, got {self.steps}, {self.warmup}")
         if self.input not in INPUTS:
-            raise ValueError(f"bench train: --input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+            raise ConfigError(f"bench train: --input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"bench train: --dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise ConfigError(f"bench train: --dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
-            raise ValueError(f"bench train: --peak-tflops must be positive, got {self.peak_tflops}")
+            raise ConfigError(f"bench train: --peak-tflops must be positive, got {self.peak_tflops}")
         for name in self.variants:
             parse_variant(name)
 
@@ -81,8 +81,8 @@ def parse_variant(name: str) -> tuple[bool, str]:
     """``eager|compiled[+triton]`` -> (compiled?, ``PCMCI_KERNELS`` value)."""
     base, _, kernels = name.partition("+")
     if base not in ("eager", "compiled") or kernels not in ("", "triton"):
-        raise ValueError(f"bench train: unknown variant {name!r}; valid: eager, compiled, eager+triton, "
-                         "compiled+triton")
+        raise ConfigError(f"bench train: unknown variant {name!r}; valid: eager, compiled, eager+triton, "
+                          "compiled+triton")
     return base == "compiled", "triton" if kernels else "reference"
 
 

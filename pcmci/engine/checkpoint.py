@@ -15,9 +15,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointWriteError(OSError):
-    """A checkpoint (or run folder) that could not be written; the previous checkpoint is left as it was."""
+from ..errors import CheckpointError, CheckpointNotFoundError, CheckpointWriteError
 
 
 def _stale_temporaries(path: Path) -> list[Path]:
@@ -63,19 +61,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint written by ``save_checkpoint``; clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "unsupported global" in str(exc).lower() or "unsupported class" in str(exc).lower():
-            raise RuntimeError(f"checkpoint {path} holds pickled Python objects beyond tensors and plain data; "
-                               "refusing to load it, since unpickling could run arbitrary code") from exc
-        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {_cause(exc)}") from exc
+            raise CheckpointError(f"checkpoint {path} holds pickled Python objects beyond tensors and plain data; "
+                                  "refusing to load it, since unpickling could run arbitrary code") from exc
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {_cause(exc)}") from exc
     except Exception as exc:
-        raise RuntimeError(f"checkpoint {path} is unreadable or corrupt: {_cause(exc)}") from exc
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {_cause(exc)}") from exc
     if not isinstance(state, dict):
-        raise RuntimeError(f"checkpoint {path} holds a {type(state).__name__}, not a pcmci checkpoint")
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a pcmci checkpoint")
     for key in ("model", "config", "epoch"):
         if key not in state:
-            raise RuntimeError(f"checkpoint {path} lacks {key!r}; was it written by pcmci train?")
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}; was it written by pcmci train?")
     return state

@@ -34,6 +34,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` launch, or the only process: the one that logs progress and prints results."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: torch.device) -> Dist:
     """Join the ``torchrun`` process group (once per process); the single-process ``Dist`` otherwise."""
     if not launched_by_torchrun():

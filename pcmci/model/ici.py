@@ -11,7 +11,7 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 
 from ..config import ICIConfig
-from ..kernels import relation
+from ..kernels import relation_product
 from .state import StageState
 
 
@@ -40,7 +40,7 @@ class RelationLayer(nn.Module):
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         prior = torch.softmax(self.omega, dim=0)
         q, k, v = self.split(self.u(x)), self.split(self.u_prime(x)), self.split(self.w(x))
-        r, maps = relation(q, k, v, prior, return_maps=True) if return_maps else (relation(q, k, v, prior), None)
+        r, maps = relation_product(q, k, v, prior, return_maps=True) if return_maps else (relation_product(q, k, v, prior), None)
         x = self.norm1(x + self.w_o(r))
         x = self.norm2(x + self.ffn(x))
         return (x, maps) if return_maps else x

@@ -12,13 +12,14 @@ reference math (the spec, unrolled in PyTorch) re-executed and counted op by op:
 """
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+
+from ..kernels import relation, sinkhorn
 
 _OPS = ("log_sinkhorn", "relation")
 
@@ -62,10 +63,9 @@ class OpRecorder(TorchDispatchMode):
 def sinkhorn_macs(cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, eps: float, iters: int,
                   mask: torch.Tensor | None) -> int:
     """``exp`` evaluations of the reference Sinkhorn forward on these arguments."""
-    sk = importlib.import_module("pcmci.kernels.sinkhorn")
     counter = _ExpCounter()
     with counter:
-        sk._torch_forward(sk._scaled_cost(cost, eps, mask, log_a.dtype), log_a, log_b, iters)
+        sinkhorn.reference_forward(cost, log_a, log_b, eps, iters, mask)
     return counter.exps
 
 
@@ -73,9 +73,8 @@ def sinkhorn_macs(cost: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, 
 def relation_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prior: torch.Tensor,
                   mask: torch.Tensor | None) -> int:
     """Matrix-product multiply-adds of the reference relation forward, plus its prior-weighted sum."""
-    rel = importlib.import_module("pcmci.kernels.relation")
     counter = FlopCounterMode(display=False)
     with counter:
-        rel._torch_forward(q, k, v, prior, mask)
+        relation.reference_forward(q, k, v, prior, mask)
     B, K, N, _ = q.shape
     return counter.get_total_flops() // 2 + B * K * N * v.shape[-1]

@@ -16,7 +16,7 @@ import torch
 from fvcore.nn import parameter_count
 from torch import nn
 
-from ..config import Config, to_dict
+from ..config import Config, ConfigError, to_dict
 from ..model import PCMCI, build_model
 from . import analytic
 from .flops import FvcoreCount, fvcore_count, torch_count
@@ -39,7 +39,7 @@ class ProfileOptions:
     """What to run: ``views`` clips per video for FLOPs (None = ``cfg.data.test_views``), ``batch`` clips for
     timing, ``classes``/``actions`` label texts (Breakfast: 10 activities, 48 atomic actions)."""
 
-    device: str = "cpu"
+    device: str = "cpu"  # auto: CUDA when available
     batch: int = 1
     views: int | None = None
     classes: int = 10
@@ -53,9 +53,11 @@ class ProfileOptions:
     def __post_init__(self) -> None:
         for key in ("batch", "repeats", "classes"):
             if getattr(self, key) < 1:
-                raise ValueError(f"profile: {key} must be at least 1, got {getattr(self, key)}")
+                raise ConfigError(f"profile: {key} must be at least 1, got {getattr(self, key)}")
         if self.warmup < 0 or self.actions < 0 or (self.views is not None and self.views < 1):
-            raise ValueError("profile: warmup and actions must be >= 0 and views >= 1")
+            raise ConfigError("profile: warmup and actions must be >= 0 and views >= 1")
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _group_of(name: str) -> str | None:
@@ -144,7 +146,8 @@ def cross_check(model: PCMCI, frames: torch.Tensor, count: FvcoreCount) -> dict[
     return {"tolerance": TOLERANCE, "ok": all(r["ok"] for r in rows), "rows": rows}
 
 
-def _labels(options: ProfileOptions) -> tuple[list[str], list[str]]:
+def profile_labels(options: ProfileOptions) -> tuple[list[str], list[str]]:
+    """The label texts a profile builds the model with: ``classes`` activities and ``actions`` atomic actions."""
     return [f"activity {i}" for i in range(options.classes)], [f"action {i}" for i in range(options.actions)]
 
 
@@ -173,7 +176,7 @@ def profile_model(cfg: Config, options: ProfileOptions, name: str = "") -> dict[
     torch.manual_seed(options.seed)
     views = options.views or cfg.data.test_views
     tcfg = cfg.model.timesformer
-    model = build_model(cfg.model, *_labels(options)).eval()
+    model = build_model(cfg.model, *profile_labels(options)).eval()
     video = torch.rand(views, tcfg.frames, 3, tcfg.img_size, tcfg.img_size)
     fitted = model.build_dictionaries([video], seed=options.seed)
     count = fvcore_count(model, (video,))

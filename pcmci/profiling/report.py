@@ -57,7 +57,28 @@ def accounting(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _latency_section(lat: dict[str, Any]) -> list[str]:
+    """Markdown lines of the latency, throughput and memory table, and any compile fallback."""
+    inf = lat["inference"]
+    perf = [["inference forward", f"{inf['forward_ms']:.1f}", f"{inf['clips_per_s']:.2f}", "",
+             f"{inf['peak_memory_bytes'] / 2**20:,.0f}"]]
+    fallbacks = []
+    for mode, t in lat.get("train_step", {}).items():
+        if t.get("compile_failures"):  # the compiled step fell back (engine.compile.FallbackCompiled)
+            mode = f"{mode}: {t['compile_stage']}"
+            fallbacks.append(f"Compiled train step fell back to {t['compile_stage']}: "
+                             + "; ".join(t["compile_failures"]))
+        perf.append([f"train step ({mode})", f"{t['step_ms']:.1f}", f"{t['clips_per_s']:.2f}",
+                     f"{t['first_call_ms']:.0f}", f"{t['peak_memory_bytes'] / 2**20:,.0f}"])
+    return ["", "## Latency, throughput, memory", "", f"{lat['device']}, {lat['method']}, bf16 autocast: "
+            f"{lat['amp_bf16']}. Peak memory: " + ("peak allocated on the GPU." if "cuda" in lat["method"].lower()
+                                                    else "process peak RSS (high-water mark of the run).")
+            + ("" if "compiled" in lat.get("train_step", {}) else " Compiled train step: not run (pass --compile)."),
+            "", _table(["run", "median ms", "clips/s", "first call ms", "peak MiB"], perf), *fallbacks]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
+    """The profile as Markdown: accounting, budget, modules, stages, operators, cross-checks, latency, comparison."""
     flops, params, lat, check = report["flops"], report["params"], report["latency"], report["cross_check"]
     total = max(flops["total"], 1)
     out = [f"# Profile: {report['name']}", "", "## Accounting", ""] + [f"- {line}" for line in accounting(report)]
@@ -98,21 +119,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             _table(["check", "fvcore", "reference", "diff", "ok"],
                    [[r["what"], _si(r["fvcore"]), _si(r["reference"]), _pct(r["rel_diff"]),
                      "yes" if r["ok"] else "**no**"] for r in check["rows"]])]
-    perf = [["inference forward", f"{inf['forward_ms']:.1f}", f"{inf['clips_per_s']:.2f}", "",
-             f"{inf['peak_memory_bytes'] / 2**20:,.0f}"]]
-    fallbacks = []
-    for mode, t in lat.get("train_step", {}).items():
-        if t.get("compile_failures"):  # the compiled step fell back (engine.compile.FallbackCompiled)
-            mode = f"{mode}: {t['compile_stage']}"
-            fallbacks.append(f"Compiled train step fell back to {t['compile_stage']}: "
-                             + "; ".join(t["compile_failures"]))
-        perf.append([f"train step ({mode})", f"{t['step_ms']:.1f}", f"{t['clips_per_s']:.2f}",
-                     f"{t['first_call_ms']:.0f}", f"{t['peak_memory_bytes'] / 2**20:,.0f}"])
-    out += ["", "## Latency, throughput, memory", "", f"{lat['device']}, {lat['method']}, bf16 autocast: "
-            f"{lat['amp_bf16']}. Peak memory: " + ("peak allocated on the GPU." if "cuda" in lat["method"].lower()
-                                                    else "process peak RSS (high-water mark of the run).")
-            + ("" if "compiled" in lat.get("train_step", {}) else " Compiled train step: not run (pass --compile)."),
-            "", _table(["run", "median ms", "clips/s", "first call ms", "peak MiB"], perf), *fallbacks]
+    out += _latency_section(lat)
     out += ["", "## Comparison with published figures", "", "`published`: figures printed in the PCMCI paper; "
             "`measured`: this run. Ratios are relative to this model.", "",
             _table(["model", "source", "FLOPs", "params", "FLOPs ratio", "params ratio"],

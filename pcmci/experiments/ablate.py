@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import STAGE_NAMES, Config, load_config
+from ..config import STAGE_NAMES, Config, ConfigError, load_config
+from ..engine.evaluate import evaluate
+from ..engine.plots import plot_grouped_bars
+from ..engine.train import train
 from .diagnose import checkpoint_flip_rate, synthetic_pairs
-from .engine.evaluate import evaluate
-from .engine.plots import plot_grouped_bars
-from .engine.train import train
 
 log = logging.getLogger(__name__)
 VARIANTS: dict[str, list[str]] = {
@@ -106,13 +106,13 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
     """Train and evaluate every variant for ``seeds`` seeds, ``jobs`` runs at a time (each in its own process,
     with ``cpu_count / jobs`` threads); returns the report (also written under ``out``)."""
     if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     names = variants or DEFAULT_VARIANTS
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()

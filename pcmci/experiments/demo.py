@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import STAGE_NAMES, preset
-from .data.synthetic import DEMO_SCENE, GENERATOR, Scene, synthesize
+from ..config import STAGE_NAMES, preset
+from ..data.synthetic import DEMO_SCENE, GENERATOR, Scene, synthesize
+from ..engine.evaluate import evaluate, load_model
+from ..engine.plots import plot_grouped_bars, plot_training_curves
+from ..engine.train import resolve_device, train
+from ..profiling import ProfileOptions, run_profile
 from .diagnose import counterfactual_pairs, flip_rate, predict_labels, still_object_accuracy
-from .engine.evaluate import evaluate, load_model
-from .engine.plots import plot_grouped_bars, plot_training_curves
-from .engine.train import resolve_device, train
-from .profiling import ProfileOptions, run_profile
 
 log = logging.getLogger(__name__)
 # name -> (stages, trained on the unconfounded twin)
@@ -101,6 +101,24 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None =
                     raw[variant][short][metric].append(results[split][metric])
             curves[f"{variant} (seed {seed})"] = Path(cfg.run.out_dir) / "metrics.jsonl"
 
+    report = _aggregate(raw, flips, still)
+    report["setup"] = {
+        "seeds": seeds, "epochs": epochs, "confound": confound, "preset": "tiny", "manifest": str(manifest),
+        "scene": dataclasses.asdict(scene), "still_object_classes": list(meta.get("tools", {})),
+        "device": str(resolve_device(device)),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "torch": torch.__version__, "seconds": round(time.perf_counter() - tic, 1),
+    }
+    report["profile"] = _profile_summary(out, report["setup"]["device"], manifest.parent / "labels.json")
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    _plots(report, curves, out)
+    (out / "report.md").write_text(_markdown(report))
+    return report
+
+
+def _aggregate(raw: dict[str, dict[str, dict[str, list[float]]]], flips: dict[str, list[float]],
+               still: dict[str, list[float]]) -> dict[str, Any]:
+    """Mean and std per variant, split and metric, every seed's value under ``runs``, and the pair scores."""
     report: dict[str, Any] = {
         v: {s: {m: float(np.mean(vals)) for m, vals in ms.items()} | {f"{m}_std": float(np.std(vals))
             for m, vals in ms.items()} for s, ms in splits.items()}
@@ -110,29 +128,27 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None =
                       for v, sp in raw.items()}
     report["flip_rate"] = {v: _summary(vals) for v, vals in flips.items() if vals}
     report["still_object_acc"] = {v: _summary(vals) for v, vals in still.items() if vals}
-    report["setup"] = {
-        "seeds": seeds, "epochs": epochs, "confound": confound, "preset": "tiny", "manifest": str(manifest),
-        "scene": dataclasses.asdict(scene), "still_object_classes": list(meta.get("tools", {})),
-        "device": str(resolve_device(device)),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
-        "torch": torch.__version__, "seconds": round(time.perf_counter() - tic, 1),
-    }
-    synth = json.loads((manifest.parent / "labels.json").read_text())
-    profile_cfg = preset("tiny")
-    profile_opts = ProfileOptions(device=report["setup"]["device"], batch=8, classes=len(synth["classes"]),
-                                  actions=len(synth["actions"]), warmup=1, repeats=3)
-    profiled = json.loads(run_profile(profile_cfg, profile_opts, out / "profile", name="tiny")["json"].read_text())
-    report["profile"] = {"params": profiled["params"]["total"], "flops_per_clip": profiled["flops"]["total"],
-                         "inference_clips_per_s": profiled["latency"]["inference"]["clips_per_s"],
-                         "train_clips_per_s": profiled["latency"]["train_step"]["eager"]["clips_per_s"]}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _profile_summary(out: Path, device: str, labels: Path) -> dict[str, float]:
+    """Parameters, FLOPs per clip and clips/s of the full ``tiny`` model on the demo's label set."""
+    synth = json.loads(labels.read_text())
+    options = ProfileOptions(device=device, batch=8, classes=len(synth["classes"]), actions=len(synth["actions"]),
+                             warmup=1, repeats=3)
+    profiled = json.loads(run_profile(preset("tiny"), options, out / "profile", name="tiny")["json"].read_text())
+    return {"params": profiled["params"]["total"], "flops_per_clip": profiled["flops"]["total"],
+            "inference_clips_per_s": profiled["latency"]["inference"]["clips_per_s"],
+            "train_clips_per_s": profiled["latency"]["train_step"]["eager"]["clips_per_s"]}
+
+
+def _plots(report: dict[str, Any], curves: dict[str, Path], out: Path) -> None:
+    """Training curves and the ID-vs-OOD bars of accuracy and mAP."""
     plot_training_curves(curves, out / "training_curves.png")
     for metric, label in (("acc", "top-1 accuracy"), ("map", "mAP")):
         values = {v: {f"{s.upper()} ({SPLITS[s]})": (report[v][s][metric], report[v][s][f"{metric}_std"])
                       for s in SPLITS} for v in VARIANTS}
         plot_grouped_bars(values, out / f"id_ood_{metric}.png", label, f"{label}: in vs out of distribution")
-    (out / "report.md").write_text(_markdown(report))
-    return report
 
 
 def _markdown(report: dict[str, Any]) -> str:

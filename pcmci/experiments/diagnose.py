@@ -28,14 +28,15 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .data.datasets import build_dataset, preprocess
-from .data.decode import decode_frames, probe
-from .data.sampling import segment_indices
-from .data.synthetic import render_counterfactual
-from .engine.evaluate import load_model
-from .engine.plots import plot_grouped_bars, plot_heatmaps
-from .engine.train import resolve_device
-from .model import PCMCI
+from ..data.datasets import build_dataset, preprocess
+from ..data.decode import decode_frames, probe
+from ..data.sampling import segment_indices
+from ..data.synthetic import render_counterfactual
+from ..engine.evaluate import load_model
+from ..engine.plots import plot_grouped_bars, plot_heatmaps
+from ..engine.train import resolve_device
+from ..errors import DataError
+from ..model import PCMCI
 
 log = logging.getLogger(__name__)
 Classifier = Callable[[Tensor], dict[str, Tensor]]
@@ -136,12 +137,12 @@ def load_clips(cfg: Any, split: str, limit: int, progress: bool) -> tuple[Tensor
     data = dataclasses.replace(cfg.data, test_views=1, test_crops=1)
     dataset = build_dataset(data, split, train=False, seed=cfg.run.seed)
     if dataset.multilabel:
-        raise ValueError("the static-bias probes need a single-label dataset")
+        raise DataError("the static-bias probes need a single-label dataset")
     n = min(limit, len(dataset))
     items = [dataset[i] for i in tqdm(range(n), desc=f"loading {split}", disable=not progress)]
     items = [item for item in items if "video" in item]
     if not items:
-        raise ValueError(f"split {split!r}: no video could be decoded")
+        raise DataError(f"split {split!r}: no video could be decoded")
     return torch.stack([i["video"] for i in items]), torch.stack([i["label"] for i in items])
 
 
