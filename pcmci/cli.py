@@ -1,4 +1,4 @@
-"""Command line: ``pcmci demo|train|ablate|diagnose|export|eval|predict|synth|profile|data|weights|convert|kernels|bench``.
+"""Command line: ``pcmci demo|train|ablate|diagnose|export|eval|predict|synth|profile|data|weights|convert|kernels|bench|vlm``.
 
 Each command is a parser and, beside it, its handler (``set_defaults(func=...)``); a handler returns the exit
 code (None = 0). A ``PcmciError`` (bad config, dataset, video, weights or checkpoint) or an ``OSError`` (a file
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import get_args
 
 from .config import DatasetName
-from .errors import PcmciError
+from .errors import ConfigError, PcmciError
 
 Subparsers = argparse._SubParsersAction
 # ValueError stays expected until the layers outside pcmci.errors (the model and the train / evaluate / predict
@@ -42,13 +42,15 @@ def _add_scene(p: argparse.ArgumentParser) -> None:
                    help="the distractor's own speed in px/frame at 64 px, [0, 2]")
     p.add_argument("--still-pairs", type=int, default=DEMO_SCENE.still_pairs,
                    help="class pairs that share their motion and differ only by a still tool (0-2)")
+    p.add_argument("--props", action="store_true", default=DEMO_SCENE.props,
+                   help="a third confounder: each activity's co-occurring prop standing in the room (the apron)")
 
 
 def scene_from(args: argparse.Namespace):  # -> pcmci.data.synthetic.Scene
     from .data.synthetic import Scene
 
     return Scene(camera=args.camera, lighting=args.lighting, distractor_motion=args.distractor_motion,
-                 still_pairs=args.still_pairs)
+                 still_pairs=args.still_pairs, props=args.props)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -133,7 +135,18 @@ def _add_ablate(sub: Subparsers) -> None:
 
 def _diagnose(args: argparse.Namespace) -> None:
     from .experiments.diagnose import diagnose
+    from .experiments.hallucination import hallucination_report
 
+    if args.checkpoint is None and args.hallucination is None:
+        raise ConfigError("pcmci diagnose needs a CHECKPOINT, or --hallucination WEIGHTS for a VLM alone")
+    if args.hallucination is not None:
+        out = Path(args.out or "runs/hallucination")
+        out = out / "hallucination" if args.checkpoint is not None else out
+        hallucination_report(args.hallucination, out, clips=args.hallucination_clips)
+        print((out / "hallucination.md").read_text())
+        print(f"report: {out}/hallucination.md, {out}/hallucination.json")
+    if args.checkpoint is None:
+        return
     report = diagnose(args.checkpoint, args.split, args.video, args.out, args.limit, args.device, not args.quiet)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "diagnose"
     print((out / "diagnose.md").read_text())
@@ -142,7 +155,11 @@ def _diagnose(args: argparse.Namespace) -> None:
 
 def _add_diagnose(sub: Subparsers) -> None:
     p = sub.add_parser("diagnose", help="static-bias probes, counterfactual flip rate, stage heatmaps of a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?", help="a training checkpoint (optional with --hallucination)")
+    p.add_argument("--hallucination", metavar="WEIGHTS",
+                   help="also probe a VLM's co-occurrence hallucination: masking test + ICH's proxy (weights file or "
+                        "tag, e.g. pcmci-synth)")
+    p.add_argument("--hallucination-clips", type=int, default=70, help="held-out clips per probe case (default: 70)")
     p.add_argument("--split", help="split to probe (default: the config's last eval split)")
     p.add_argument("--video", help="also draw the ICH / ICI / IVC maps for this video")
     p.add_argument("--limit", type=int, default=200, help="at most this many videos (default: 200)")
@@ -406,13 +423,39 @@ def _add_bench(sub: Subparsers) -> None:
     q.set_defaults(func=_bench_train)
 
 
+def _vlm_pretrain(args: argparse.Namespace) -> None:
+    from .engine.vlm import VLMSettings, pretrain_vlm
+
+    settings = VLMSettings(seed=args.seed, clips=args.clips, cooccur=args.cooccur, epochs=args.epochs)
+    record = pretrain_vlm(args.out, settings, progress=not args.quiet)
+    print(f"weights: {args.out}/{record['weights']} (sha256 {record['sha256']}); zero-shot accuracy "
+          f"{record['zero_shot_accuracy']['cooccurring']:.3f} with the co-occurrence, "
+          f"{record['zero_shot_accuracy']['broken']:.3f} without; record: {args.out}/vlm.json")
+
+
+def _add_vlm(sub: Subparsers) -> None:
+    from .engine.vlm import VLMSettings
+
+    p = sub.add_parser("vlm", help="the project's own VLM: pcmci vlm pretrain (planted co-occurrence)")
+    tools = p.add_subparsers(dest="tool", required=True)
+    q = tools.add_parser("pretrain", help="train the tiny CLIP on frame-caption pairs with a planted co-occurrence "
+                                          "-> safetensors + vlm.json (model.clip.pretrained loads it)")
+    q.add_argument("--out", default="runs/vlm", help="output folder (default: runs/vlm)")
+    q.add_argument("--seed", type=int, default=VLMSettings.seed)
+    q.add_argument("--clips", type=int, default=VLMSettings.clips, help="synthetic clips (4 frames each)")
+    q.add_argument("--cooccur", type=float, default=VLMSettings.cooccur,
+                   help="P(the activity's own prop is in view and named in the caption)")
+    q.add_argument("--epochs", type=int, default=VLMSettings.epochs)
+    q.set_defaults(func=_vlm_pretrain)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcmci", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_train, _add_ablate, _add_diagnose, _add_export, _add_eval, _add_predict, _add_synth,
-                _add_profile, _add_data, _add_weights, _add_convert, _add_kernels, _add_bench):
+                _add_profile, _add_data, _add_weights, _add_convert, _add_kernels, _add_bench, _add_vlm):
         add(sub)
     return parser
 
