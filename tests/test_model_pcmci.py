@@ -280,7 +280,8 @@ def test_a_state_dict_with_the_former_stage_names_loads_with_identical_outputs(v
     model = build_model(cfg.model, CLASSES, ACTIONS).eval()
     model.build_dictionaries([torch.rand(4, 8, 3, 64, 64) for _ in range(2)])
     former = with_former_names(model.state_dict(), variant)
-    assert {"ich.w_q.weight", "ici.layers.0.omega", "ivc.m_u.weight"} <= set(former) - set(model.state_dict())
+    assert {"ich.w_q.weight", "ici.layers.0.omega", "ivc.m_u.weight", "head.layers.0.attn.q.weight"} <= (
+        set(former) - set(model.state_dict()))
     frames = torch.rand(2, 8, 3, 64, 64)
     fresh = build_model(cfg.model, CLASSES, ACTIONS).eval()
     fresh.load_state_dict(former)

@@ -243,15 +243,15 @@ def test_head_matches_equation() -> None:
     got = np_(head(q, mem))
     layer = head.layers[0]
     attn = layer.attn
-    assert attn.k.bias is None  # softmax cancels a key bias
+    assert attn.key_proj.bias is None  # softmax cancels a key bias
     for i in range(b):
         x, m = np_(q[i]), layer_norm(np_(mem[i]), layer.norm_mem)
         xn = layer_norm(x, layer.norm_q)
-        qq, kk, vv = linear(xn, attn.q), m @ np_(attn.k.weight).T, linear(m, attn.v)
+        qq, kk, vv = linear(xn, attn.query_proj), m @ np_(attn.key_proj.weight).T, linear(m, attn.value_proj)
         hd = d // 2
         o = np.concatenate([softmax(qq[:, h * hd:(h + 1) * hd] @ kk[:, h * hd:(h + 1) * hd].T / math.sqrt(hd))
                             @ vv[:, h * hd:(h + 1) * hd] for h in range(2)], 1)
-        x = x + linear(o, attn.out)
+        x = x + linear(o, attn.out_proj)
         x = x + mlp(layer_norm(x, layer.norm2), layer.mlp)
         want = (layer_norm(x, head.norm) * np_(head.weight)).sum(1) + np_(head.bias)
         np.testing.assert_allclose(got[i], want, atol=1e-6)

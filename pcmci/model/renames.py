@@ -1,9 +1,9 @@
 """Renamed parameters: a state dict saved under a module's former attribute names still loads.
 
-The causal stages once named their layers by the paper's symbols (``w_q``, ``m_u``, ``omega`` ...); they now carry
-role names (``query_proj``, ``mediator_query_proj``, ``base_logits`` ...) with the symbol beside them in a comment.
-Checkpoints and exports written before keep those older keys: each stage lists its ``{former: current}`` names and
-:func:`accept_former_names` rewrites such keys as the state dict is loaded (``load_state_dict``,
+The causal stages and the head once named their layers by symbols (``w_q``, ``m_u``, ``omega``, ``q`` ...); they
+now carry role names (``query_proj``, ``mediator_query_proj``, ``base_logits`` ...) with the symbol beside them in
+a comment. Checkpoints and exports written before keep the former keys: each module lists its ``{former: current}``
+names and :func:`accept_former_names` rewrites such keys as the state dict is loaded (``load_state_dict``,
 ``safetensors.torch.load_model``). Parameter order is unchanged, so optimiser states load as they are.
 """
 from __future__ import annotations
