@@ -1,5 +1,9 @@
 """Training loop, readable top to bottom: data -> model -> dictionaries -> optimiser -> epochs -> checkpoints.
 
+:func:`build_run` sets a run up once (a :class:`Run`: dataset, model, optimiser and schedule, restored when
+resuming); :func:`train_one_epoch` takes its optimiser steps, each over ``optim.accum_steps`` micro-batches, and
+returns the epoch's :class:`EpochStats`; a :class:`~pcmci.engine.sink.MetricsSink` records steps and epochs.
+
 One process, or one per device under ``torchrun`` (DDP; ``optim.batch_size`` is per process, so the global batch
 is ``batch_size x world x optim.accum_steps``). Every epoch ends with an atomic checkpoint written by rank 0
 (model incl. dictionaries, optimiser, scheduler, CPU/CUDA/NumPy/Python RNG, epoch, world size, config, labels,
@@ -56,7 +60,7 @@ class Run:
     micro_sizes: list[int]  # clips of each micro-batch of an epoch on this rank
     start_epoch: int
     step: int  # optimiser steps taken since the run began, resumed epochs included
-    amp: bool
+    amp: bool  # bf16 autocast: optim.amp, on CUDA only
     clip_weights: Tensor | None  # IVC's backdoor: per-clip loss weights P(y)/P(y|s) [n], fitted once per run
     sink: MetricsSink
     compile_pending: bool  # the first forward of a compiled model compiles it: its time is logged once
@@ -239,7 +243,7 @@ def accumulate(run: Run, sizes: list[int], batches: Iterator[dict[str, Any]], st
         stats.wait += time.perf_counter() - fetched
         stats.skipped += batch["bad"]
         bar.update()
-        if "video" in batch:  # a micro-batch whose videos were all undecodable keeps its share of the group
+        if "video" in batch:  # else every video of it was undecodable: the others keep their shares
             micro_loss, micro_seen, micro_correct = micro_step(run, batch, size / sum(sizes), sync=i == len(sizes) - 1)
             loss += micro_loss * size / sum(sizes)
             seen, correct = seen + micro_seen, correct + micro_correct
