@@ -1,4 +1,4 @@
-"""Run logging: TensorBoard scalars beside metrics.jsonl, throughput and data-wait share per epoch, the sink on resume."""
+"""Run logging: TensorBoard scalars beside metrics.jsonl, throughput and data-wait share per epoch, resumed sinks."""
 from __future__ import annotations
 
 import json
