@@ -10,7 +10,8 @@ import torch
 from pcmci.config import load_config
 from pcmci.data.loader import make_loader
 from pcmci.engine.evaluate import evaluate, load_model, predict
-from pcmci.engine.train import make_dataset, train
+from pcmci.engine.runtime import make_dataset
+from pcmci.engine.train import train
 
 
 @pytest.mark.slow

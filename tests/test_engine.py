@@ -14,7 +14,8 @@ from pcmci.config import load_config
 from pcmci.engine.checkpoint import load_checkpoint, save_checkpoint
 from pcmci.engine.evaluate import evaluate, load_model, predict, split_metrics
 from pcmci.engine.metrics import average_precision, confusion_matrix, mean_average_precision, topk_accuracy
-from pcmci.engine.train import cosine_with_warmup, make_dataset, train
+from pcmci.engine.runtime import make_dataset
+from pcmci.engine.train import cosine_with_warmup, train
 from pcmci.engine.plots import read_metrics
 
 

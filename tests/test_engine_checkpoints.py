@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_run_overrides
+from former_names import pre_split_formats, with_former_names
 
 from pcmci.cli import main
 from pcmci.config import load_config
@@ -39,6 +40,19 @@ def test_training_checkpoints_are_plain_data(tiny_run: Path) -> None:
     state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
     assert state["labels"]["classes"] and isinstance(state["config"]["optim"]["lr"], float)
     assert state["world"] == 1 and state["epoch"] == 1
+
+
+def test_checkpoints_and_metrics_keep_the_format_the_former_code_wrote(tiny_run: Path) -> None:
+    """The training loop's split into build_run / train_one_epoch / MetricsSink changed no file format: the same
+    checkpoint entries, optimiser state over the same parameters in the same order, the same metrics records."""
+    formats = pre_split_formats()
+    state, former = load_checkpoint(tiny_run / "checkpoint.pt"), formats["checkpoint"]
+    assert list(state) == former["keys"] and list(state["optimizer"]) == former["optimizer"]
+    assert len(state["optimizer"]["param_groups"][0]["params"]) == former["params"]
+    assert list(state["rng"]) == former["rng"] and list(state["labels"]) == former["labels"]
+    with_former_names(state["model"], "tiny_run")  # every tensor where the former code put it, with its shape
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert {tuple(r) for r in records} == {tuple(formats["metrics"]["step"]), tuple(formats["metrics"]["epoch"])}
 
 
 def test_export_then_from_pretrained_gives_identical_outputs(tiny_run: Path, tmp_path: Path,

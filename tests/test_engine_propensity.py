@@ -83,7 +83,7 @@ def test_clip_weights_on_a_synthetic_set(synthetic_set: Path) -> None:
     """End to end on the tiny set: one weight per clip, finite, mean 1 within each class."""
     from pcmci.config import load_config
     from pcmci.engine.propensity import clip_weights
-    from pcmci.engine.train import make_dataset
+    from pcmci.engine.runtime import make_dataset
 
     cfg = load_config("tiny", [f"data.manifest={synthetic_set}", "model.ivc.reference_epochs=1",
                                "optim.batch_size=6", "data.cache_frames=true"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny_run_overrides
 from engine_runs import assert_same_run, kill_at_first_step_of_epoch, one_thread, pcmci_command
+from former_names import with_former_names
 
 from pcmci.cli import main
 from pcmci.config import ConfigError, load_config
@@ -51,14 +52,34 @@ def test_resume_names_every_changed_key_and_allows_only_safe_ones(synthetic_set:
     assert config_changes(saved, saved) == []
 
 
-def test_resume_can_extend_a_run(synthetic_set: Path, tiny_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "extended"
+def _copy_run(run: Path, state: dict, out: Path) -> None:
+    """``run``'s metrics and the checkpoint ``state`` in a new ``out``, its config pointing there."""
     out.mkdir()
-    state = load_checkpoint(tiny_run / "checkpoint.pt")
-    (out / "metrics.jsonl").write_text((tiny_run / "metrics.jsonl").read_text())
+    (out / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
     save_checkpoint(out / "checkpoint.pt", {**state, "config": {**state["config"], "run": {
         **state["config"]["run"], "out_dir": str(out)}}})
+
+
+def test_resume_can_extend_a_run(synthetic_set: Path, tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "extended"
+    state = load_checkpoint(tiny_run / "checkpoint.pt")
+    _copy_run(tiny_run, state, out)
     train(load_config("tiny", tiny_run_overrides(synthetic_set, out, "optim.epochs=3")), resume=True)
     extended = load_checkpoint(out / "checkpoint.pt")
     assert extended["epoch"] == 2 and extended["config"]["optim"]["epochs"] == 3
     assert not torch.equal(extended["model"]["video.proj.weight"], state["model"]["video.proj.weight"])
+
+
+def test_a_checkpoint_with_the_former_stage_names_resumes_as_the_current_one(synthetic_set: Path, tiny_run: Path,
+                                                                               tmp_path: Path) -> None:
+    """A checkpoint written before the stages' layers got role names (model keys ``ivc.w_q`` ... , the optimiser
+    state by parameter index) continues the run bit for bit as the same checkpoint under the current names."""
+    state = load_checkpoint(tiny_run / "checkpoint.pt")
+    former = with_former_names(state["model"], "tiny_run")
+    assert "ivc.w_q.weight" in former and "ivc.w_q.weight" not in state["model"]
+    for name, model in (("current", state["model"]), ("former", former)):
+        _copy_run(tiny_run, {**state, "model": model}, tmp_path / name)
+        with one_thread():
+            train(load_config("tiny", tiny_run_overrides(synthetic_set, tmp_path / name, "optim.epochs=3")),
+                  resume=True)
+    assert_same_run(tmp_path / "former", tmp_path / "current", atol=0)

@@ -1,7 +1,9 @@
 """The assembled model: gradients, every stage subset and order, dictionaries, loading of pretrained weights."""
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 from pathlib import Path
 import logging
 
@@ -9,8 +11,10 @@ import open_clip
 import pytest
 import timm
 import torch
+from conftest import ACTIONS, CLASSES
+from former_names import VARIANTS, with_former_names
 
-from pcmci.config import ClipConfig, ConfigError, TimeSformerConfig, load_config, preset
+from pcmci.config import ClipConfig, ConfigError, TimeSformerConfig, load_config, preset, to_dict
 from pcmci.model import PCMCI, build_model
 from pcmci.model.clip import FrozenCLIP
 from pcmci.model.timesformer import TimeSformer
@@ -20,8 +24,11 @@ ALL_ORDERS = [list(p) for r in range(4) for c in itertools.combinations(STAGES, 
 
 
 def test_every_trainable_parameter_gets_a_gradient_and_clip_none(tiny_model) -> None:
-    model = tiny_model(aux_weight=0.5)
-    model.cfg.ivc.align_weight = 0.1
+    fitted = tiny_model(aux_weight=0.5)
+    cfg = copy.deepcopy(fitted.cfg)
+    cfg.ivc.align_weight = 0.1  # modules take their options when built
+    model = build_model(cfg, fitted.classes, fitted.actions)
+    model.load_state_dict(fitted.state_dict())  # its fitted dictionaries
     with torch.no_grad():
         for block in model.video.blocks:
             block.temporal_fc.weight.normal_(0, 0.02)
@@ -119,8 +126,10 @@ def test_static_input_is_an_ablation_switch_off_by_default(tiny_model) -> None:
         full = tiny_model().eval()
         assert not full.cfg.ivc.static_input and not full.cfg.ivc.static
         assert (full.encode_video(frames + still) - full.encode_video(frames)).abs().max() > 1e-2
-        full.cfg.ivc.static_input = True
-        torch.testing.assert_close(full.encode_video(frames + still), full.encode_video(frames), atol=1e-5, rtol=0)
+        cfg = copy.deepcopy(full.cfg)
+        cfg.ivc.static_input = True
+        static = build_model(cfg, full.classes, full.actions).eval()
+        torch.testing.assert_close(static.encode_video(frames + still), static.encode_video(frames), atol=1e-5, rtol=0)
 
 
 def _clip_sees_another_background(model: PCMCI, monkeypatch: pytest.MonkeyPatch, background: torch.Tensor) -> None:
@@ -258,3 +267,28 @@ def test_config_yaml_and_overrides_compose(tmp_path) -> None:
     assert load_config("tiny", ["optim.lr=2e-3"]).optim.lr == 0.002  # YAML 1.1 reads "2e-3" as a string
     assert cfg.model.stages == ["ivc", "ich"] and cfg.model.ich.ot_grad is False
     assert load_config("paper").model.timesformer.width == 768
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_state_dict_with_the_former_stage_names_loads_with_identical_outputs(variant: str, tmp_path: Path) -> None:
+    """Weights saved before the stages' layers got role names (``ivc.w_q`` -> ``ivc.query_proj`` ...) load, by
+    ``load_state_dict`` and from an export's ``model.safetensors``, into a model that computes the same logits."""
+    from safetensors.torch import save_file
+
+    cfg = load_config("tiny", VARIANTS[variant])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, CLASSES, ACTIONS).eval()
+    model.build_dictionaries([torch.rand(4, 8, 3, 64, 64) for _ in range(2)])
+    former = with_former_names(model.state_dict(), variant)
+    assert {"ich.w_q.weight", "ici.layers.0.omega", "ivc.m_u.weight", "head.layers.0.attn.q.weight"} <= (
+        set(former) - set(model.state_dict()))
+    frames = torch.rand(2, 8, 3, 64, 64)
+    fresh = build_model(cfg.model, CLASSES, ACTIONS).eval()
+    fresh.load_state_dict(former)
+    save_file({k: v.contiguous() for k, v in former.items()}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg)))
+    (tmp_path / "labels.json").write_text(json.dumps({"classes": CLASSES, "actions": ACTIONS}))
+    exported = PCMCI.from_pretrained(tmp_path)
+    with torch.no_grad():
+        want = model(frames)["logits"]
+        assert torch.equal(fresh(frames)["logits"], want) and torch.equal(exported(frames)["logits"], want)

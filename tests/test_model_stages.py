@@ -58,34 +58,35 @@ def fit_dictionary(stage: torch.nn.Module, dim: int, size: int) -> None:
     stage.dictionary.fit(torch.randn(4 * size, dim))
 
 
-def ich_direct(ich: ICH, t: np.ndarray, vp: np.ndarray) -> np.ndarray:
-    """ICH on one clip ``t[L,D]``, ``vp[F,D]`` in float64 loops (POT for the plan)."""
-    l, f, eps = t.shape[0], vp.shape[0], ich.cfg.eps
+def ich_direct(ich: ICH, cfg: ICHConfig, t: np.ndarray, vp: np.ndarray) -> np.ndarray:
+    """ICH built from ``cfg`` on one clip ``t[L,D]``, ``vp[F,D]`` in float64 loops (POT for the plan)."""
+    l, f, eps = t.shape[0], vp.shape[0], cfg.eps
     tn = t / np.linalg.norm(t, axis=1, keepdims=True)
     vn = vp / np.linalg.norm(vp, axis=1, keepdims=True)
     s = tn @ vn.T
     q = ot.sinkhorn(np.full(l, 1 / l), np.full(f, 1 / f), 1 - s, eps, method="sinkhorn_log",
-                    numItermax=ich.cfg.iters, stopThr=0)
-    if ich.cfg.proxy == "similarity":
+                    numItermax=cfg.iters, stopThr=0)
+    if cfg.proxy == "similarity":
         weights = s
-    elif ich.cfg.proxy == "plan":
+    elif cfg.proxy == "plan":
         weights = l * q
     else:
         over = np.maximum(softmax(s / eps) - l * q, 0)
         weights = over / np.maximum(over.sum(1, keepdims=True), 1e-6)
     h = weights @ vp
     z, prior = np_(ich.dictionary.atoms), np_(ich.dictionary.prior)
-    if ich.cfg.adjust == "population":
-        h_prior = nwgm(linear(t, ich.w_q), linear(z, ich.w_k), linear(z, ich.w_h), prior)
-        return layer_norm(t + linear(h_prior, ich.w_o), ich.norm)
-    if ich.cfg.adjust == "posterior":
-        h_hat = nwgm(linear(t + linear(h, ich.w_h), ich.w_q), linear(z, ich.w_k), linear(z, ich.w_h), prior)
-        return layer_norm(t + linear(np.concatenate([t, h_hat], 1), ich.w_o), ich.norm)
+    w_q, w_k, w_h, w_o = ich.query_proj, ich.key_proj, ich.value_proj, ich.out_proj
+    if cfg.adjust == "population":
+        h_prior = nwgm(linear(t, w_q), linear(z, w_k), linear(z, w_h), prior)
+        return layer_norm(t + linear(h_prior, w_o), ich.norm)
+    if cfg.adjust == "posterior":
+        h_hat = nwgm(linear(t + linear(h, w_h), w_q), linear(z, w_k), linear(z, w_h), prior)
+        return layer_norm(t + linear(np.concatenate([t, h_hat], 1), w_o), ich.norm)
     out = np.zeros_like(t)
-    h_prior = nwgm(linear(t, ich.w_q), linear(z, ich.w_k), linear(z, ich.w_h), prior)
+    h_prior = nwgm(linear(t, w_q), linear(z, w_k), linear(z, w_h), prior)
     for j in range(l):
         u = h[j] / np.linalg.norm(h[j])
-        out[j] = t[j] - (t[j] @ u) * u + linear(h_prior[j : j + 1], ich.w_o)[0]
+        out[j] = t[j] - (t[j] @ u) * u + linear(h_prior[j : j + 1], w_o)[0]
     return layer_norm(out, ich.norm)
 
 
@@ -94,12 +95,13 @@ def ich_direct(ich: ICH, t: np.ndarray, vp: np.ndarray) -> np.ndarray:
                                           ("overalign", "posterior"), ("overalign", "population")])
 def test_ich_matches_equation(proxy: str, adjust: str) -> None:
     b, l, f, d = 2, 5, 4, 16
-    ich = ICH(ICHConfig(dict_size=6, proxy=proxy, adjust=adjust, iters=200, eps=0.1), d).double()
+    cfg = ICHConfig(dict_size=6, proxy=proxy, adjust=adjust, iters=200, eps=0.1)
+    ich = ICH(cfg, d).double()
     fit_dictionary(ich, d, 6)
     t, vp = torch.randn(b, l, d, dtype=torch.float64), torch.randn(b, f, d, dtype=torch.float64)
     got = np_(ich.adjust(t, vp))
     for i in range(b):
-        np.testing.assert_allclose(got[i], ich_direct(ich, np_(t[i]), np_(vp[i])), atol=1e-6)
+        np.testing.assert_allclose(got[i], ich_direct(ich, cfg, np_(t[i]), np_(vp[i])), atol=1e-6)
 
 
 def test_ich_population_adjustment_ignores_the_clip() -> None:
@@ -124,8 +126,8 @@ def test_ich_prior_output_differs_from_the_text_only_along_the_clips_proxy() -> 
     ich = ICH(ICHConfig(dict_size=4, adjust="prior"), d).double()
     fit_dictionary(ich, d, 4)
     with torch.no_grad():
-        ich.w_o.weight.zero_()
-        ich.w_o.bias.zero_()
+        ich.out_proj.weight.zero_()
+        ich.out_proj.bias.zero_()
         ich.norm.weight.fill_(1.0)
         ich.norm.bias.zero_()
     t = torch.randn(1, labels, d, dtype=torch.float64)
@@ -143,14 +145,14 @@ def test_ich_prior_output_differs_from_the_text_only_along_the_clips_proxy() -> 
 
 def relation_layer_direct(x: np.ndarray, layer: torch.nn.Module) -> np.ndarray:
     k_bases, dk = layer.bases, x.shape[1] // layer.bases
-    prior = softmax(np_(layer.omega))
-    q, k, v = linear(x, layer.u), linear(x, layer.u_prime), linear(x, layer.w)
+    prior = softmax(np_(layer.base_logits))
+    q, k, v = linear(x, layer.query_proj), linear(x, layer.key_proj), linear(x, layer.value_proj)
     r = np.zeros((x.shape[0], dk))
     for j in range(k_bases):
         sl = slice(j * dk, (j + 1) * dk)
         g = softmax(q[:, sl] @ k[:, sl].T / math.sqrt(dk))
         r += prior[j] * g @ v[:, sl]
-    y = layer_norm(x + linear(r, layer.w_o), layer.norm1)
+    y = layer_norm(x + linear(r, layer.out_proj), layer.norm1)
     return layer_norm(y + mlp(y, layer.ffn), layer.norm2)
 
 
@@ -159,7 +161,7 @@ def test_ici_matches_equation() -> None:
     ici = ICI(ICIConfig(bases=4, layers=2), d).double()
     with torch.no_grad():
         for layer in ici.layers:
-            layer.omega.normal_()
+            layer.base_logits.normal_()
     t = torch.randn(b, l, d, dtype=torch.float64)
     got = np_(ici.relate(t))
     for i in range(b):
@@ -169,19 +171,21 @@ def test_ici_matches_equation() -> None:
         np.testing.assert_allclose(got[i], want, atol=1e-6)
 
 
-def ivc_direct(ivc: IVC, x: np.ndarray, mm: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """IVC on one clip ``x[N,D]`` with mediator ``mm[L,D]`` in float64 loops -> (V*, per-base alignment terms)."""
+def ivc_direct(ivc: IVC, cfg: IVCConfig, x: np.ndarray, mm: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """IVC built from ``cfg`` on one clip ``x[N,D]`` with mediator ``mm[L,D]`` in float64 loops -> (V*, per-base
+    alignment terms)."""
     n, d = x.shape
-    kb = ivc.cfg.bases
+    kb = cfg.bases
     dk = d // kb
     mm = mm - mm.mean(0, keepdims=True)
     mm = (mm - mm.mean(1, keepdims=True)) / np.sqrt(mm.var(1, keepdims=True) + 1e-5)
-    if ivc.cfg.static:
+    if cfg.static:
         x = x - x.mean(0, keepdims=True)
     v1 = relation_layer_direct(x, ivc.video_relation)
-    qv, kv = linear(x, ivc.video_relation.u), linear(x, ivc.video_relation.u_prime)
-    pm = softmax(np_(ivc.m_omega))
-    qm, km, vv = linear(mm, ivc.m_u), linear(mm, ivc.m_u_prime), linear(v1, ivc.v_w)
+    qv, kv = linear(x, ivc.video_relation.query_proj), linear(x, ivc.video_relation.key_proj)
+    pm = softmax(np_(ivc.mediator_base_logits))
+    qm, km = linear(mm, ivc.mediator_query_proj), linear(mm, ivc.mediator_key_proj)
+    vv = linear(v1, ivc.video_value_proj)
     pi = softmax(v1 @ mm.T / math.sqrt(d))
     r, aligns = np.zeros((n, dk)), []
     for j in range(kb):
@@ -191,17 +195,18 @@ def ivc_direct(ivc: IVC, x: np.ndarray, mm: np.ndarray) -> tuple[np.ndarray, lis
         r += pm[j] * g @ vv[:, sl]
         g_v = softmax(qv[:, sl] @ kv[:, sl].T / math.sqrt(dk))
         aligns.append(((g_v - g) ** 2).sum() / n**2)
-    vp = layer_norm(v1 + linear(r, ivc.w_o), ivc.norm_relate)
+    vp = layer_norm(v1 + linear(r, ivc.out_proj), ivc.norm_relate)
     m_hat = np.zeros((n, d))
     for token in range(n):
-        a = softmax(linear(vp[token : token + 1], ivc.w_a)[0] @ mm.T / math.sqrt(d))
+        a = softmax(linear(vp[token : token + 1], ivc.mediator_attn_proj)[0] @ mm.T / math.sqrt(d))
         m_hat[token] = a @ mm
     z, prior = np_(ivc.dictionary.atoms), np_(ivc.dictionary.prior)
-    if not ivc.cfg.mediator_only:
-        v_hat = nwgm(linear(vp, ivc.w_q), linear(z, ivc.w_k), linear(z, ivc.w_v), prior)
-        return layer_norm(vp + linear(np.concatenate([m_hat, v_hat], 1), ivc.w_f), ivc.norm), aligns
-    v_hat = nwgm(linear(m_hat, ivc.w_q), linear(z, ivc.w_k), linear(z, ivc.w_v), prior)
-    return layer_norm(linear(m_hat, ivc.w_m) + v_hat + np_(ivc.pos[0]), ivc.norm), aligns
+    w_q, w_k, w_v = ivc.query_proj, ivc.key_proj, ivc.value_proj
+    if not cfg.mediator_only:
+        v_hat = nwgm(linear(vp, w_q), linear(z, w_k), linear(z, w_v), prior)
+        return layer_norm(vp + linear(np.concatenate([m_hat, v_hat], 1), ivc.fuse_proj), ivc.norm), aligns
+    v_hat = nwgm(linear(m_hat, w_q), linear(z, w_k), linear(z, w_v), prior)
+    return layer_norm(linear(m_hat, ivc.mediator_proj) + v_hat + np_(ivc.pos[0]), ivc.norm), aligns
 
 
 @pytest.mark.parametrize("static,mediator_only", [(True, True), (False, False)])
@@ -211,13 +216,13 @@ def test_ivc_matches_equation(static: bool, mediator_only: bool) -> None:
     ivc = IVC(cfg, d, tokens=n, mlp_ratio=2.0).double()
     fit_dictionary(ivc, d, 6)
     with torch.no_grad():
-        ivc.m_omega.normal_()
-        ivc.video_relation.omega.normal_()
+        ivc.mediator_base_logits.normal_()
+        ivc.video_relation.base_logits.normal_()
     v, m = torch.randn(b, n, d, dtype=torch.float64), torch.randn(b, l, d, dtype=torch.float64)
     got, align = ivc.deconfound(v, m)
     aligns = []
     for i in range(b):
-        want, terms = ivc_direct(ivc, np_(v[i]), np_(m[i]))
+        want, terms = ivc_direct(ivc, cfg, np_(v[i]), np_(m[i]))
         aligns += terms
         np.testing.assert_allclose(np_(got[i]), want, atol=1e-6)
     np.testing.assert_allclose(float(align.detach()), np.mean(aligns), rtol=1e-6)
@@ -244,15 +249,15 @@ def test_head_matches_equation() -> None:
     got = np_(head(q, mem))
     layer = head.layers[0]
     attn = layer.attn
-    assert attn.k.bias is None  # softmax cancels a key bias
+    assert attn.key_proj.bias is None  # softmax cancels a key bias
     for i in range(b):
         x, m = np_(q[i]), layer_norm(np_(mem[i]), layer.norm_mem)
         xn = layer_norm(x, layer.norm_q)
-        qq, kk, vv = linear(xn, attn.q), m @ np_(attn.k.weight).T, linear(m, attn.v)
+        qq, kk, vv = linear(xn, attn.query_proj), m @ np_(attn.key_proj.weight).T, linear(m, attn.value_proj)
         hd = d // 2
         o = np.concatenate([softmax(qq[:, h * hd:(h + 1) * hd] @ kk[:, h * hd:(h + 1) * hd].T / math.sqrt(hd))
                             @ vv[:, h * hd:(h + 1) * hd] for h in range(2)], 1)
-        x = x + linear(o, attn.out)
+        x = x + linear(o, attn.out_proj)
         x = x + mlp(layer_norm(x, layer.norm2), layer.mlp)
         want = (layer_norm(x, head.norm) * np_(head.weight)).sum(1) + np_(head.bias)
         np.testing.assert_allclose(got[i], want, atol=1e-6)

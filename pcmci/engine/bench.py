@@ -43,8 +43,8 @@ from ..profiling.flops import fvcore_count
 from ..profiling.profiler import MODULES, param_report
 from ..profiling.timing import _peak_memory, _reset_peak
 from .compile import FallbackCompiled
-from .train import (cosine_with_warmup, forward_backward, load_labels, make_dataset, make_optimizer, optimizer_step,
-                    resolve_device, seed_everything)
+from .runtime import load_labels, make_dataset, resolve_device, seed_everything
+from .train import cosine_with_warmup, forward_backward, make_optimizer, optimizer_step
 
 INPUTS = ("synthetic", "loader")
 DTYPES = ("bf16", "fp32")  # bf16 = pcmci train's optim.amp (bf16 autocast, CUDA only); fp32 = no autocast

@@ -19,7 +19,7 @@ from .checkpoint import load_checkpoint
 from .metrics import confusion_matrix, mean_average_precision, per_class_ap, topk_accuracy
 from .plots import plot_confusion
 from .run_state import use_compile
-from .train import make_dataset, resolve_device
+from .runtime import make_dataset, resolve_device
 
 log = logging.getLogger(__name__)
 

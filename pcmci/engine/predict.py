@@ -12,7 +12,7 @@ import torch
 from ..data.datasets import LabelSet, preprocess
 from ..data.decode import sample_clip
 from .evaluate import check_labels, load_model
-from .train import resolve_device
+from .runtime import resolve_device
 
 
 @torch.no_grad()

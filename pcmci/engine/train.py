@@ -1,5 +1,9 @@
 """Training loop, readable top to bottom: data -> model -> dictionaries -> optimiser -> epochs -> checkpoints.
 
+:func:`build_run` sets a run up once (a :class:`Run`: dataset, model, optimiser and schedule, restored when
+resuming); :func:`train_one_epoch` takes its optimiser steps, each over ``optim.accum_steps`` micro-batches, and
+returns the epoch's :class:`EpochStats`; a :class:`~pcmci.engine.sink.MetricsSink` records steps and epochs.
+
 One process, or one per device under ``torchrun`` (DDP; ``optim.batch_size`` is per process, so the global batch
 is ``batch_size x world x optim.accum_steps``). Every epoch ends with an atomic checkpoint written by rank 0
 (model incl. dictionaries, optimiser, scheduler, CPU/CUDA/NumPy/Python RNG, epoch, world size, config, labels,
@@ -11,22 +15,21 @@ Inductor without its tiling analysis, then to eager, when the compile fails (``c
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import random
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, check_dataset, to_dict
-from ..data.datasets import VideoDataset, build_dataset
-from ..data.records import LabelSet
+from ..data.datasets import VideoDataset
 from ..data.loader import make_loader
 from ..model import PCMCI, build_model
 from ..model.weights import require_weights
@@ -36,32 +39,250 @@ from .compile import FallbackCompiled
 from .dictionaries import fit_dictionaries, refit_epochs
 from .propensity import clip_weights
 from .run_state import config_changes, restore_rng, rng_state, use_compile
+from .runtime import load_labels, make_dataset, resolve_device, seed_everything
+from .sink import MetricsSink
 
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"run.device={name!r} but CUDA is not available on this machine")
-    return torch.device(name)
+@dataclass
+class Run:
+    """Everything a training run holds from one epoch to the next, built once by :func:`build_run`."""
+
+    cfg: Config
+    ctx: distributed.Dist
+    dataset: VideoDataset
+    model: PCMCI
+    net: Any  # what a forward goes through: the model, DDP-wrapped and/or compiled
+    ddp: DistributedDataParallel | None  # kept apart from ``net`` for ``no_sync`` while accumulating
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    micro_sizes: list[int]  # clips of each micro-batch of an epoch on this rank
+    start_epoch: int
+    step: int  # optimiser steps taken since the run began, resumed epochs included
+    amp: bool  # bf16 autocast: optim.amp, on CUDA only
+    clip_weights: Tensor | None  # IVC's backdoor: per-clip loss weights P(y)/P(y|s) [n], fitted once per run
+    sink: MetricsSink
+    compile_pending: bool  # the first forward of a compiled model compiles it: its time is logged once
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.cfg.run.out_dir) / "checkpoint.pt"
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+@dataclass
+class EpochStats:
+    """One epoch's totals on this rank (or, after :meth:`over_ranks`, on all): clips trained on, their summed loss
+    and correct predictions, seconds the epoch took and spent waiting for the loader, undecodable videos skipped."""
+
+    seen: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seconds: float = 0.0
+    wait: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+    def add(self, loss: float, seen: int, correct: int) -> None:
+        """One optimiser step: its loss (mean over ranks) over ``seen`` clips, ``correct`` of them right."""
+        self.seen, self.loss_sum, self.correct = self.seen + seen, self.loss_sum + loss * seen, self.correct + correct
+
+    def over_ranks(self, device: torch.device) -> EpochStats:
+        """The totals summed over every rank (a collective: every rank calls it); ``seconds`` stays this rank's."""
+        seen, loss_sum, correct, wait = distributed.sum_over_ranks([self.seen, self.loss_sum, self.correct, self.wait],
+                                                                   device)
+        return EpochStats(seen, loss_sum, correct, self.seconds, wait, distributed.gather_lists(self.skipped))
+
+    def summary(self, epoch: int, world: int) -> dict[str, Any]:
+        """The epoch's ``metrics.jsonl`` record; ``data_wait`` is the share of the epoch a rank waited on average."""
+        seen = max(1, self.seen)
+        return {"epoch": epoch, "train_loss": self.loss_sum / seen, "train_acc": self.correct / seen,
+                "seconds": self.seconds, "clips_per_s": self.seen / self.seconds,
+                "data_wait": self.wait / world / self.seconds, "skipped_videos": len(self.skipped)}
 
 
-def load_labels(cfg: Config) -> LabelSet | None:
-    """The label file named by ``data.labels``; None lets the dataset find ``labels.json`` by the manifest."""
-    return LabelSet.load(cfg.data.labels) if cfg.data.labels else None
+def train(cfg: Config, resume: bool = False) -> Path:
+    """Train ``cfg``; returns the checkpoint path (``run.out_dir/checkpoint.pt``)."""
+    if not resume:
+        require_weights(cfg.model)  # model.allow_random_init=false: missing pretrained weights stop here
+    ctx = distributed.setup(resolve_device(cfg.run.device))
+    try:
+        return _train(cfg, ctx, resume)
+    finally:
+        distributed.teardown()
 
 
-def make_dataset(cfg: Config, split: str, train: bool, labels: LabelSet | None) -> VideoDataset:
-    """The ``data.dataset`` adapter's ``split`` (manifest, breakfast, coin or charades)."""
-    return build_dataset(cfg.data, split, train, seed=cfg.run.seed, labels=labels)
+def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
+    run = build_run(cfg, ctx, resume)
+    refits = refit_epochs(cfg)
+    with run.sink:
+        for epoch in range(run.start_epoch, cfg.optim.epochs):
+            if epoch in refits:
+                fit_dictionaries(cfg, run.model, run.dataset, run.device, epoch, ctx.world)
+                distributed.broadcast_buffers(run.model)
+            stats = train_one_epoch(run, epoch)
+            run.sink.epoch(stats.summary(epoch, ctx.world), run.step, stats.skipped)
+            if ctx.main:
+                save_checkpoint(run.checkpoint_path, checkpoint_state(run, epoch))
+    return run.checkpoint_path
+
+
+def build_run(cfg: Config, ctx: distributed.Dist, resume: bool) -> Run:
+    """Dataset, model, optimiser and schedule, restored from ``run.out_dir/checkpoint.pt`` when ``resume``; the
+    model wrapped for DDP and compilation; IVC's clip weights; the metrics sink."""
+    out, device = Path(cfg.run.out_dir), ctx.device
+    state = resume_state(cfg, ctx) if resume else None
+    if state is None and ctx.main:
+        prepare_out_dir(out, resume=False)
+    seed_everything(cfg.run.seed)
+    dataset = make_dataset(cfg, cfg.data.train_split, train=True, labels=load_labels(cfg))
+    check_dataset(cfg, len(dataset.labels.classes), len(dataset.labels.actions), dataset.multilabel)
+    if cfg.run.dtype == "float64" and device.type != "cpu":
+        raise ConfigError("run.dtype=float64 runs on CPU only (the CUDA kernels take fp32/bf16/fp16); "
+                          "set run.device=cpu")
+    model = build_model(cfg.model, dataset.labels.classes, dataset.labels.actions)
+    model = model.to(device, getattr(torch, cfg.run.dtype))
+    optimizer = make_optimizer(cfg, model)
+    micro_sizes = _micro_batch_sizes(len(dataset), cfg.optim.batch_size, ctx.world)
+    steps_per_epoch = math.ceil(len(micro_sizes) / cfg.optim.accum_steps)
+    warmup = max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))
+    schedule = cosine_with_warmup(cfg.optim.epochs * steps_per_epoch, warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"], device)
+        start_epoch = state["epoch"] + 1
+        log.info("resuming %s from epoch %d", out / "checkpoint.pt", start_epoch)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if ctx.world > 1 else None
+    compiled = use_compile(cfg.run.compile, device)
+    net = FallbackCompiled(ddp or model) if compiled else ddp or model
+    weights = run_clip_weights(cfg, ctx, model, dataset, state)
+    if ctx.world > 1:
+        log.info("DDP: %d processes (%s), %d clips per process per step x %d accumulated = global batch %d",
+                 ctx.world, torch.distributed.get_backend(), cfg.optim.batch_size, cfg.optim.accum_steps,
+                 cfg.optim.batch_size * ctx.world * cfg.optim.accum_steps)
+    sink = MetricsSink(out, ctx.main, cfg.run.tensorboard, start_epoch, start_epoch * steps_per_epoch, log)
+    return Run(cfg=cfg, ctx=ctx, dataset=dataset, model=model, net=net, ddp=ddp, optimizer=optimizer,
+               scheduler=scheduler, micro_sizes=micro_sizes, start_epoch=start_epoch,
+               step=start_epoch * steps_per_epoch, amp=cfg.optim.amp and device.type == "cuda", clip_weights=weights,
+               sink=sink, compile_pending=compiled)
+
+
+def resume_state(cfg: Config, ctx: distributed.Dist) -> dict[str, Any]:
+    """The checkpoint in ``run.out_dir``, refused when its config or its number of processes differs from this run's
+    (shards and steps per epoch depend on the latter)."""
+    ckpt_path = Path(cfg.run.out_dir) / "checkpoint.pt"
+    state = load_checkpoint(ckpt_path)
+    changed = config_changes(state["config"], to_dict(cfg))
+    if changed:
+        raise ConfigError(f"--resume: the config differs from the one saved in {ckpt_path} in {', '.join(changed)}")
+    if state.get("world", 1) != ctx.world:
+        raise ConfigError(f"--resume: {ckpt_path} was trained by {state.get('world', 1)} process(es), this run has "
+                          f"{ctx.world}; resume with the same number, since shards and steps per epoch depend on it")
+    return state
+
+
+def run_clip_weights(cfg: Config, ctx: distributed.Dist, model: PCMCI, dataset: VideoDataset,
+                     state: dict[str, Any] | None) -> Tensor | None:
+    """IVC's backdoor weights ``[n]`` (``model.ivc.reweight``): the checkpoint's when resuming, else fitted on the
+    run's global batch; rank 0's, on every rank. None without IVC or reweighting."""
+    if model.ivc is None or not cfg.model.ivc.reweight:
+        return None
+    saved = state.get("clip_weights") if state is not None else None
+    try:
+        weights = saved if saved is not None else clip_weights(cfg, dataset, ctx.device, cfg.run.progress and ctx.main,
+                                                               cfg.optim.batch_size * ctx.world * cfg.optim.accum_steps)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise RuntimeError(out_of_memory_advice(cfg, ctx.world)) from exc
+    return distributed.broadcast_tensor(weights, ctx.device)
+
+
+def train_one_epoch(run: Run, epoch: int) -> EpochStats:
+    """One pass over this rank's shard: ``optim.accum_steps`` micro-batches per optimiser step, each step's record
+    to the sink. Returns the epoch's totals over all ranks."""
+    cfg = run.cfg
+    loader = make_loader(run.dataset, cfg.optim.batch_size, run.device, shuffle=True, epoch=epoch,
+                         num_workers=cfg.data.num_workers)
+    run.model.train()
+    tic, stats = time.perf_counter(), EpochStats()
+    bar = tqdm(total=len(run.micro_sizes), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+               disable=not (cfg.run.progress and run.ctx.main))
+    batches = iter(loader)
+    for sizes in _accumulation_groups(run.micro_sizes, cfg.optim.accum_steps):
+        loss, seen, correct = accumulate(run, sizes, batches, stats, bar)
+        loss, = distributed.mean_over_ranks([loss], run.device)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss} at epoch {epoch} step {run.step}")
+        grad_norm = optimizer_step(run.model, run.optimizer, run.scheduler, cfg.optim.grad_clip)
+        run.step += 1
+        stats.add(loss, seen, correct)
+        run.sink.step({"step": run.step, "epoch": epoch, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm)})
+        bar.set_postfix(loss=f"{loss:.3f}")
+    bar.close()
+    stats.seconds = time.perf_counter() - tic
+    return stats.over_ranks(run.device)
+
+
+def accumulate(run: Run, sizes: list[int], batches: Iterator[dict[str, Any]], stats: EpochStats,
+               bar: tqdm) -> tuple[float, int, int]:
+    """The gradients of one optimiser step: the next ``len(sizes)`` micro-batches of ``batches``, each loss weighted
+    by its share of the group's clips (so the sum is the loss of one batch of ``sum(sizes)`` clips). Counts the
+    loader wait and skipped videos into ``stats``. Returns (the group's loss on this rank, clips, correct)."""
+    loss, seen, correct = 0.0, 0, 0
+    for i, size in enumerate(sizes):
+        fetched = time.perf_counter()
+        batch = next(batches)
+        stats.wait += time.perf_counter() - fetched
+        stats.skipped += batch["bad"]
+        bar.update()
+        if "video" in batch:  # else every video of it was undecodable: the others keep their shares
+            micro_loss, micro_seen, micro_correct = micro_step(run, batch, size / sum(sizes), sync=i == len(sizes) - 1)
+            loss += micro_loss * size / sum(sizes)
+            seen, correct = seen + micro_seen, correct + micro_correct
+    return loss, seen, correct
+
+
+def micro_step(run: Run, batch: dict[str, Any], share: float, sync: bool) -> tuple[float, int, int]:
+    """Forward and backward of one micro-batch whose loss is ``share`` of its accumulation group's; DDP reduces
+    the gradients only when ``sync`` (the group's last). Returns (its unweighted loss, clips, correct predictions)."""
+    frames, target = batch["video"].to(run.device), batch["label"].to(run.device)
+    weights = None if run.clip_weights is None else run.clip_weights[batch["index"]].to(run.device)
+    started = time.perf_counter()
+    try:
+        with contextlib.nullcontext() if run.ddp is None or sync else run.ddp.no_sync():
+            out, loss = forward_backward(run.net, run.model, frames, target, batch["steps"].to(run.device), share,
+                                         run.amp, weights)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise RuntimeError(out_of_memory_advice(run.cfg, run.ctx.world)) from exc
+    if run.compile_pending:
+        _log_compile(time.perf_counter() - started)
+        run.compile_pending = False
+    correct = 0 if run.cfg.model.multilabel else int((out["logits"].argmax(-1) == target).sum())
+    return loss.item(), frames.shape[0], correct
+
+
+def checkpoint_state(run: Run, epoch: int) -> dict[str, Any]:
+    """What ``checkpoint.pt`` holds after ``epoch``, as tensors and plain data (loadable with ``weights_only``)."""
+    labels = run.dataset.labels
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rng_state(run.device),
+        "epoch": epoch,
+        "world": run.ctx.world,
+        "config": to_dict(run.cfg),
+        "labels": {"classes": labels.classes, "actions": labels.actions},
+        "clip_weights": run.clip_weights,
+    }
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Any:
@@ -112,174 +333,6 @@ def out_of_memory_advice(cfg: Config, world: int) -> str:
             f"optim.accum_steps so that batch_size x accum_steps stays {b * k} (global batch {b * k * world})")
 
 
-def train(cfg: Config, resume: bool = False) -> Path:
-    """Train ``cfg``; returns the checkpoint path (``run.out_dir/checkpoint.pt``)."""
-    if not resume:
-        require_weights(cfg.model)  # model.allow_random_init=false: missing pretrained weights stop here
-    ctx = distributed.setup(resolve_device(cfg.run.device))
-    try:
-        return _train(cfg, ctx, resume)
-    finally:
-        distributed.teardown()
-
-
-def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
-    out, device = Path(cfg.run.out_dir), ctx.device
-    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
-    state = None
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        changed = config_changes(state["config"], to_dict(cfg))
-        if changed:
-            raise ConfigError(f"--resume: the config differs from the one saved in {ckpt_path} in {', '.join(changed)}")
-        if state.get("world", 1) != ctx.world:
-            raise ConfigError(f"--resume: {ckpt_path} was trained by {state.get('world', 1)} process(es), this run has "
-                              f"{ctx.world}; resume with the same number, since shards and steps per epoch depend on it")
-    elif ctx.main:
-        prepare_out_dir(out, resume=False)
-    seed_everything(cfg.run.seed)
-
-    dataset = make_dataset(cfg, cfg.data.train_split, train=True, labels=load_labels(cfg))
-    check_dataset(cfg, len(dataset.labels.classes), len(dataset.labels.actions), dataset.multilabel)
-    if cfg.run.dtype == "float64" and device.type != "cpu":
-        raise ConfigError("run.dtype=float64 runs on CPU only (the CUDA kernels take fp32/bf16/fp16); set run.device=cpu")
-    model = build_model(cfg.model, dataset.labels.classes, dataset.labels.actions).to(device, getattr(torch, cfg.run.dtype))
-    optimizer = make_optimizer(cfg, model)
-    micro_sizes = _micro_batch_sizes(len(dataset), cfg.optim.batch_size, ctx.world)
-    accum = cfg.optim.accum_steps
-    steps_per_epoch = math.ceil(len(micro_sizes) / accum)
-    total_steps = cfg.optim.epochs * steps_per_epoch
-    warmup = max(1, int(cfg.optim.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup))
-    use_amp = cfg.optim.amp and device.type == "cuda"
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"], device)
-        start_epoch = state["epoch"] + 1
-        if ctx.main:
-            kept = [line for line in _records(metrics_path) if json.loads(line)["epoch"] < start_epoch]
-            metrics_path.write_text("".join(line + "\n" for line in kept))
-        log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
-    elif ctx.main:
-        metrics_path.write_text("")
-
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if ctx.world > 1 else None
-    net = ddp or model
-    compiled = use_compile(cfg.run.compile, device)
-    if compiled:
-        net = FallbackCompiled(net)
-    board = _tensorboard(out, start_epoch * steps_per_epoch) if cfg.run.tensorboard and ctx.main else None
-    show = cfg.run.progress and ctx.main
-    weights = None  # IVC's backdoor: per-clip loss weights P(y)/P(y|s), fitted once per run
-    if model.ivc is not None and cfg.model.ivc.reweight:
-        saved = state.get("clip_weights") if state is not None else None
-        try:
-            weights = saved if saved is not None else clip_weights(cfg, dataset, device, show,
-                                                                   cfg.optim.batch_size * ctx.world * accum)
-        except torch.cuda.OutOfMemoryError as exc:
-            raise RuntimeError(out_of_memory_advice(cfg, ctx.world)) from exc
-        weights = distributed.broadcast_tensor(weights, device)
-    if ctx.world > 1:
-        log.info("DDP: %d processes (%s), %d clips per process per step x %d accumulated = global batch %d",
-                 ctx.world, torch.distributed.get_backend(), cfg.optim.batch_size, accum,
-                 cfg.optim.batch_size * ctx.world * accum)
-
-    step = start_epoch * steps_per_epoch
-    refits = refit_epochs(cfg)
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        if epoch in refits:
-            fit_dictionaries(cfg, model, dataset, device, epoch, ctx.world)
-            distributed.broadcast_buffers(model)
-        loader = make_loader(dataset, cfg.optim.batch_size, device, shuffle=True, epoch=epoch,
-                             num_workers=cfg.data.num_workers)
-        model.train()
-        tic, wait, seen, loss_sum, correct, bad = time.perf_counter(), 0.0, 0, 0.0, 0, []
-        group_loss, group_correct, group_seen = 0.0, 0, 0
-        bar = tqdm(total=len(micro_sizes), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not show)
-        batches = iter(loader)
-        with (metrics_path.open("a", buffering=1) if ctx.main else contextlib.nullcontext()) as metrics_file:
-            for i, size in enumerate(micro_sizes):
-                fetched = time.perf_counter()
-                batch = next(batches)
-                wait += time.perf_counter() - fetched
-                bar.update()
-                bad += batch["bad"]
-                group = micro_sizes[i - i % accum : i - i % accum + accum]
-                last = i % accum == len(group) - 1
-                if "video" in batch:
-                    frames, target = batch["video"].to(device), batch["label"].to(device)
-                    sync = contextlib.nullcontext() if ddp is None or last else ddp.no_sync()
-                    try:
-                        with sync:
-                            first = compiled and step == start_epoch * steps_per_epoch and i == 0
-                            started = time.perf_counter()
-                            clip_w = None if weights is None else weights[batch["index"]].to(device)
-                            out, loss = forward_backward(net, model, frames, target, batch["steps"].to(device),
-                                                         size / sum(group), use_amp, clip_w)
-                            if first:
-                                _log_compile(time.perf_counter() - started)
-                    except torch.cuda.OutOfMemoryError as exc:
-                        raise RuntimeError(out_of_memory_advice(cfg, ctx.world)) from exc
-                    n = frames.shape[0]
-                    group_loss += loss.item() * size / sum(group)
-                    group_seen += n
-                    if not cfg.model.multilabel:
-                        group_correct += int((out["logits"].argmax(-1) == target).sum())
-                if not last:
-                    continue
-                loss_value, = distributed.mean_over_ranks([group_loss], device)
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"non-finite loss {loss_value} at epoch {epoch} step {step}")
-                grad_norm = optimizer_step(model, optimizer, scheduler, cfg.optim.grad_clip)
-                step += 1
-                seen, loss_sum, correct = seen + group_seen, loss_sum + loss_value * group_seen, correct + group_correct
-                group_loss, group_correct, group_seen = 0.0, 0, 0
-                record = {"step": step, "epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                          "grad_norm": float(grad_norm)}
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                if board is not None:
-                    for key in ("loss", "lr", "grad_norm"):
-                        board.add_scalar(f"train/{key}", record[key], step)
-                bar.set_postfix(loss=f"{loss_value:.3f}")
-            bar.close()
-            seconds = time.perf_counter() - tic
-            seen, loss_sum, correct, wait = distributed.sum_over_ranks([seen, loss_sum, correct, wait], device)
-            bad = distributed.gather_lists(bad)
-            summary = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                       "seconds": seconds, "clips_per_s": seen / seconds, "data_wait": wait / ctx.world / seconds,
-                       "skipped_videos": len(bad)}
-            if metrics_file is not None:
-                metrics_file.write(json.dumps(summary) + "\n")
-        if board is not None:
-            for key in ("train_loss", "train_acc", "clips_per_s", "data_wait"):
-                board.add_scalar(f"epoch/{key}", summary[key], step)
-            board.flush()
-        if bad and ctx.main:
-            log.warning("epoch %d: skipped %d undecodable video(s):\n  %s", epoch, len(bad), "\n  ".join(sorted(bad)))
-        if ctx.main:
-            log.info("epoch %d: loss %.4f acc %.3f | %.1f clips/s, %.0f%% of the time waiting for data", epoch,
-                     summary["train_loss"], summary["train_acc"], summary["clips_per_s"], 100 * summary["data_wait"])
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(device),
-                "epoch": epoch,
-                "world": ctx.world,
-                "config": to_dict(cfg),
-                "labels": {"classes": dataset.labels.classes, "actions": dataset.labels.actions},
-                "clip_weights": weights,
-            })
-    if board is not None:
-        board.close()
-    return ckpt_path
-
-
 def forward_backward(net: Any, model: PCMCI, frames: torch.Tensor, target: torch.Tensor, steps: torch.Tensor,
                      weight: float, amp: bool, clip_weights: torch.Tensor | None = None,
                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -304,33 +357,19 @@ def optimizer_step(model: PCMCI, optimizer: torch.optim.Optimizer, scheduler: An
     return grad_norm
 
 
-def _records(metrics_path: Path) -> list[str]:
-    """The complete JSON lines of ``metrics.jsonl`` (a line torn by a kill mid-write is dropped)."""
-    lines = metrics_path.read_text().splitlines() if metrics_path.is_file() else []
-    complete = []
-    for line in lines:
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        complete.append(line)
-    return complete
-
-
 def _micro_batch_sizes(n: int, batch_size: int, world: int) -> list[int]:
     """Clips per rank in each batch of an epoch: the shard of ``ceil(n / world)`` items cut into batches."""
     shard = math.ceil(n / world)
     return [min(batch_size, shard - start) for start in range(0, shard, batch_size)]
 
 
+def _accumulation_groups(micro_sizes: list[int], accum: int) -> list[list[int]]:
+    """The micro-batch sizes of each optimiser step: runs of ``accum``, the last one shorter when they do not
+    divide the epoch."""
+    return [micro_sizes[start : start + accum] for start in range(0, len(micro_sizes), accum)]
+
+
 def _log_compile(seconds: float) -> None:
     breaks = torch._dynamo.utils.counters["graph_break"]
     log.info("torch.compile: first training step took %.1f s (compilation included), %d graph break(s)%s",
              seconds, sum(breaks.values()), "".join(f"\n  {reason}" for reason in breaks))
-
-
-def _tensorboard(out: Path, purge_step: int) -> Any:
-    """A ``SummaryWriter`` under ``out/tensorboard``; events after ``purge_step`` (a resumed run's) are dropped."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(out / "tensorboard"), purge_step=purge_step or None)

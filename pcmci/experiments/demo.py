@@ -21,7 +21,8 @@ from ..config import STAGE_NAMES, preset
 from ..data.synthetic import DEMO_SCENE, GENERATOR, Scene, synthesize
 from ..engine.evaluate import evaluate, load_model
 from ..engine.plots import plot_grouped_bars, plot_training_curves
-from ..engine.train import resolve_device, train
+from ..engine.runtime import resolve_device
+from ..engine.train import train
 from ..profiling import ProfileOptions, run_profile
 from .diagnose import counterfactual_pairs, flip_rate, predict_labels, still_object_accuracy
 

@@ -34,7 +34,7 @@ from ..data.sampling import segment_indices
 from ..data.synthetic import render_counterfactual
 from ..engine.evaluate import load_model
 from ..engine.plots import plot_grouped_bars, plot_heatmaps
-from ..engine.train import resolve_device
+from ..engine.runtime import resolve_device
 from ..errors import DataError
 from ..model import PCMCI
 

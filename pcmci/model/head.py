@@ -9,6 +9,9 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 
 from ..config import HeadConfig
+from .renames import accept_former_names
+
+FORMER_NAMES = {"q": "query_proj", "k": "key_proj", "v": "value_proj", "out": "out_proj"}
 
 
 class CrossAttention(nn.Module):
@@ -23,18 +26,19 @@ class CrossAttention(nn.Module):
         if dim % heads:
             raise ValueError(f"model.head.heads={heads} must divide the joint dim D={dim}")
         self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim, bias=False)
-        self.v = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+        self.query_proj = nn.Linear(dim, dim)  # W_q
+        self.key_proj = nn.Linear(dim, dim, bias=False)  # W_k
+        self.value_proj = nn.Linear(dim, dim)  # W_v
+        self.out_proj = nn.Linear(dim, dim)  # W_o
+        accept_former_names(self, FORMER_NAMES)
 
     def _split(self, x: Tensor) -> Tensor:
         """``[B,N,D] -> [B,h,N,D/h]``."""
         return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
 
     def forward(self, x: Tensor, m: Tensor) -> Tensor:
-        o = F.scaled_dot_product_attention(self._split(self.q(x)), self._split(self.k(m)), self._split(self.v(m)))
-        return self.out(o.transpose(1, 2).flatten(2))
+        q, k, v = self._split(self.query_proj(x)), self._split(self.key_proj(m)), self._split(self.value_proj(m))
+        return self.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
 
 
 class DecoderLayer(nn.Module):

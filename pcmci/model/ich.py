@@ -36,7 +36,10 @@ from torch import Tensor, nn
 from ..config import ICHConfig
 from ..kernels import log_sinkhorn
 from .dictionary import ConfounderDictionary, nwgm_attention
+from .renames import accept_former_names
 from .state import StageState
+
+FORMER_NAMES = {"w_h": "value_proj", "w_q": "query_proj", "w_k": "key_proj", "w_o": "out_proj"}
 
 
 class ICH(nn.Module):
@@ -45,24 +48,26 @@ class ICH(nn.Module):
 
     def __init__(self, cfg: ICHConfig, dim: int) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.w_h = nn.Linear(dim, dim, bias=False)
-        self.w_q = nn.Linear(dim, dim, bias=False)
-        self.w_k = nn.Linear(dim, dim, bias=False)
-        self.w_o = nn.Linear(2 * dim if cfg.adjust == "posterior" else dim, dim)
+        self.eps, self.iters, self.ot_grad = cfg.eps, cfg.iters, cfg.ot_grad
+        self.proxy_kind, self.adjustment = cfg.proxy, cfg.adjust
+        self.value_proj = nn.Linear(dim, dim, bias=False)  # W_H: the strata Z (and the proxy H) as values
+        self.query_proj = nn.Linear(dim, dim, bias=False)  # W_q
+        self.key_proj = nn.Linear(dim, dim, bias=False)  # W_k
+        self.out_proj = nn.Linear(2 * dim if cfg.adjust == "posterior" else dim, dim)  # W_o
         self.norm = nn.LayerNorm(dim)
         self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary, "ICH dictionary")
+        accept_former_names(self, FORMER_NAMES)
 
     def overalignment(self, t: Tensor, vp: Tensor) -> tuple[Tensor, Tensor]:
         """-> (transport plan ``L Q [B,L,F]`` (rows sum to 1), proxy weights ``O [B,L,F]``)."""
         s = F.normalize(t, dim=-1) @ F.normalize(vp, dim=-1).transpose(1, 2)
-        cost = 1.0 - (s if self.cfg.ot_grad else s.detach())
-        balanced = t.shape[1] * log_sinkhorn(cost, self.cfg.eps, self.cfg.iters)
-        if self.cfg.proxy == "similarity":
+        cost = 1.0 - (s if self.ot_grad else s.detach())
+        balanced = t.shape[1] * log_sinkhorn(cost, self.eps, self.iters)
+        if self.proxy_kind == "similarity":
             return balanced, s
-        if self.cfg.proxy == "plan":
+        if self.proxy_kind == "plan":
             return balanced, balanced
-        over = torch.relu(torch.softmax(s / self.cfg.eps, dim=-1) - balanced)
+        over = torch.relu(torch.softmax(s / self.eps, dim=-1) - balanced)
         return balanced, over / over.sum(-1, keepdim=True).clamp_min(1e-6)
 
     def proxy(self, t: Tensor, vp: Tensor) -> Tensor:
@@ -72,7 +77,7 @@ class ICH(nn.Module):
     @property
     def reads_frames(self) -> bool:
         """Whether ``forward`` reads the clip's frames (all but ``adjust="population"``)."""
-        return self.cfg.adjust != "population"
+        return self.adjustment != "population"
 
     def forward(self, state: StageState) -> StageState:
         return state._replace(texts=self.adjust(state.texts, state.frames))
@@ -88,11 +93,12 @@ class ICH(nn.Module):
     def adjust(self, t: Tensor, vp: Tensor | None) -> Tensor:
         """The backdoor adjustment ``t[B,L,D] -> t'[B,L,D]`` (see the module docstring)."""
         z, prior = self.dictionary()
-        if self.cfg.adjust == "posterior":
-            h_hat = nwgm_attention(self.w_q(t + self.w_h(self.proxy(t, vp))), self.w_k(z), self.w_h(z), prior)
-            return self.norm(t + self.w_o(torch.cat([t, h_hat], dim=-1)))
-        h_prior = nwgm_attention(self.w_q(t), self.w_k(z), self.w_h(z), prior)
+        if self.adjustment == "posterior":
+            query = self.query_proj(t + self.value_proj(self.proxy(t, vp)))
+            h_hat = nwgm_attention(query, self.key_proj(z), self.value_proj(z), prior)
+            return self.norm(t + self.out_proj(torch.cat([t, h_hat], dim=-1)))
+        h_prior = nwgm_attention(self.query_proj(t), self.key_proj(z), self.value_proj(z), prior)
         if self.reads_frames:  # "prior": the clip's hallucinated direction is projected out first
             u = F.normalize(self.proxy(t, vp), dim=-1)
             t = t - (t * u).sum(-1, keepdim=True) * u
-        return self.norm(t + self.w_o(h_prior))
+        return self.norm(t + self.out_proj(h_prior))

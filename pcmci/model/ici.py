@@ -12,7 +12,11 @@ from torch import Tensor, nn
 
 from ..config import ICIConfig
 from ..kernels import relation_product
+from .renames import accept_former_names
 from .state import StageState
+
+FORMER_NAMES = {"u": "query_proj", "u_prime": "key_proj", "w": "value_proj", "omega": "base_logits",
+                "w_o": "out_proj"}
 
 
 class RelationLayer(nn.Module):
@@ -23,14 +27,15 @@ class RelationLayer(nn.Module):
         if dim % bases:
             raise ValueError(f"relation bases K={bases} must divide the joint dim D={dim}")
         self.bases = bases
-        self.u = nn.Linear(dim, dim, bias=False)
-        self.u_prime = nn.Linear(dim, dim, bias=False)
-        self.w = nn.Linear(dim, dim, bias=False)
-        self.omega = nn.Parameter(torch.zeros(bases))
-        self.w_o = nn.Linear(dim // bases, dim)
+        self.query_proj = nn.Linear(dim, dim, bias=False)  # U_k of every base k, side by side
+        self.key_proj = nn.Linear(dim, dim, bias=False)  # U'_k
+        self.value_proj = nn.Linear(dim, dim, bias=False)  # W_k
+        self.base_logits = nn.Parameter(torch.zeros(bases))  # omega: the prior over the bases is softmax(omega)
+        self.out_proj = nn.Linear(dim // bases, dim)  # W_O
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = Mlp(dim, int(dim * mlp_ratio))
         self.norm2 = nn.LayerNorm(dim)
+        accept_former_names(self, FORMER_NAMES)
 
     def split(self, x: Tensor) -> Tensor:
         """``[B,N,D] -> [B,K,N,D/K]``."""
@@ -38,10 +43,10 @@ class RelationLayer(nn.Module):
         return x.view(b, n, self.bases, -1).transpose(1, 2)
 
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        prior = torch.softmax(self.omega, dim=0)
-        q, k, v = self.split(self.u(x)), self.split(self.u_prime(x)), self.split(self.w(x))
+        prior = torch.softmax(self.base_logits, dim=0)
+        q, k, v = self.split(self.query_proj(x)), self.split(self.key_proj(x)), self.split(self.value_proj(x))
         r, maps = relation_product(q, k, v, prior, return_maps=True) if return_maps else (relation_product(q, k, v, prior), None)
-        x = self.norm1(x + self.w_o(r))
+        x = self.norm1(x + self.out_proj(r))
         x = self.norm2(x + self.ffn(x))
         return (x, maps) if return_maps else x
 

@@ -40,7 +40,12 @@ from ..config import IVCConfig
 from ..kernels import relation_maps
 from .dictionary import ConfounderDictionary, nwgm_attention
 from .ici import RelationLayer
+from .renames import accept_former_names
 from .state import StageState
+
+FORMER_NAMES = {"m_u": "mediator_query_proj", "m_u_prime": "mediator_key_proj", "m_omega": "mediator_base_logits",
+                "v_w": "video_value_proj", "w_o": "out_proj", "w_a": "mediator_attn_proj", "w_q": "query_proj",
+                "w_k": "key_proj", "w_v": "value_proj", "w_m": "mediator_proj", "w_f": "fuse_proj"}
 
 
 class IVC(nn.Module):
@@ -51,25 +56,26 @@ class IVC(nn.Module):
 
     def __init__(self, cfg: IVCConfig, dim: int, tokens: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.video_relation = RelationLayer(dim, cfg.bases, mlp_ratio)
-        self.m_u = nn.Linear(dim, dim, bias=False)
-        self.m_u_prime = nn.Linear(dim, dim, bias=False)
-        self.m_omega = nn.Parameter(torch.zeros(cfg.bases))
-        self.v_w = nn.Linear(dim, dim, bias=False)
-        self.w_o = nn.Linear(dim // cfg.bases, dim)
+        self.static, self.mediator_only, self.align_weight = cfg.static, cfg.mediator_only, cfg.align_weight
+        self.video_relation = RelationLayer(dim, cfg.bases, mlp_ratio)  # level 1, R_V
+        self.mediator_query_proj = nn.Linear(dim, dim, bias=False)  # U_k of G^M_k
+        self.mediator_key_proj = nn.Linear(dim, dim, bias=False)  # U'_k of G^M_k
+        self.mediator_base_logits = nn.Parameter(torch.zeros(cfg.bases))  # omega: prior pi over the bases G^M_k
+        self.video_value_proj = nn.Linear(dim, dim, bias=False)  # W_k, applied to V1
+        self.out_proj = nn.Linear(dim // cfg.bases, dim)  # W_O
         self.norm_relate = nn.LayerNorm(dim)
-        self.w_a = nn.Linear(dim, dim, bias=False)
-        self.w_q = nn.Linear(dim, dim, bias=False)
-        self.w_k = nn.Linear(dim, dim, bias=False)
-        self.w_v = nn.Linear(dim, dim, bias=False)
+        self.mediator_attn_proj = nn.Linear(dim, dim, bias=False)  # W_a of P(m|V)
+        self.query_proj = nn.Linear(dim, dim, bias=False)  # W_q
+        self.key_proj = nn.Linear(dim, dim, bias=False)  # W_k of the dictionary D_V
+        self.value_proj = nn.Linear(dim, dim, bias=False)  # W_v
         if cfg.mediator_only:
-            self.w_m = nn.Linear(dim, dim)
-            self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+            self.mediator_proj = nn.Linear(dim, dim)  # W_m
+            self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)  # E_pos
         else:
-            self.w_f = nn.Linear(2 * dim, dim)
+            self.fuse_proj = nn.Linear(2 * dim, dim)  # W_f
         self.norm = nn.LayerNorm(dim)
         self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary, "IVC dictionary")
+        accept_former_names(self, FORMER_NAMES)
 
     @staticmethod
     def mediator(m: Tensor) -> Tensor:
@@ -79,38 +85,38 @@ class IVC(nn.Module):
     def transported_maps(self, v1: Tensor, m: Tensor) -> Tensor:
         """``G^{M->V}[B,K,N,N] = rownorm(Pi G^M_k Pi^T)`` with ``Pi = softmax_L(V1 M^T / sqrt(D))``."""
         split = self.video_relation.split
-        g_m = relation_maps(split(self.m_u(m)), split(self.m_u_prime(m)))
+        g_m = relation_maps(split(self.mediator_query_proj(m)), split(self.mediator_key_proj(m)))
         pi = torch.softmax(v1 @ m.transpose(1, 2) / math.sqrt(m.shape[-1]), dim=-1)[:, None]
         g = pi @ g_m @ pi.transpose(-1, -2)
         return g / g.sum(-1, keepdim=True).clamp_min(1e-12)
 
     def relate(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         """Static context out, then the hierarchical relation encoder: ``V -> V'[B,N,D]`` and the alignment loss."""
-        if self.cfg.static:
+        if self.static:
             v = v - v.mean(1, keepdim=True)
-        if self.cfg.align_weight > 0:
+        if self.align_weight > 0:
             v1, g_v = self.video_relation(v, return_maps=True)
         else:
             v1, g_v = self.video_relation(v), None
         g_mv = self.transported_maps(v1, m)
-        prior = torch.softmax(self.m_omega, dim=0)
-        r = torch.einsum("k,bknm,bkme->bne", prior, g_mv, self.video_relation.split(self.v_w(v1)))
+        prior = torch.softmax(self.mediator_base_logits, dim=0)
+        r = torch.einsum("k,bknm,bkme->bne", prior, g_mv, self.video_relation.split(self.video_value_proj(v1)))
         align = v.new_zeros(()) if g_v is None else ((g_v - g_mv) ** 2).sum((-1, -2)).mean() / v.shape[1] ** 2
-        return self.norm_relate(v1 + self.w_o(r)), align
+        return self.norm_relate(v1 + self.out_proj(r)), align
 
     def mediator_weights(self, v_prime: Tensor, m: Tensor) -> Tensor:
         """``P(m|V)``: ``A[B,N,L] = softmax_L(V' W_a M^T / sqrt(D))``."""
-        return torch.softmax(self.w_a(v_prime) @ m.transpose(1, 2) / math.sqrt(m.shape[-1]), dim=-1)
+        return torch.softmax(self.mediator_attn_proj(v_prime) @ m.transpose(1, 2) / math.sqrt(m.shape[-1]), dim=-1)
 
     def intervene(self, v_prime: Tensor, m: Tensor) -> Tensor:
         """Front-door sum: ``V* = LN(W_m M^ + V^ + E_pos)`` with ``M^ = A M`` and ``V^ = NWGM(M^, D_V, p_v)``."""
         m_hat = self.mediator_weights(v_prime, m) @ m
         z, prior = self.dictionary()
-        query = m_hat if self.cfg.mediator_only else v_prime
-        v_hat = nwgm_attention(self.w_q(query), self.w_k(z), self.w_v(z), prior)
-        if not self.cfg.mediator_only:
-            return self.norm(v_prime + self.w_f(torch.cat([m_hat, v_hat], dim=-1)))
-        return self.norm(self.w_m(m_hat) + v_hat + self.pos)
+        query = m_hat if self.mediator_only else v_prime
+        v_hat = nwgm_attention(self.query_proj(query), self.key_proj(z), self.value_proj(z), prior)
+        if not self.mediator_only:
+            return self.norm(v_prime + self.fuse_proj(torch.cat([m_hat, v_hat], dim=-1)))
+        return self.norm(self.mediator_proj(m_hat) + v_hat + self.pos)
 
     def encode(self, v: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Texts ``t`` -> mediator ``M``, then ``V'``: -> (``V'[B,N,D]``, ``M[B,L,D]``, alignment loss)."""

@@ -37,7 +37,9 @@ class PCMCI(nn.Module):
         super().__init__()
         if not classes:
             raise ValueError("PCMCI needs at least one class name")
-        self.cfg = cfg
+        self.cfg = cfg  # the config it was built from, for readers outside (profiler, diagnose); never read below
+        self.multilabel, self.static_input = cfg.multilabel, cfg.ivc.static_input
+        self.aux_weight, self.align_weight = cfg.head.aux_weight, cfg.ivc.align_weight
         self.classes, self.actions = list(classes), list(actions or [])
         self.order = list(cfg.stages)
         self.clip = FrozenCLIP(cfg.clip)
@@ -81,7 +83,7 @@ class PCMCI(nn.Module):
     def encode_video(self, frames: Tensor) -> Tensor:
         """TimeSformer tokens of ``frames[B,F,3,H,W]``. Only under the ablation switch ``model.ivc.static_input``
         does the encoder see ``X_f - mean_f X_f`` (the clip's mean frame removed: still causes go with it)."""
-        if self.ivc is not None and self.cfg.ivc.static_input:
+        if self.ivc is not None and self.static_input:
             frames = frames - frames.mean(1, keepdim=True)
         return self.video(frames)
 
@@ -98,28 +100,28 @@ class PCMCI(nn.Module):
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """Class scores ``[B,C]``: softmax for single-label, per-class sigmoid for multi-label."""
-        return torch.sigmoid(logits) if self.cfg.multilabel else torch.softmax(logits, dim=-1)
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
 
     def loss(self, out: dict[str, Tensor], target: Tensor, steps: Tensor | None = None,
              weights: Tensor | None = None) -> Tensor:
         """Classification loss (CE, or BCE when multi-label) + optional atomic-action BCE and alignment terms.
 
-        ``target`` is ``[B]`` class indices, or ``[B,C]`` multi-hot when ``cfg.multilabel``; ``steps[B,A]``;
+        ``target`` is ``[B]`` class indices, or ``[B,C]`` multi-hot when ``multilabel``; ``steps[B,A]``;
         ``weights[B]`` per-clip weights of the single-label CE (IVC's backdoor; mean 1 over the training split).
         """
         logits = out["logits"].float()
-        if self.cfg.multilabel:
+        if self.multilabel:
             loss = F.binary_cross_entropy_with_logits(logits, target.float())
         elif weights is not None:  # IVC's backdoor: the clip's weight P(y)/P(y|s) (pcmci.engine.propensity)
             loss = (weights.to(logits.dtype) * F.cross_entropy(logits, target, reduction="none")).mean()
         else:
             loss = F.cross_entropy(logits, target)
-        if self.cfg.head.aux_weight > 0 and steps is not None and steps.shape[-1] > 0:
-            loss = loss + self.cfg.head.aux_weight * F.binary_cross_entropy_with_logits(
+        if self.aux_weight > 0 and steps is not None and steps.shape[-1] > 0:
+            loss = loss + self.aux_weight * F.binary_cross_entropy_with_logits(
                 out["aux_logits"].float(), steps.float()
             )
-        if self.cfg.ivc.align_weight > 0:
-            loss = loss + self.cfg.ivc.align_weight * out["align_loss"]
+        if self.align_weight > 0:
+            loss = loss + self.align_weight * out["align_loss"]
         return loss
 
     def dictionaries(self) -> dict[str, nn.Module]:

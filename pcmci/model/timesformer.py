@@ -67,7 +67,7 @@ class TimeSformer(nn.Module):
 
     def __init__(self, cfg: TimeSformerConfig, out_dim: int) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.frames, self.img_size, self.width = cfg.frames, cfg.img_size, cfg.width
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, 3, cfg.width)
         patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
@@ -90,13 +90,13 @@ class TimeSformer(nn.Module):
     def tokens(self, frames: Tensor) -> Tensor:
         """``frames[B,F,3,H,W]`` in [0,1] -> final-norm tokens ``[B,1+F*P,W]`` (class token, then frame-major patches)."""
         b, f, c, h, w = frames.shape
-        if (f, c, h, w) != (self.cfg.frames, 3, self.cfg.img_size, self.cfg.img_size):
+        if (f, c, h, w) != (self.frames, 3, self.img_size, self.img_size):
             raise ValueError(
-                f"TimeSformer expects frames [B,{self.cfg.frames},3,{self.cfg.img_size},{self.cfg.img_size}], "
+                f"TimeSformer expects frames [B,{self.frames},3,{self.img_size},{self.img_size}], "
                 f"got {list(frames.shape)}"
             )
         x = self.patch_embed((frames.flatten(0, 1) - self.mean) / self.std) + self.pos_embed[:, 1:]
-        x = (x.view(b, f, -1, self.cfg.width) + self.time_embed[:, :, None]).flatten(1, 2)
+        x = (x.view(b, f, -1, self.width) + self.time_embed[:, :, None]).flatten(1, 2)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1)
         for block in self.blocks:
@@ -104,5 +104,5 @@ class TimeSformer(nn.Module):
         return self.norm(x)
 
     def forward(self, frames: Tensor) -> Tensor:
-        patches = self.tokens(frames)[:, 1:].unflatten(1, (self.cfg.frames, -1))
+        patches = self.tokens(frames)[:, 1:].unflatten(1, (self.frames, -1))
         return self.proj(patches.mean(2)) + self.temporal_pos

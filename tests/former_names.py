@@ -1,0 +1,27 @@
+"""What the code before the training-loop split and the stage renames wrote (``fixtures/pre_split_formats.json``,
+recorded by running that code): model state-dict keys and shapes, checkpoint structure, metrics record keys."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pre_split_formats.json"
+VARIANTS = {"tiny": [], "tiny model.ivc.mediator_only=false model.ich.adjust=posterior model.ici.layers=2": [
+    "model.ivc.mediator_only=false", "model.ich.adjust=posterior", "model.ici.layers=2"]}
+
+
+def pre_split_formats() -> dict[str, Any]:
+    return json.loads(FIXTURE.read_text())
+
+
+def with_former_names(state: dict[str, Tensor], variant: str) -> dict[str, Tensor]:
+    """The model state dict ``state`` under the keys the former code wrote for ``variant``, matched by position:
+    the shapes must agree at every position, since optimiser states (saved by parameter index) rely on that order."""
+    former = pre_split_formats()["state_dict"][variant]
+    assert len(former) == len(state)
+    for (old, shape), (new, tensor) in zip(former.items(), state.items()):
+        assert list(tensor.shape) == shape, f"{old} {shape} vs {new} {list(tensor.shape)}"
+    return dict(zip(former, state.values()))
