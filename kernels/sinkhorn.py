@@ -194,6 +194,12 @@ def _lse_update(m, s, x, axis: tl.constexpr):
 
 
 @triton.jit
+def _lse_start(N: tl.constexpr):
+    """An empty online log-sum-exp of ``N`` lanes: running max ``-inf``, running sum 0."""
+    return tl.full([N], float("-inf"), tl.float32), tl.zeros([N], tl.float32)
+
+
+@triton.jit
 def _lse_finish(m, s):
     return tl.log(tl.maximum(s, TINY_TL)) + tl.where(m == float("-inf"), 0.0, m)
 
@@ -246,8 +252,7 @@ def _fwd_stream(C, M, LA, LB, P, RH, CH, R, S, T, neg_inv_eps,
     for t in range(T):
         for r0 in range(0, R, BR):  # r_t = LSE_j(v_{t-1} + K), streamed over column tiles
             i = r0 + ar
-            m = tl.full([BR], float("-inf"), tl.float32)
-            s = tl.zeros([BR], tl.float32)
+            m, s = _lse_start(BR)
             for s0 in range(0, S, BS):
                 j = s0 + ac
                 k = _load_k(C, M, off, i, j, R, S, neg_inv_eps, HAS_MASK)
@@ -256,8 +261,7 @@ def _fwd_stream(C, M, LA, LB, P, RH, CH, R, S, T, neg_inv_eps,
         tl.debug_barrier()
         for s0 in range(0, S, BS):  # c_t = LSE_i(u_t + K), streamed over row tiles
             j = s0 + ac
-            m = tl.full([BS], float("-inf"), tl.float32)
-            s = tl.zeros([BS], tl.float32)
+            m, s = _lse_start(BS)
             for r0 in range(0, R, BR):
                 i = r0 + ar
                 k = _load_k(C, M, off, i, j, R, S, neg_inv_eps, HAS_MASK)
@@ -317,17 +321,11 @@ def _bwd_stream_adjoints(G, C, M, LA, LB, RH, CH, DU0, DUH, DVH, R, S, T, neg_in
     ac = tl.arange(0, BS)
     for r0 in range(0, R, BR):  # plan contribution to du_{T-1}
         i = r0 + ar
-        acc = tl.zeros([BR], tl.float32)
-        for s0 in range(0, S, BS):
-            j = s0 + ac
-            acc += tl.sum(_dlogp(G, C, M, LA, LB, RH, CH, pid, off, i, j, R, S, T, neg_inv_eps, HAS_MASK), 1)
+        acc = _dlogp_sum(G, C, M, LA, LB, RH, CH, pid, off, i, R, S, T, neg_inv_eps, HAS_MASK, True, BR, BS)
         tl.store(DU0 + pid * R + i, acc, mask=i < R)
     for s0 in range(0, S, BS):  # plan contribution to dv_{T-1}
         j = s0 + ac
-        acc = tl.zeros([BS], tl.float32)
-        for r0 in range(0, R, BR):
-            i = r0 + ar
-            acc += tl.sum(_dlogp(G, C, M, LA, LB, RH, CH, pid, off, i, j, R, S, T, neg_inv_eps, HAS_MASK), 0)
+        acc = _dlogp_sum(G, C, M, LA, LB, RH, CH, pid, off, j, R, S, T, neg_inv_eps, HAS_MASK, False, BS, BR)
         tl.store(DVH + (pid * T + T - 1) * S + j, acc, mask=j < S)
     tl.debug_barrier()
     for tt in range(T):
@@ -365,6 +363,22 @@ def _dlogp(G, C, M, LA, LB, RH, CH, pid, off, i, j, R, S, T, neg_inv_eps, HAS_MA
     k = _load_k(C, M, off, i, j, R, S, neg_inv_eps, HAS_MASK)
     g = tl.load(G + off + i[:, None] * S + j[None, :], mask=(i[:, None] < R) & (j[None, :] < S), other=0.0)
     return g.to(tl.float32) * tl.exp(_u(LA, RH, pid, T - 1, T, i, R)[:, None] + _v(LB, CH, pid, T - 1, T, j, S)[None, :] + k)
+
+
+@triton.jit
+def _dlogp_sum(G, C, M, LA, LB, RH, CH, pid, off, outer, R, S, T, neg_inv_eps, HAS_MASK: tl.constexpr,
+               ROWS: tl.constexpr, BO: tl.constexpr, BI: tl.constexpr):
+    """``grad_plan * plan`` summed over the other axis at rows (``ROWS``) or columns ``outer`` [BO], streamed over
+    tiles of ``BI`` (the plan's contribution to the last iteration's potential adjoints)."""
+    acc = tl.zeros([BO], tl.float32)
+    inner_size = S if ROWS else R
+    for x0 in range(0, inner_size, BI):
+        inner = x0 + tl.arange(0, BI)
+        if ROWS:
+            acc += tl.sum(_dlogp(G, C, M, LA, LB, RH, CH, pid, off, outer, inner, R, S, T, neg_inv_eps, HAS_MASK), 1)
+        else:
+            acc += tl.sum(_dlogp(G, C, M, LA, LB, RH, CH, pid, off, inner, outer, R, S, T, neg_inv_eps, HAS_MASK), 0)
+    return acc
 
 
 @triton.jit

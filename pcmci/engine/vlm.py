@@ -41,15 +41,15 @@ class VLMSettings:
     named), ``still_pairs`` as in the synthetic scene, AdamW (``lr``, ``weight_decay``) with cosine decay."""
 
     seed: int = 0
-    clips: int = 1000
+    clips: int = 1000  # rendered clips; each gives ``frames`` pairs with the same caption
     frames: int = 4
-    cooccur: float = 0.9
-    still_pairs: int = 1
+    cooccur: float = 0.9  # P(own prop in view and named); the rest: none or another activity's prop
+    still_pairs: int = 1  # the demo's 7 classes
     epochs: int = 15
-    batch: int = 128
+    batch: int = 128  # duplicate captions in a batch are negatives to each other, as in open_clip's loss
     lr: float = 2e-3
     weight_decay: float = 0.1
-    eval_clips: int = 280
+    eval_clips: int = 280  # held-out clips per zero-shot split (co-occurrence kept / broken)
 
 
 def to_clip_input(frames: np.ndarray) -> Tensor:
