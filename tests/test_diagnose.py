@@ -78,7 +78,7 @@ def test_diagnose_command_end_to_end(synthetic_set: Path, tmp_path: Path, capsys
     assert report["videos"] == 6 and set(report["probes"]) == {"original", "repeated frame", "time-reversed", "shuffled"}
     assert report["counterfactual"]["pairs"] == 6 and 0.0 <= report["counterfactual"]["flip_rate"] <= 1.0
     maps = report["video"]["maps"]
-    assert len(maps["ICH over-alignment O (labels x frames)"]) == 14  # 6 classes + 8 actions
+    assert len(maps["ICH transport plan L·Q = proxy weights O (labels x frames)"]) == 14  # 6 classes + 8 actions
     for row in maps["ICH transport plan L·Q (labels x frames)"]:
         assert sum(row) == pytest.approx(1.0, abs=1e-3)
     assert (run / "diagnose" / "stage_maps.png").stat().st_size > 0
@@ -129,3 +129,25 @@ def test_mediator_collapse_against_a_loop(tiny_model) -> None:
     assert got["pm_entropy"] == pytest.approx(ent, rel=1e-5)
     assert got["mediator_effective_rank"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-4)
     assert mediator_collapse(tiny_model([]), clips) is None
+
+
+def test_label_codependency_against_float64_cosines(tiny_model) -> None:
+    """Cosines at T recomputed from the model's frozen label texts in float64; word sharing read off the names."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from pcmci.experiments.diagnose import label_codependency
+
+    model = tiny_model(["ici"]).eval()
+    clip = torch.rand(1, 8, 3, 64, 64)
+    got = label_codependency(model, clip)
+    c = model.num_queries
+    t = F.layer_norm(model.text.double(), (model.text.shape[-1],))[:c].numpy()
+    t = t / np.linalg.norm(t, axis=1, keepdims=True)
+    expected = {(model.classes[a], model.classes[b]): float(t[a] @ t[b]) for a in range(c) for b in range(a + 1, c)}
+    assert len(got["pairs"]) == c * (c - 1) // 2
+    for pair in got["pairs"]:
+        assert pair["cos_T"] == pytest.approx(expected[tuple(pair["labels"])], abs=1e-6)
+        assert pair["shared"] == bool(set(pair["labels"][0].split()) & set(pair["labels"][1].split()))
+    assert any(abs(p["cos_T_star"] - p["cos_T"]) > 1e-4 for p in got["pairs"])  # ICI moved the texts
+    assert label_codependency(tiny_model([]).eval(), clip) is None  # no stage touches the texts

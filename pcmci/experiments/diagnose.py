@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -213,6 +214,31 @@ def checkpoint_flip_rate(checkpoint: str | Path, pairs: tuple[Tensor, Tensor, Te
     return flip_rate(predict_labels(model, pairs[0]), predict_labels(model, pairs[1]))
 
 
+@torch.no_grad()
+def label_codependency(model: PCMCI, clip: Tensor) -> dict[str, Any] | None:
+    """How the text stages move codependent class labels: the cosine similarity of every pair of class texts at
+    CLIP's ``LN(T)`` and after the stages (``T*``), and its mean over the pairs that share a word ("make coffee" /
+    "make tea") and over the rest. ``clip[1,F,3,H,W]`` only feeds the state (the text stages do not read it with
+    ICH's default adjustment). None when no stage changes the texts."""
+    state = model.initial_state(clip)
+    c = model.num_queries
+    before, after = state.texts[0, :c].double(), model.run_stages(state).texts[0, :c].double()
+    if torch.equal(before, after):
+        return None
+    cos_t = F.normalize(before, dim=-1) @ F.normalize(before, dim=-1).T
+    cos_s = F.normalize(after, dim=-1) @ F.normalize(after, dim=-1).T
+    words = [set(name.split()) for name in model.classes]
+    pairs = [{"labels": [model.classes[a], model.classes[b]], "shared": bool(words[a] & words[b]),
+              "cos_T": float(cos_t[a, b]), "cos_T_star": float(cos_s[a, b])} for a in range(c) for b in range(a + 1, c)]
+
+    def mean(shared: bool, key: str) -> float | None:
+        values = [p[key] for p in pairs if p["shared"] == shared]
+        return float(np.mean(values)) if values else None
+
+    return {"pairs": pairs, "sharing_a_word": {"T": mean(True, "cos_T"), "T*": mean(True, "cos_T_star")},
+            "other": {"T": mean(False, "cos_T"), "T*": mean(False, "cos_T_star")}}
+
+
 def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None = None,
              out: str | Path | None = None, limit: int = 200, device: str = "auto",
              progress: bool = True) -> dict[str, Any]:
@@ -231,6 +257,7 @@ def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None
         report["still_object"] = {"classes": [model.classes[i] for i in still],
                                   "acc": still_object_accuracy(predict_labels(model, clips), labels, still)}
     report["mediator"] = mediator_collapse(model, clips)
+    report["label_codependency"] = label_codependency(model, clips[:1].to(dev))
     pairs = synthetic_pairs(cfg, split, limit)
     if pairs is not None:
         own, other, truth = pairs
@@ -280,6 +307,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Still-object probe", "", f"Accuracy on the classes that differ only by a still tool "
                   f"({', '.join(so['classes'])}): **{so['acc']:.4f}**. A model that removes what stands still cannot "
                   "tell them apart.", ""]
+    lines += _codependency_lines(report.get("label_codependency"))
     if report.get("mediator"):
         med = report["mediator"]
         lines += ["## IVC mediator", "", f"Entropy of P(m|V): {med['pm_entropy']:.3f} of log L (0 = every token picks "
@@ -295,3 +323,19 @@ def markdown(report: dict[str, Any]) -> str:
         drawn = "![stage maps](stage_maps.png)" if report["video"]["maps"] else "No stages in this model: nothing to draw."
         lines += [f"## Stage maps for `{report['video']['path']}`", "", drawn, ""]
     return "\n".join(lines)
+
+
+def _codependency_lines(dep: dict[str, Any] | None) -> list[str]:
+    if not dep:
+        return []
+    shared, other = dep["sharing_a_word"], dep["other"]
+    lines = ["## Label codependency (text stages)", "",
+             "Mean cosine similarity of class label texts, at CLIP's T and after the text stages (T*):", "",
+             "| pairs | T | T* |", "|---|---:|---:|"]
+    for name, m in (("sharing a word", shared), ("the rest", other)):
+        if m["T"] is not None:
+            lines.append(f"| {name} | {m['T']:.3f} | {m['T*']:.3f} |")
+    lines += ["", "| label pair | shares a word | T | T* |", "|---|---|---:|---:|"]
+    lines += [f"| {p['labels'][0]} / {p['labels'][1]} | {'yes' if p['shared'] else ''} | {p['cos_T']:.3f} | "
+              f"{p['cos_T_star']:.3f} |" for p in dep["pairs"] if p["shared"]]
+    return lines + [""]

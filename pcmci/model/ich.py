@@ -88,7 +88,10 @@ class ICH(nn.Module):
 
     def maps(self, state: StageState) -> dict[str, Tensor]:
         plan, over = self.overalignment(state.texts, state.frames)
-        return {"ICH transport plan L·Q (labels x frames)": plan, "ICH over-alignment O (labels x frames)": over}
+        if self.proxy_kind == "plan":  # the proxy weights are the plan itself
+            return {"ICH transport plan L·Q = proxy weights O (labels x frames)": plan}
+        return {"ICH transport plan L·Q (labels x frames)": plan,
+                f"ICH proxy weights O, {self.proxy_kind} (labels x frames)": over}
 
     def adjust(self, t: Tensor, vp: Tensor | None) -> Tensor:
         """The backdoor adjustment ``t[B,L,D] -> t'[B,L,D]`` (see the module docstring)."""
