@@ -78,8 +78,9 @@ def test_diagnose_command_end_to_end(synthetic_set: Path, tmp_path: Path, capsys
     assert report["videos"] == 6 and set(report["probes"]) == {"original", "repeated frame", "time-reversed", "shuffled"}
     assert report["counterfactual"]["pairs"] == 6 and 0.0 <= report["counterfactual"]["flip_rate"] <= 1.0
     maps = report["video"]["maps"]
-    assert len(maps["ICH transport plan L·Q = proxy weights O (labels x frames)"]) == 14  # 6 classes + 8 actions
-    for row in maps["ICH transport plan L·Q (labels x frames)"]:
+    plan = maps["ICH transport plan L·Q = proxy weights O (labels x frames)"]  # the default proxy is the plan
+    assert len(plan) == 14  # 6 classes + 8 actions
+    for row in plan:
         assert sum(row) == pytest.approx(1.0, abs=1e-3)
     assert (run / "diagnose" / "stage_maps.png").stat().st_size > 0
     assert "flip rate" in capsys.readouterr().out
