@@ -105,16 +105,20 @@ def _state_to_write(model: torch.nn.Module, tokens: Tensor) -> tuple[dict[str, T
 
 
 @torch.no_grad()
-def zero_shot(clip: FrozenCLIP, frames: np.ndarray, labels: np.ndarray, classes: list[str],
-              batch: int = 256) -> tuple[float, Tensor]:
-    """Zero-shot accuracy on frames (label texts through ``clip.prompt``) and the class probabilities ``[N,C]``."""
+def label_probabilities(clip: FrozenCLIP, frames: np.ndarray, classes: list[str], batch: int = 256) -> Tensor:
+    """Zero-shot class probabilities ``[N,C]`` of uint8 frames ``[N,H,W,3]`` (label texts through ``clip.prompt``,
+    CLIP's own temperature)."""
     texts = clip.encode_text(classes)
     probs = []
     for start in range(0, len(frames), batch):
         images = to_clip_input(frames[start:start + batch])[:, None]
-        sims = clip.encode_frames(images)[:, 0] @ texts.T
-        probs.append(torch.softmax(sims / clip.temperature, dim=-1))
-    probs = torch.cat(probs)
+        probs.append(torch.softmax(clip.encode_frames(images)[:, 0] @ texts.T / clip.temperature, dim=-1))
+    return torch.cat(probs)
+
+
+def zero_shot(clip: FrozenCLIP, frames: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[float, Tensor]:
+    """Zero-shot accuracy on frames and the class probabilities ``[N,C]``."""
+    probs = label_probabilities(clip, frames, classes)
     return float((probs.argmax(-1).numpy() == labels).mean()), probs
 
 

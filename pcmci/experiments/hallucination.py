@@ -29,7 +29,7 @@ import torch
 from ..config import ClipConfig, ICHConfig
 from ..data.captions import render_pair
 from ..data.synthetic import PROPS, Scene, activities
-from ..engine.vlm import MODEL, to_clip_input
+from ..engine.vlm import MODEL, label_probabilities, to_clip_input
 from ..model.clip import FrozenCLIP
 from ..model.ich import ICH
 
@@ -40,17 +40,9 @@ RENDERINGS = {"as is": frozenset(), "cause masked": frozenset({"actor"}), "prop 
               "both masked": frozenset({"actor", "prop"})}
 
 
-@torch.no_grad()
-def _label_probability(clip: FrozenCLIP, texts: torch.Tensor, frames: np.ndarray) -> torch.Tensor:
-    """Zero-shot class probabilities ``[N,C]`` of uint8 frames ``[N,H,W,3]``."""
-    sims = clip.encode_frames(to_clip_input(frames)[:, None])[:, 0] @ texts.T
-    return torch.softmax(sims / clip.temperature, dim=-1)
-
-
 def masking_test(clip: FrozenCLIP, classes: list[str], scene: Scene, seed: int, clips: int,
                  frames: int = 2) -> dict:
     """Mean zero-shot P(co-occurring label) and accuracy per rendering, for own and foreign props (module doc)."""
-    texts = clip.encode_text(classes)
     k = len(classes)
     result = {}
     for kind in ("own prop", "foreign prop"):
@@ -61,7 +53,7 @@ def masking_test(clip: FrozenCLIP, classes: list[str], scene: Scene, seed: int, 
             prop = label if kind == "own prop" else (label + 1 + (i // k) % (k - 1)) % k
             for name, hide in RENDERINGS.items():
                 shots, _, _ = render_pair(seed, i, 0.0, scene, prop=prop, hide=hide, frames=frames)
-                rows[name].append(_label_probability(clip, texts, shots))
+                rows[name].append(label_probabilities(clip, shots, classes))
             labels += [label] * frames
             props += [prop] * frames
         labels_t, props_t = torch.tensor(labels), torch.tensor(props)
