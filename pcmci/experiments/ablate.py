@@ -178,7 +178,7 @@ def markdown(report: dict[str, Any]) -> str:
         *rows,
         "",
         f"Flip rate: share of `{splits[-1]}` videos whose prediction changes when the same motion is re-rendered with "
-        "another background and distractor (synthetic sets only; lower is better).",
+        "another background and distractor (and prop, in sets with props; synthetic sets only; lower is better).",
         "",
         "![accuracy](ablation_acc.png)",
         "![mAP](ablation_map.png)",

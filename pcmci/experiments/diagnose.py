@@ -5,8 +5,8 @@
   A probe that cannot inform about a model by construction is reported as such, without a number (the
   repeated-frame probe of a model that removes the clip's mean frame sees an all-zero clip).
 - Counterfactual pairs (synthetic sets, found by their ``meta.json``): each test video re-rendered with the same
-  motion, camera and light and another background and distractor; the flip rate is the share of pairs whose
-  prediction changes. Still-object probe: accuracy on the classes that differ only by a still tool.
+  motion, camera and light and another background and distractor (and prop); the flip rate is the share of pairs
+  whose prediction changes. Still-object probe: accuracy on the classes that differ only by a still tool.
 - IVC's mediator over the split: the entropy of ``P(m|V)`` (share of ``log L``; near 0 = every token picks one
   label) and the effective rank of ``M^`` (exp of the entropy of its singular values; near 1 = one mediator for
   every clip, nothing of the video reaches the head).
@@ -316,7 +316,7 @@ def markdown(report: dict[str, Any]) -> str:
                   "head).", ""]
     if "counterfactual" in report:
         c = report["counterfactual"]
-        lines += ["## Counterfactual pairs (same motion, other background and distractor)", "",
+        lines += ["## Counterfactual pairs (same motion, other background, distractor and prop if any)", "",
                   f"{c['pairs']} pairs: flip rate **{c['flip_rate']:.4f}**; accuracy {c['acc_original']:.4f} on the "
                   f"originals, {c['acc_counterfactual']:.4f} on the counterfactuals.", ""]
     if "video" in report:
