@@ -8,15 +8,26 @@ from pcmci.data.datasets import preprocess
 from pcmci.engine.train import cosine_with_warmup
 torch.set_num_threads(1)
 cam, light, dm, pairs, confound = map(float, sys.argv[1:6]); epochs = int(sys.argv[6]) if len(sys.argv) > 6 else 30; lr = float(sys.argv[7]) if len(sys.argv) > 7 else 1e-3
+max_weight = float(sys.argv[8]) if len(sys.argv) > 8 else 0.0  # > 0: exact backdoor weights P(y)/P(y|bg,d), clipped
 scene = Scene(cam, light, dm, int(pairs))
 def render(split, n):
-    vids, ys = [], []
+    vids, ys, conf = [], [], []
     for i in range(n):
         label, st, ds, _p, rng = _plan(0, split, i, confound, scene.still_pairs)
-        vids.append(_render(label, st, ds, 8, 64, rng, scene)); ys.append(label)
+        vids.append(_render(label, st, ds, 8, 64, rng, scene)); ys.append(label); conf.append((st, ds))
+    render.confounders = conf
     return vids, torch.tensor(ys)
 t0 = time.time()
-tr, ytr = render("train", 720); ti, yi = render("test_id", 120); to, yo = render("test_ood", 120)
+tr, ytr = render("train", 720); train_conf = render.confounders
+ti, yi = render("test_id", 120); to, yo = render("test_ood", 120)
+weights = None
+if max_weight > 0:
+    from pcmci.engine.propensity import propensity_weights
+    k = len(activities(scene.still_pairs)); own = confound + (1 - confound) / k; other = (1 - confound) / k
+    lik = torch.tensor([[(own if b == y else other) * (own if d == y else other) for y in range(k)] for b, d in train_conf])
+    p_label = (lik / lik.sum(1, keepdim=True))[torch.arange(720), ytr]  # P(y|bg,d) with a uniform P(y)
+    weights = propensity_weights(p_label, ytr, max_weight).float()
+    print("exact weights: ESS", round(float(weights.sum() ** 2 / (weights ** 2).sum())), "max", round(float(weights.max()), 2), flush=True)
 print("render", round(time.time() - t0), "s", flush=True)
 def clip(v, train, g):
     idx = segment_indices(len(v), 8, train, g)
@@ -33,7 +44,7 @@ for e in range(epochs):
     for b in range(0, 720, 8):
         ids = perm[b:b + 8]
         x = torch.stack([clip(tr[i], True, g) for i in ids]); y = ytr[ids]
-        out = model(x); loss = model.loss(out, y)
+        out = model(x); loss = model.loss(out, y, weights=None if weights is None else weights[ids])
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); sched.step()
         correct += int((out["logits"].argmax(-1) == y).sum())
     if e % 5 == 4 or e == epochs - 1:
