@@ -9,6 +9,7 @@ from pcmci.engine.train import cosine_with_warmup
 torch.set_num_threads(1)
 cam, light, dm, pairs, confound = map(float, sys.argv[1:6]); epochs = int(sys.argv[6]) if len(sys.argv) > 6 else 30; lr = float(sys.argv[7]) if len(sys.argv) > 7 else 1e-3
 max_weight = float(sys.argv[8]) if len(sys.argv) > 8 else 0.0  # > 0: exact backdoor weights P(y)/P(y|bg,d), clipped
+mix = float(sys.argv[9]) if len(sys.argv) > 9 else 0.0  # > 0: blend each clip with another class's clip, weight U(0, mix), label kept
 scene = Scene(cam, light, dm, int(pairs))
 def render(split, n):
     vids, ys, conf = [], [], []
@@ -44,6 +45,11 @@ for e in range(epochs):
     for b in range(0, 720, 8):
         ids = perm[b:b + 8]
         x = torch.stack([clip(tr[i], True, g) for i in ids]); y = ytr[ids]
+        if mix > 0:  # the context of other classes' clips, drawn from the training population, under the same label
+            partner = torch.randint(720, (len(ids),), generator=g)
+            lam = torch.rand(len(ids), generator=g) * mix
+            other = torch.stack([clip(tr[j], True, g) for j in partner])
+            x = (1 - lam)[:, None, None, None, None] * x + lam[:, None, None, None, None] * other
         out = model(x); loss = model.loss(out, y, weights=None if weights is None else weights[ids])
         opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); sched.step()
         correct += int((out["logits"].argmax(-1) == y).sum())
