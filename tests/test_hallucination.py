@@ -31,7 +31,8 @@ def clip(weights):
 def test_masking_test_sees_the_same_frames_wherever_the_prop_is_hidden(clip):
     result = masking_test(clip, CLASSES, SCENE, seed=11, clips=7, frames=1)
     own, foreign = result["own prop"], result["foreign prop"]
-    # with the prop hidden, the own-prop and foreign-prop renderings are the same pixels with the same labels
+    # with the prop hidden, the own-prop and foreign-prop renderings are the same pixels with the same labels (the
+    # probe shares them; that the pixels agree is tested in test_data_captions)
     for rendering in ("prop masked", "both masked"):
         assert own["accuracy"][rendering] == foreign["accuracy"][rendering]
     # a second path: the probability of the prop's label on the unmasked own-prop frames, computed directly

@@ -19,6 +19,7 @@ mass shared among the labels by relative alignment), ``overalign`` (row softmax 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -44,6 +45,14 @@ def masking_test(clip: FrozenCLIP, classes: list[str], scene: Scene, seed: int, 
                  frames: int = 2) -> dict:
     """Mean zero-shot P(co-occurring label) and accuracy per rendering, for own and foreign props (module doc)."""
     k = len(classes)
+
+    @functools.cache
+    def probabilities(index: int, shown: int | None, hide: frozenset[str]) -> torch.Tensor:
+        # with the prop hidden the frames do not depend on which prop it was (tested), so both cases share them
+        shots, _, _ = render_pair(seed, index, 0.0, scene, prop=0 if shown is None else shown, hide=hide,
+                                  frames=frames)
+        return label_probabilities(clip, shots, classes)
+
     result = {}
     for kind in ("own prop", "foreign prop"):
         rows: dict[str, list[torch.Tensor]] = {name: [] for name in RENDERINGS}
@@ -52,8 +61,7 @@ def masking_test(clip: FrozenCLIP, classes: list[str], scene: Scene, seed: int, 
             label = i % k
             prop = label if kind == "own prop" else (label + 1 + (i // k) % (k - 1)) % k
             for name, hide in RENDERINGS.items():
-                shots, _, _ = render_pair(seed, i, 0.0, scene, prop=prop, hide=hide, frames=frames)
-                rows[name].append(label_probabilities(clip, shots, classes))
+                rows[name].append(probabilities(i, None if "prop" in hide else prop, hide))
             labels += [label] * frames
             props += [prop] * frames
         labels_t, props_t = torch.tensor(labels), torch.tensor(props)
