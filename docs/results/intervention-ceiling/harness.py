@@ -54,6 +54,7 @@ p.add_argument("--pretrain", type=int, default=0,
                     "same scene, backgrounds and distractors independent of the action: external data without the "
                     "target's confounding, as Kinetics is for Breakfast), then fine-tune on the activities")
 p.add_argument("--pretrain-clips", type=int, default=720)
+p.add_argument("--freeze-video", action="store_true", help="train only the head on the (pretrained) video encoder")
 p.add_argument("--probe", action="store_true",
                help="refit a logistic last layer on the frozen encoder's tokens, unweighted and with exact weights")
 args = p.parse_args()
@@ -140,6 +141,8 @@ def pretrain_video_encoder() -> None:
 
 if args.pretrain > 0:
     pretrain_video_encoder()
+if args.freeze_video:
+    model.video.requires_grad_(False)
 opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr, weight_decay=0.05)
 steps = args.epochs * math.ceil(n / 8)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(steps, math.ceil(n / 8)))
