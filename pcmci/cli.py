@@ -234,6 +234,9 @@ def _synth(args: argparse.Namespace) -> None:
     path = synthesize(args.out, seed=args.seed, n_train=args.train, n_test=args.test, confound=args.confound,
                       codec=args.codec, size=args.size, progress=not args.quiet, scene=scene_from(args))
     print(f"manifest: {path}")
+    shares = json.loads((path.parent / "meta.json").read_text())["support"]
+    print("videos with no confounder of their own class (positivity): "
+          + ", ".join(f"{split} {share:.1%}" for split, share in shares.items()))
 
 
 def _add_synth(sub: Subparsers) -> None:

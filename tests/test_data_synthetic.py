@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 from collections import Counter
 
 import numpy as np
@@ -165,3 +166,31 @@ def test_scene_knobs_are_checked_and_recorded(tmp_path) -> None:
     assert scene_of(meta) == scene and len(meta["activities"]) == 7 and meta["generator"] == 3
     labels = json.loads((manifest.parent / "labels.json").read_text())
     assert labels["classes"][-1] == "boil egg"
+
+
+@pytest.mark.parametrize("confound, props", [(0.9, False), (0.5, True), (0.0, False)])
+def test_support_matches_the_generators_law(confound: float, props: bool) -> None:
+    """``support`` against the generator's law, not its code: each confounder kind is the activity's own with
+    probability ``own = confound + (1 - confound) / k`` in train and test_id and ``1 / k`` in test_ood, independently,
+    so the share of videos with none of ``m`` kinds their own is ``(1 - own)^m``. Over n videos the share is binomial
+    with std ``sqrt(p (1 - p) / n)``; 4 std bound it (a false failure about once in 16,000 seeds)."""
+    from pcmci.data.synthetic import activities, confounder_table, support
+
+    n = 8000
+    rows = confounder_table(seed=3, n_train=n, n_test=2 * n, confound=confound, still_pairs=1, props=props)
+    k, kinds = len(activities(1)), 3 if props else 2
+    own = confound + (1 - confound) / k
+    shares = support(rows)
+    for split, own_p in (("train", own), ("test_id", own), ("test_ood", 1 / k)):
+        p = (1 - own_p) ** kinds
+        assert abs(shares[split] - p) <= 4 * math.sqrt(p * (1 - p) / n), (split, shares[split], p)
+
+
+def test_support_counts_videos_with_no_confounder_of_their_class() -> None:
+    from pcmci.data.synthetic import support
+
+    rows = [{"split": "train", "label": 0, "background": 1, "distractor": 2},
+            {"split": "train", "label": 0, "background": 0, "distractor": 2},
+            {"split": "train", "label": 1, "background": 0, "distractor": 1},
+            {"split": "test_ood", "label": 2, "background": 0, "distractor": 1}]
+    assert support(rows) == {"train": 1 / 3, "test_ood": 1.0}

@@ -22,6 +22,7 @@ def test_demo_writes_report_json_markdown_and_plots(tmp_path, capsys) -> None:
     md = (out / "report.md").read_text()
     assert "| model | ID acc | OOD acc | ID mAP | OOD mAP | flip rate |" in md and "±" in md
     assert "| oracle |" in md
+    assert set(report["setup"]["support"]) == {"train", "test_id", "test_ood"} and "Positivity: " in md
     meta = json.loads((out / "data-unconfounded" / "meta.json").read_text())
     assert meta["confound"] == 0.0 and meta["n_train"] == 12
     for png in ("training_curves.png", "id_ood_acc.png", "id_ood_map.png"):

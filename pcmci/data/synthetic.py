@@ -375,6 +375,19 @@ def confounder_table(seed: int, n_train: int, n_test: int, confound: float, stil
     return rows
 
 
+def support(rows: list[dict]) -> dict[str, float]:
+    """Per split, the share of videos none of whose confounders (background, distractor, prop) is their own
+    activity's — the confounder/label combinations that make up most of ``test_ood``. ``rows`` as
+    :func:`confounder_table` returns them (or ``meta.json``'s ``videos``). Positivity: the backdoor adjustment
+    ``sum_c P(c) P(Y|X,c)`` can only be estimated where ``train`` has such videos; at confound 0.9 with two
+    confounders it has well under 1%, so out-of-distribution accuracy there measures extrapolation."""
+    kinds = [kind for kind in ("background", "distractor", "prop") if rows and kind in rows[0]]
+    found: dict[str, list[int]] = {}
+    for row in rows:
+        found.setdefault(row["split"], []).append(all(row[kind] != row["label"] for kind in kinds))
+    return {split: sum(flags) / len(flags) for split, flags in found.items()}
+
+
 def scene_of(meta: dict) -> Scene:
     """The :class:`Scene` a set was written with (a still scene for sets written before scenes existed)."""
     return Scene(**meta.get("scene", {}))
@@ -411,8 +424,8 @@ def synthesize(
     Splits: ``train`` (n_train videos), ``test_id`` (n_test // 2, same confounding as train) and
     ``test_ood`` (the rest of n_test, confounders uniform). Classes are balanced (label = i mod C). ``scene``
     sets camera motion, lighting, the distractor's motion and the still-object pairs (see :class:`Scene`).
-    Also writes ``labels.json`` (classes, actions) and ``meta.json`` (settings and, per video, the
-    background and distractor ids). Deterministic from ``seed``.
+    Also writes ``labels.json`` (classes, actions) and ``meta.json`` (settings, :func:`support` per split and,
+    per video, the background and distractor ids). Deterministic from ``seed``.
     """
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; valid codecs: {', '.join(CODECS)}")
@@ -448,6 +461,7 @@ def synthesize(
         "activities": table, "tools": tools(scene.still_pairs), "backgrounds": BACKGROUNDS[: len(classes)],
         "distractors": list(DISTRACTORS)[: len(classes)],
         **({"props": list(PROPS)[: len(classes)]} if scene.props else {}),
+        "support": support(videos),
         "videos": videos,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
