@@ -382,7 +382,7 @@ def support(rows: list[dict]) -> dict[str, float]:
     ``sum_c P(c) P(Y|X,c)`` can only be estimated where ``train`` has such videos; at confound 0.9 with two
     confounders it has well under 1%, so out-of-distribution accuracy there measures extrapolation."""
     kinds = [kind for kind in ("background", "distractor", "prop") if rows and kind in rows[0]]
-    found: dict[str, list[int]] = {}
+    found: dict[str, list[bool]] = {}
     for row in rows:
         found.setdefault(row["split"], []).append(all(row[kind] != row["label"] for kind in kinds))
     return {split: sum(flags) / len(flags) for split, flags in found.items()}
