@@ -1,6 +1,7 @@
 """How much of the OOD population the training split supports (no rendering; the generator's own draws): per scene,
 the share of clips whose background and distractor are both another class's, in train and in test_ood, and what
-exact backdoor weights P(y)/P(y|bg,d) make of the background's association with the label.
+exact backdoor weights P(y)/P(y|bg,d) make of the background's association with the label; last, what
+``pcmci.data.synthetic.support`` reports for the demo set at confound 0.9 and 0.5.
 
     .venv/bin/python docs/results/intervention-ceiling/positivity.py > docs/results/intervention-ceiling/logs/positivity.log
 """
@@ -31,3 +32,9 @@ for label_set, drop in (("all (the demo scene, 7 classes)", ()), ("easy (5 class
         print(f"exact weights clipped at {cap:g}: effective size {float(w.sum() ** 2 / (w ** 2).sum()):.0f} of 720, "
               f"weighted P(bg = own class) {float((w * (bg == y)).sum() / w.sum()):.3f}, "
               f"P(distractor = own class) {float((w * (d == y)).sum() / w.sum()):.3f} (independence: {1 / k:.3f})")
+
+synthetic.ACTIVITIES.clear()
+synthetic.ACTIVITIES.update(full)
+for confound in (0.9, 0.5):
+    shares = synthetic.support(synthetic.confounder_table(0, 720, 240, confound, still_pairs=1))
+    print(f"demo set at confound {confound}: support() " + ", ".join(f"{s} {v:.1%}" for s, v in shares.items()))
