@@ -30,3 +30,10 @@ def test_demo_writes_report_json_markdown_and_plots(tmp_path, capsys) -> None:
     assert report["profile"]["params"] > 1e5 and report["profile"]["flops_per_clip"] > 1e6
     assert (out / "profile" / "profile.json").is_file() and "profile/profile.md" in md
     assert "report:" in capsys.readouterr().out
+
+
+def test_positivity_sentence_claims_extrapolation_only_when_training_lacks_the_ood_combinations() -> None:
+    from pcmci.experiments.demo import _positivity
+
+    assert "extrapolation" in _positivity({"train": 0.006, "test_id": 0.008, "test_ood": 0.758})
+    assert "extrapolation" not in _positivity({"train": 0.18, "test_id": 0.23, "test_ood": 0.758})

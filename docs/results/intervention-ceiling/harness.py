@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from exact import label_probability  # this folder (on sys.path when run as a script)
+
 import pcmci.data.synthetic as synthetic
 from pcmci.config import preset
 from pcmci.data.datasets import preprocess
@@ -87,9 +89,7 @@ n = args.n_train
 tr, ytr, conf = render("train", n)
 ti, yi, _ = render("test_id", 120)
 to, yo, _ = render("test_ood", 120)
-own, other = args.confound + (1 - args.confound) / k, (1 - args.confound) / k
-lik = torch.tensor([[(own if b == y else other) * (own if d == y else other) for y in range(k)] for b, d in conf])
-p_label = (lik / lik.sum(1, keepdim=True))[torch.arange(n), ytr]  # P(y|bg,d), uniform P(y)
+p_label = label_probability(conf, ytr, args.confound, k)
 exact = propensity_weights(p_label, ytr, args.weights if args.weights > 0 else 10.0)
 if args.weights > 0:
     print(f"exact weights: ESS {float(exact.sum() ** 2 / (exact ** 2).sum()):.0f} of {n}, max {float(exact.max()):.1f}")

@@ -8,7 +8,8 @@ exact backdoor weights P(y)/P(y|bg,d) make of the background's association with 
 import torch
 
 import pcmci.data.synthetic as synthetic
-from pcmci.data.synthetic import _plan, activities
+from exact import label_probability  # this folder (on sys.path when run as a script)
+from pcmci.data.synthetic import activities
 from pcmci.engine.propensity import propensity_weights
 
 full = dict(synthetic.ACTIVITIES)
@@ -17,15 +18,14 @@ for label_set, drop in (("all (the demo scene, 7 classes)", ()), ("easy (5 class
     synthetic.ACTIVITIES.update({name: steps for name, steps in full.items() if name not in drop})
     k, confound = len(activities(1)), 0.9
     print(f"== {label_set}: chance {1 / k:.3f}")
+    rows = synthetic.confounder_table(0, 720, 240, confound, still_pairs=1)
+    shares = synthetic.support(rows)
     for split, n in (("train", 720), ("test_ood", 120)):
-        rows = [_plan(0, split, i, confound, 1)[:3] for i in range(n)]
-        both_off = sum(bg != y and d != y for y, bg, d in rows)
-        print(f"{split}: {both_off} of {n} clips ({both_off / n:.1%}) have neither confounder of their own class")
-    rows = [_plan(0, "train", i, confound, 1)[:3] for i in range(720)]
-    y, bg, d = (torch.tensor(column) for column in zip(*rows))
-    own, other = confound + (1 - confound) / k, (1 - confound) / k
-    lik = torch.tensor([[(own if b == c else other) * (own if dd == c else other) for c in range(k)] for _, b, dd in rows])
-    p_label = (lik / lik.sum(1, keepdim=True))[torch.arange(720), y]
+        print(f"{split}: {round(shares[split] * n)} of {n} clips ({shares[split]:.1%}) have neither confounder of "
+              "their own class")
+    train = [r for r in rows if r["split"] == "train"]
+    y, bg, d = (torch.tensor([r[key] for r in train]) for key in ("label", "background", "distractor"))
+    p_label = label_probability(list(zip(bg.tolist(), d.tolist())), y, confound, k)
     print(f"unweighted: P(bg = own class) {float((bg == y).double().mean()):.3f}")
     for cap in (10.0, 1e9):
         w = propensity_weights(p_label, y, cap)
