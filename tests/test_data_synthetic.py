@@ -168,17 +168,20 @@ def test_scene_knobs_are_checked_and_recorded(tmp_path) -> None:
     assert labels["classes"][-1] == "boil egg"
 
 
-@pytest.mark.parametrize("confound, props", [(0.9, False), (0.5, True), (0.0, False)])
-def test_support_matches_the_generators_law(confound: float, props: bool) -> None:
+@pytest.mark.parametrize("confound, props, joint", [(0.9, False, False), (0.5, True, False), (0.0, False, False),
+                                                   (0.9, True, True)])
+def test_support_matches_the_generators_law(confound: float, props: bool, joint: bool) -> None:
     """``support`` against the generator's law, not its code: each confounder kind is the activity's own with
     probability ``own = confound + (1 - confound) / k`` in train and test_id and ``1 / k`` in test_ood, independently,
-    so the share of videos with none of ``m`` kinds their own is ``(1 - own)^m``. Over n videos the share is binomial
-    with std ``sqrt(p (1 - p) / n)``; 4 std bound it (a false failure about once in 16,000 seeds)."""
+    so the share of videos with none of ``m`` kinds their own is ``(1 - own)^m`` — and ``1 - own`` with one joint
+    context (``m = 1``). Over n videos the share is binomial with std ``sqrt(p (1 - p) / n)``; 4 std bound it (a
+    false failure about once in 16,000 seeds)."""
     from pcmci.data.synthetic import activities, confounder_table, support
 
     n = 8000
-    rows = confounder_table(seed=3, n_train=n, n_test=2 * n, confound=confound, still_pairs=1, props=props)
-    k, kinds = len(activities(1)), 3 if props else 2
+    rows = confounder_table(seed=3, n_train=n, n_test=2 * n, confound=confound, still_pairs=1, props=props,
+                            joint=joint)
+    k, kinds = len(activities(1)), 1 if joint else 3 if props else 2
     own = confound + (1 - confound) / k
     shares = support(rows)
     for split, own_p in (("train", own), ("test_id", own), ("test_ood", 1 / k)):
@@ -194,3 +197,28 @@ def test_support_counts_videos_with_no_confounder_of_their_class() -> None:
             {"split": "train", "label": 1, "background": 0, "distractor": 1},
             {"split": "test_ood", "label": 2, "background": 0, "distractor": 1}]
     assert support(rows) == {"train": 1 / 3, "test_ood": 1.0}
+
+
+def test_joint_context_shares_one_draw_and_keeps_the_videos_motion(tmp_path) -> None:
+    """``context="joint"``: every confounder of a video has the background's id, in every split, and the video is
+    the independent set's video with only its distractor swapped (same motion, camera, light: the same draws).
+    Checked on the rendered frames: re-rendering the independent video with the joint set's ids gives the joint
+    video exactly (noise included, before encoding)."""
+    from dataclasses import replace
+
+    from pcmci.data.synthetic import DEMO_SCENE, Scene, confounder_table, render_counterfactual
+
+    joint = replace(DEMO_SCENE, props=True, context="joint")
+    manifest = synthesize(tmp_path / "joint", n_train=14, n_test=14, codec="mjpeg", size=32, frames_per_action=2,
+                          progress=False, scene=joint)
+    meta = json.loads((manifest.parent / "meta.json").read_text())
+    assert meta["scene"]["context"] == "joint"
+    assert all(v["distractor"] == v["background"] == v["prop"] for v in meta["videos"])
+    independent = {**meta, "scene": {**meta["scene"], "context": "independent"}}
+    rows = confounder_table(0, 14, 14, 0.9, joint.still_pairs, props=True)
+    assert [r["background"] for r in rows] == [v["background"] for v in meta["videos"]]
+    for video in meta["videos"][:4]:
+        ids = (video["background"], video["distractor"], video["prop"])
+        assert np.array_equal(render_counterfactual(independent, video, *ids), render_counterfactual(meta, video, *ids))
+    with pytest.raises(ValueError, match="context must be"):
+        Scene(context="shared")

@@ -16,6 +16,10 @@ A :class:`Scene` makes the set hard for shortcuts that remove what stands still 
 - ``distractor_motion``: the distractor moves on its own (bounces around the frame).
 - ``still_pairs``: class pairs that share their motion exactly and differ only by a tool that sits still in every
   frame ("fry egg" with a pan / "boil egg" with a pot): the still object is the cause, not a confounder.
+- ``context``: ``"independent"`` draws each confounder on its own; ``"joint"`` draws one context per clip and
+  gives every confounder its id (a kitchen comes with its wallpaper and its objects), so at the same ``confound``
+  the training split holds about ``1 - confound`` of its clips in another class's context, against
+  ``(1 - confound)^2`` with two independent confounders — the support a backdoor adjustment needs (:func:`support`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import json
 from fractions import Fraction
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal
 
 import av
 import numpy as np
@@ -86,7 +90,8 @@ class Scene:
     +-``30 lighting`` % of brightness over the clip, flicker of std ``6 lighting`` %;
     ``distractor_motion`` in [0, 2]: the distractor's own speed in px/frame; ``still_pairs`` in 0..2: how many
     still-object class pairs (each adds one class); ``props``: a third confounder, a co-occurring object standing in
-    the room (:data:`PROPS`, the paper's apron), drawn like the background and the distractor.
+    the room (:data:`PROPS`, the paper's apron), drawn like the background and the distractor; ``context``: each
+    confounder drawn on its own (``"independent"``) or one draw shared by all of them (``"joint"``).
     """
 
     camera: float = 0.0
@@ -94,6 +99,7 @@ class Scene:
     distractor_motion: float = 0.0
     still_pairs: int = 0
     props: bool = False
+    context: Literal["independent", "joint"] = "independent"
 
     def __post_init__(self) -> None:
         for name, hi in (("camera", 1.0), ("lighting", 1.0), ("distractor_motion", 2.0)):
@@ -102,6 +108,8 @@ class Scene:
                 raise ValueError(f"scene {name} must be in [0, {hi:g}], got {value}")
         if self.still_pairs not in range(len(STILL_PAIRS) + 1):
             raise ValueError(f"scene still_pairs must be in 0..{len(STILL_PAIRS)}, got {self.still_pairs}")
+        if self.context not in ("independent", "joint"):
+            raise ValueError(f"scene context must be 'independent' or 'joint', got {self.context!r}")
 
 
 DEMO_SCENE = Scene(camera=0.3, lighting=0.3, distractor_motion=0.5, still_pairs=1)
@@ -345,15 +353,19 @@ SPLITS = ("train", "test_id", "test_ood")
 GENERATOR = 3  # bumped whenever the same arguments would synthesize different videos (3: scenes, textures)
 
 
-def _plan(seed: int, split: str, index: int, confound: float, still_pairs: int = 0,
-          props: bool = False) -> tuple[int, int, int, int | None, np.random.Generator]:
-    """(label, background, distractor, prop (None without props), the generator that then renders the video)."""
+def _plan(seed: int, split: str, index: int, confound: float, still_pairs: int = 0, props: bool = False,
+          joint: bool = False) -> tuple[int, int, int, int | None, np.random.Generator]:
+    """(label, background, distractor, prop (None without props), the generator that then renders the video).
+    ``joint``: the distractor and the prop take the background's id; the same random draws are made either way, so
+    a joint set shows the same motion, camera and light as the independent set of the same seed."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     k = len(activities(still_pairs))
     label = index % k
     style = _confounder(label, confound, split == "test_ood", rng, k)
     distractor = _confounder(label, confound, split == "test_ood", rng, k)
     prop = _confounder(label, confound, split == "test_ood", rng, k) if props else None
+    if joint:
+        distractor, prop = style, None if prop is None else style
     return label, style, distractor, prop, rng
 
 
@@ -363,13 +375,13 @@ def split_sizes(n_train: int, n_test: int) -> list[tuple[str, int]]:
 
 
 def confounder_table(seed: int, n_train: int, n_test: int, confound: float, still_pairs: int = 0,
-                     props: bool = False) -> list[dict]:
+                     props: bool = False, joint: bool = False) -> list[dict]:
     """Per video ``{"split", "label", "background", "distractor"}`` (and ``"prop"`` with props) exactly as
     :func:`synthesize` assigns them, without rendering anything (for probing the confounders alone)."""
     rows = []
     for split, count in split_sizes(n_train, n_test):
         for i in range(count):
-            label, style, distractor, prop, _ = _plan(seed, split, i, confound, still_pairs, props)
+            label, style, distractor, prop, _ = _plan(seed, split, i, confound, still_pairs, props, joint)
             row = {"split": split, "label": label, "background": style, "distractor": distractor}
             rows.append(row if prop is None else {**row, "prop": prop})
     return rows
@@ -401,7 +413,7 @@ def render_counterfactual(meta: dict, video: dict, background: int, distractor: 
     props). With the video's own ids it reproduces the frames before encoding."""
     scene = scene_of(meta)
     label, _, _, own, rng = _plan(meta["seed"], video["split"], int(video["index"]), meta["confound"],
-                                  scene.still_pairs, scene.props)
+                                  scene.still_pairs, scene.props, scene.context == "joint")
     return _render(label, background, distractor, meta["frames_per_action"], meta["size"], rng, scene,
                    prop=own if prop is None else prop)
 
@@ -442,7 +454,8 @@ def synthesize(
     with tqdm(total=n_train + n_test, desc=f"synthesizing {codec} videos", disable=not progress) as bar:
         for split, count in splits:
             for i in range(count):
-                label, style, distractor, prop, rng = _plan(seed, split, i, confound, scene.still_pairs, scene.props)
+                label, style, distractor, prop, rng = _plan(seed, split, i, confound, scene.still_pairs, scene.props,
+                                                            scene.context == "joint")
                 frames = _render(label, style, distractor, frames_per_action, size, rng, scene, prop=prop)
                 rel = f"videos/{split}_{i:04d}.{CODECS[codec][1]}"
                 encode_video(out / rel, frames, codec, fps, gop=frames_per_action)

@@ -2,10 +2,12 @@
 import torch
 
 
-def label_probability(confounders: list[tuple[int, int]], labels: torch.Tensor, confound: float, k: int) -> torch.Tensor:
+def label_probability(confounders: list[tuple[int, int]], labels: torch.Tensor, confound: float, k: int,
+                      joint: bool = False) -> torch.Tensor:
     """``P(y_i|bg_i,d_i)`` with a uniform ``P(y)``: each confounder is the class's own with probability
-    ``confound + (1 - confound) / k``, any other with ``(1 - confound) / k``, independently."""
+    ``confound + (1 - confound) / k``, any other with ``(1 - confound) / k``, independently — or, ``joint``,
+    one draw shared by both (``bg == d``), so only the background's id carries information."""
     own, other = confound + (1 - confound) / k, (1 - confound) / k
-    lik = torch.tensor([[(own if b == y else other) * (own if d == y else other) for y in range(k)]
+    lik = torch.tensor([[(own if b == y else other) * (1.0 if joint else (own if d == y else other)) for y in range(k)]
                         for b, d in confounders])
     return (lik / lik.sum(1, keepdim=True))[torch.arange(len(confounders)), labels]

@@ -35,6 +35,9 @@ p.add_argument("--still-pairs", type=int, default=1)
 p.add_argument("--activities", choices=("all", "easy"), default="all",
                help="easy: drop 'make tea' and 'make coffee', so no two classes differ only in the order of actions")
 p.add_argument("--confound", type=float, default=0.9)
+p.add_argument("--joint", action="store_true",
+               help="one context per clip: the distractor's id is the background's (a kitchen comes with its own "
+                    "objects), so the two confounders are one and the training split holds off-class contexts")
 p.add_argument("--epochs", type=int, default=30)
 p.add_argument("--lr", type=float, default=1e-3)
 p.add_argument("--n-train", type=int, default=720)
@@ -74,6 +77,7 @@ def render(split: str, n: int) -> tuple[list[np.ndarray], torch.Tensor, list[tup
     videos, labels, confounders = [], [], []
     for i in range(n):
         label, style, distractor, _, rng = _plan(0, split, i, args.confound, scene.still_pairs)
+        distractor = style if args.joint else distractor
         videos.append(_render(label, style, distractor, 8, 64, rng, scene))
         labels.append(label)
         confounders.append((style, distractor))
@@ -89,7 +93,7 @@ n = args.n_train
 tr, ytr, conf = render("train", n)
 ti, yi, _ = render("test_id", 120)
 to, yo, _ = render("test_ood", 120)
-p_label = label_probability(conf, ytr, args.confound, k)
+p_label = label_probability(conf, ytr, args.confound, k, args.joint)
 exact = propensity_weights(p_label, ytr, args.weights if args.weights > 0 else 10.0)
 if args.weights > 0:
     print(f"exact weights: ESS {float(exact.sum() ** 2 / (exact ** 2).sum()):.0f} of {n}, max {float(exact.max()):.1f}")
