@@ -89,9 +89,11 @@ def synthetic_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_run_overrides(manifest: Path, out: Path, *extra: str) -> list[str]:
-    """``pcmci train tiny`` overrides for a short run (2 epochs of batch 6) on the synthetic set."""
+    """``pcmci train tiny`` overrides for a short run (2 epochs of batch 6) on the synthetic set; IVC mediator-only,
+    the former default that ``fixtures/pre_split_formats.json`` (the checkpoint format) was recorded with."""
     return [f"data.manifest={manifest}", f"run.out_dir={out}", "optim.epochs=2", "optim.batch_size=6",
-            "run.progress=false", "model.dictionaries.clips=16", "model.dictionaries.refit_every=0", *extra]
+            "run.progress=false", "model.dictionaries.clips=16", "model.dictionaries.refit_every=0",
+            "model.ivc.mediator_only=true", *extra]
 
 
 @pytest.fixture(scope="session")

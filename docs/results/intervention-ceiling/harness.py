@@ -9,6 +9,7 @@ single-frame references). Run from the repository root, one thread per run:
     python docs/results/intervention-ceiling/harness.py --activities easy --confound 0.9 --weights 10
 """
 import argparse
+import ast
 import math
 import time
 
@@ -16,13 +17,14 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from exact import label_probability  # this folder (on sys.path when run as a script)
+from exact import label_distribution, label_probability  # this folder (on sys.path when run as a script)
 
 import pcmci.data.synthetic as synthetic
 from pcmci.config import preset
 from pcmci.data.datasets import preprocess
 from pcmci.data.sampling import segment_indices
 from pcmci.data.synthetic import Scene, _plan, _render, activities
+from pcmci.engine.dictionaries import sample_indices
 from pcmci.engine.propensity import propensity_weights
 from pcmci.engine.train import cosine_with_warmup
 from pcmci.model import build_model
@@ -60,6 +62,12 @@ p.add_argument("--pretrain", type=int, default=0,
                     "target's confounding, as Kinetics is for Breakfast), then fine-tune on the activities")
 p.add_argument("--pretrain-clips", type=int, default=720)
 p.add_argument("--freeze-video", action="store_true", help="train only the head on the (pretrained) video encoder")
+p.add_argument("--stages", nargs="*", default=[], help="causal stages of the model (default none: the baseline)")
+p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+               help="model config overrides, e.g. ivc.mediator_only=false (the value is read as a Python literal)")
+p.add_argument("--poe", action="store_true",
+               help="product of experts: train on logits + log P(y|bg,d) (the exact confounder-only expert), "
+                    "predict from the model's logits alone (the context's additive effect left out)")
 p.add_argument("--probe", action="store_true",
                help="refit a logistic last layer on the frozen encoder's tokens, unweighted and with exact weights")
 args = p.parse_args()
@@ -95,13 +103,21 @@ ti, yi, _ = render("test_id", 120)
 to, yo, _ = render("test_ood", 120)
 p_label = label_probability(conf, ytr, args.confound, k, args.joint)
 exact = propensity_weights(p_label, ytr, args.weights if args.weights > 0 else 10.0)
+log_bias = label_distribution(conf, args.confound, k, args.joint).float().log()
 if args.weights > 0:
     print(f"exact weights: ESS {float(exact.sum() ** 2 / (exact ** 2).sum()):.0f} of {n}, max {float(exact.max()):.1f}")
 print(f"render {time.time() - t0:.0f} s", flush=True)
 
 torch.manual_seed(args.seed)
 cfg = preset("tiny").model
-cfg.stages = []
+cfg.stages = list(args.stages)
+for item in args.set:
+    key, value = item.split("=", 1)
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+        node = getattr(node, part)
+    setattr(node, leaf, ast.literal_eval(value))
 model = build_model(cfg, names + ([f"{c} reversed" for c in names] if args.reverse else []), [])
 
 
@@ -198,7 +214,17 @@ def predict(videos: list[np.ndarray]) -> torch.Tensor:
                       .argmax(-1) for b in range(0, len(videos), 60)])
 
 
+def fit_dictionaries(epoch: int) -> None:
+    """The stages' k-means dictionaries on 64 class-stratified training clips, when training would refit them."""
+    if not model.dictionaries() or epoch not in {0, 1, 11, 21}:
+        return
+    chosen = sample_indices(n, preset("tiny").model.dictionaries.clips, args.seed, epoch, ytr.tolist())
+    model.build_dictionaries([torch.stack([clip(tr[i], True, g) for i in chosen[b:b + 8]])
+                              for b in range(0, len(chosen), 8)], seed=args.seed + epoch)
+
+
 for epoch in range(args.epochs):
+    fit_dictionaries(epoch)
     model.train()
     perm = torch.randperm(n, generator=g)
     correct = 0
@@ -213,7 +239,10 @@ for epoch in range(args.epochs):
             w = None if w is None else torch.cat([w, w])
         tokens.clear()
         out = model(x)
-        loss = model.loss(out, y, weights=w)
+        if args.poe:
+            loss = torch.nn.functional.cross_entropy(out["logits"][:, :k] + log_bias[ids], y)
+        else:
+            loss = model.loss(out, y, weights=w)
         if args.adversary > 0:
             z = Reverse.apply(tokens[0][: len(ids)].flatten(1), args.adversary)
             guess = adversary(torch.cat([z, torch.nn.functional.one_hot(y[: len(ids)], k).float()], -1))
