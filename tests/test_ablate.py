@@ -26,6 +26,8 @@ def test_named_switch_variants_configure_the_stage(tmp_path: Path) -> None:
     plain = variant_config("tiny", [], VARIANTS["ivc"], 0, tmp_path).model.ivc
     assert not plain.static and not plain.static_input and plain.reweight
     assert not variant_config("tiny", [], ["ivc"], 0, tmp_path, SWITCHES["ivc-noreweight"]).model.ivc.reweight
+    assert not plain.mediator_only
+    assert variant_config("tiny", [], ["ivc"], 0, tmp_path, SWITCHES["ivc-mediator-only"]).model.ivc.mediator_only
     assert set(SWITCHES) == set(VARIANTS) - set(DEFAULT_VARIANTS)
 
 

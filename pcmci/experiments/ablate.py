@@ -2,8 +2,9 @@
 
 Variants: the no-intervention baseline, each stage alone, each pair (in the paper's order), the full model and the
 reversed order; then switches inside a stage, named: ``ivc-noreweight`` (IVC's front-door without its
-training-time backdoor weights), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean frame
-and temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` + ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std
+training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the head only through ``P(m|V)``, IVC's
+former default), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean frame and
+temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` + ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std
 of accuracy and mAP per split, and on synthetic sets the counterfactual flip rate (``ablation.json``, ``ablation.md``,
 ``ablation_acc.png``, ``ablation_map.png``). Each finished run is kept in its folder and reused when the ablation is
 run again; ``--jobs N`` trains N runs at a time.
@@ -41,14 +42,16 @@ VARIANTS: dict[str, list[str]] = {
     "full": list(STAGE_NAMES),
     "reversed": list(reversed(STAGE_NAMES)),
     "ivc-noreweight": ["ivc"],
+    "ivc-mediator-only": ["ivc"],
     "ivc-static": ["ivc"],
     "full-static": list(STAGE_NAMES),
 }
 _STATIC = ["model.ivc.static=true", "model.ivc.static_input=true", "model.ivc.reweight=false"]
 SWITCHES: dict[str, list[str]] = {  # config choices of a variant beyond its stages
-    "ivc-noreweight": ["model.ivc.reweight=false"], "ivc-static": _STATIC, "full-static": _STATIC,
+    "ivc-noreweight": ["model.ivc.reweight=false"], "ivc-mediator-only": ["model.ivc.mediator_only=true"],
+    "ivc-static": _STATIC, "full-static": _STATIC,
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("ivc-noreweight", "ivc-static", "full-static")]
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in SWITCHES]
 METRICS = ("acc", "map")
 
 
