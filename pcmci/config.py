@@ -91,9 +91,10 @@ class IVCConfig:
     ``mediator_only=true`` lets the clip reach the head only through P(m|V) (``V* = LN(W_m M^ + V^ + E_pos)``), an
     ablation variant: through a softmax over L label rows per token the encoder cannot learn a motion cause (trained
     on unconfounded clips it stays at chance, 0.23 vs the baseline's 0.83; ``docs/results/intervention-ceiling/``);
-    the default ``false`` is ``V* = LN(V' + W_f[M^; V^])``. ``static`` (remove the clip's temporal-mean token before the relation encoder) and
-    ``static_input`` (remove its mean frame before the video encoder) are a hand-written "what stands still is the
-    confounder" model, kept only as ablation variants: they delete still causes and keep moving confounders.
+    the default ``false`` is ``V* = LN(V' + W_f[M^; V^])``. ``static`` (remove the clip's temporal-mean token before
+    the relation encoder) and ``static_input`` (remove its mean frame before the video encoder) are a hand-written
+    "what stands still is the confounder" model, kept only as ablation variants: they delete still causes and keep
+    moving confounders.
     """
 
     bases: int = 8

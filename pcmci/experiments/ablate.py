@@ -4,10 +4,11 @@ Variants: the no-intervention baseline, each stage alone, each pair (in the pape
 reversed order; then switches inside a stage, named: ``ivc-noreweight`` (IVC's front-door without its
 training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the head only through ``P(m|V)``, IVC's
 former default), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean frame and
-temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` + ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std
-of accuracy and mAP per split, and on synthetic sets the counterfactual flip rate (``ablation.json``, ``ablation.md``,
-``ablation_acc.png``, ``ablation_map.png``). Each finished run is kept in its folder and reused when the ablation is
-run again; ``--jobs N`` trains N runs at a time.
+temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` +
+``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std of accuracy and mAP per split, and on synthetic
+sets the counterfactual flip rate (``ablation.json``, ``ablation.md``, ``ablation_acc.png``, ``ablation_map.png``).
+Each finished run is kept in its folder and reused when the ablation is run again; ``--jobs N`` trains N runs at a
+time.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 import torch
 
 
-def label_distribution(confounders: list[tuple[int, int]], confound: float, k: int, joint: bool = False) -> torch.Tensor:
+def label_distribution(confounders: list[tuple[int, int]], confound: float, k: int,
+                       joint: bool = False) -> torch.Tensor:
     """``P(y|bg_i,d_i)`` for every class, [n, k], with a uniform ``P(y)``: each confounder is the class's own with
     probability ``confound + (1 - confound) / k``, any other with ``(1 - confound) / k``, independently — or,
     ``joint``, one draw shared by both (``bg == d``), so only the background's id carries information."""
