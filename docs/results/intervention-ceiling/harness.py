@@ -65,6 +65,9 @@ p.add_argument("--freeze-video", action="store_true", help="train only the head 
 p.add_argument("--stages", nargs="*", default=[], help="causal stages of the model (default none: the baseline)")
 p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                help="model config overrides, e.g. ivc.mediator_only=false (the value is read as a Python literal)")
+p.add_argument("--ivc-drop", choices=("relation", "fusion"), default=None,
+               help="split IVC's cost to learning: 'relation' skips its relation encoder (V' = V), 'fusion' skips the "
+                    "V* step (V* = V')")
 p.add_argument("--poe", action="store_true",
                help="product of experts: train on logits + log P(y|bg,d) (the exact confounder-only expert), "
                     "predict from the model's logits alone (the context's additive effect left out)")
@@ -118,6 +121,12 @@ for item in args.set:
     for part in path:
         node = getattr(node, part)
     setattr(node, leaf, ast.literal_eval(value))
+if args.ivc_drop == "relation":
+    from pcmci.model.ivc import IVC
+    IVC.relate = lambda self, v, m: (v, v.new_zeros(()))
+elif args.ivc_drop == "fusion":
+    from pcmci.model.ivc import IVC
+    IVC.intervene = lambda self, v_prime, m: v_prime
 model = build_model(cfg, names + ([f"{c} reversed" for c in names] if args.reverse else []), [])
 
 
