@@ -10,8 +10,11 @@ from torch import Tensor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_split_formats.json"
 # Fixture key -> the overrides that build what the former code built for it (its IVC default was mediator-only).
-VARIANTS = {"tiny": ["model.ivc.mediator_only=true"], "tiny model.ivc.mediator_only=false model.ich.adjust=posterior model.ici.layers=2": [
-    "model.ivc.mediator_only=false", "model.ich.adjust=posterior", "model.ici.layers=2"]}
+VARIANTS = {
+    "tiny": ["model.ivc.mediator_only=true"],
+    "tiny model.ivc.mediator_only=false model.ich.adjust=posterior model.ici.layers=2": [
+        "model.ivc.mediator_only=false", "model.ich.adjust=posterior", "model.ici.layers=2"],
+}
 
 
 def pre_split_formats() -> dict[str, Any]:
