@@ -65,9 +65,9 @@ p.add_argument("--freeze-video", action="store_true", help="train only the head 
 p.add_argument("--stages", nargs="*", default=[], help="causal stages of the model (default none: the baseline)")
 p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                help="model config overrides, e.g. ivc.mediator_only=false (the value is read as a Python literal)")
-p.add_argument("--ivc-drop", choices=("relation", "fusion"), default=None,
+p.add_argument("--ivc-drop", choices=("relation", "fusion", "relation-residual"), default=None,
                help="split IVC's cost to learning: 'relation' skips its relation encoder (V' = V), 'fusion' skips the "
-                    "V* step (V* = V')")
+                    "V* step (V* = V'), 'relation-residual' adds the encoder's output to its input (V' = V + F(V, M))")
 p.add_argument("--poe", action="store_true",
                help="product of experts: train on logits + log P(y|bg,d) (the exact confounder-only expert), "
                     "predict from the model's logits alone (the context's additive effect left out)")
@@ -127,6 +127,10 @@ if args.ivc_drop == "relation":
 elif args.ivc_drop == "fusion":
     from pcmci.model.ivc import IVC
     IVC.intervene = lambda self, v_prime, m: v_prime
+elif args.ivc_drop == "relation-residual":
+    from pcmci.model.ivc import IVC
+    relate = IVC.relate
+    IVC.relate = lambda self, v, m: (lambda out: (v + out[0], out[1]))(relate(self, v, m))
 model = build_model(cfg, names + ([f"{c} reversed" for c in names] if args.reverse else []), [])
 
 
