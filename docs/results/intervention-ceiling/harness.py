@@ -24,7 +24,7 @@ from pcmci.config import preset
 from pcmci.data.datasets import preprocess
 from pcmci.data.sampling import segment_indices
 from pcmci.data.synthetic import Scene, _plan, _render, activities
-from pcmci.engine.dictionaries import sample_indices
+from pcmci.engine.dictionaries import refit_epochs, sample_indices
 from pcmci.engine.propensity import propensity_weights
 from pcmci.engine.train import cosine_with_warmup
 from pcmci.model import build_model
@@ -227,11 +227,15 @@ def predict(videos: list[np.ndarray]) -> torch.Tensor:
                       .argmax(-1) for b in range(0, len(videos), 60)])
 
 
+schedule = preset("tiny")
+schedule.optim.epochs = args.epochs
+
+
 def fit_dictionaries(epoch: int) -> None:
-    """The stages' k-means dictionaries on 64 class-stratified training clips, when training would refit them."""
-    if not model.dictionaries() or epoch not in {0, 1, 11, 21}:
+    """The stages' k-means dictionaries on class-stratified training clips, at the epochs training refits them."""
+    if not model.dictionaries() or epoch not in refit_epochs(schedule):
         return
-    chosen = sample_indices(n, preset("tiny").model.dictionaries.clips, args.seed, epoch, ytr.tolist())
+    chosen = sample_indices(n, schedule.model.dictionaries.clips, args.seed, epoch, ytr.tolist())
     model.build_dictionaries([torch.stack([clip(tr[i], True, g) for i in chosen[b:b + 8]])
                               for b in range(0, len(chosen), 8)], seed=args.seed + epoch)
 
