@@ -87,8 +87,7 @@ print("classes", names, "| args", vars(args), flush=True)
 def render(split: str, n: int) -> tuple[list[np.ndarray], torch.Tensor, list[tuple[int, int]]]:
     videos, labels, confounders = [], [], []
     for i in range(n):
-        label, style, distractor, _, rng = _plan(0, split, i, args.confound, scene.still_pairs)
-        distractor = style if args.joint else distractor
+        label, style, distractor, _, rng = _plan(0, split, i, args.confound, scene.still_pairs, joint=args.joint)
         videos.append(_render(label, style, distractor, 8, 64, rng, scene))
         labels.append(label)
         confounders.append((style, distractor))
