@@ -32,7 +32,7 @@ def _add_config(p: argparse.ArgumentParser, example: str = "optim.lr=1e-4 model.
 
 def _add_scene(p: argparse.ArgumentParser) -> None:
     """The synthetic scene's knobs (``pcmci.data.synthetic.Scene``); defaults are the demo's scene."""
-    from .data.synthetic import DEMO_SCENE
+    from .data.synthetic import DEMO_SCENE, Context
 
     p.add_argument("--camera", type=float, default=DEMO_SCENE.camera,
                    help="hand-held camera in [0, 1]: background scroll, zoom and shake (0 = a still room)")
@@ -44,7 +44,7 @@ def _add_scene(p: argparse.ArgumentParser) -> None:
                    help="class pairs that share their motion and differ only by a still tool (0-2)")
     p.add_argument("--props", action="store_true", default=DEMO_SCENE.props,
                    help="a third confounder: each activity's co-occurring prop standing in the room (the apron)")
-    p.add_argument("--context", choices=("independent", "joint"), default=DEMO_SCENE.context,
+    p.add_argument("--context", choices=get_args(Context), default=DEMO_SCENE.context,
                    help="independent: each confounder drawn on its own; joint: one context per clip shared by all "
                         "confounders (the training split then holds off-class contexts, see 'support')")
 

@@ -29,7 +29,7 @@ import json
 from fractions import Fraction
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Literal, get_args
 
 import av
 import numpy as np
@@ -81,6 +81,9 @@ _MOTION = {
 }
 
 
+Context = Literal["independent", "joint"]  # how a clip's confounders are drawn (see Scene)
+
+
 @dataclass(frozen=True)
 class Scene:
     """How the scene around the activity behaves; every knob 0 is the still scene of generator 2.
@@ -99,7 +102,7 @@ class Scene:
     distractor_motion: float = 0.0
     still_pairs: int = 0
     props: bool = False
-    context: Literal["independent", "joint"] = "independent"
+    context: Context = "independent"
 
     def __post_init__(self) -> None:
         for name, hi in (("camera", 1.0), ("lighting", 1.0), ("distractor_motion", 2.0)):
@@ -108,8 +111,8 @@ class Scene:
                 raise ValueError(f"scene {name} must be in [0, {hi:g}], got {value}")
         if self.still_pairs not in range(len(STILL_PAIRS) + 1):
             raise ValueError(f"scene still_pairs must be in 0..{len(STILL_PAIRS)}, got {self.still_pairs}")
-        if self.context not in ("independent", "joint"):
-            raise ValueError(f"scene context must be 'independent' or 'joint', got {self.context!r}")
+        if self.context not in get_args(Context):
+            raise ValueError(f"scene context must be one of {', '.join(get_args(Context))}, got {self.context!r}")
 
 
 DEMO_SCENE = Scene(camera=0.3, lighting=0.3, distractor_motion=0.5, still_pairs=1)
