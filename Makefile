@@ -16,11 +16,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/pcmci demo --out runs/demo
 
+# -P: the repo root stays off sys.path, so the top-level name `kernels` is Hugging Face's package (transformers
+# imports it when installed), not our kernels/ folder, which is importable only as pcmci.kernels.
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests
+	TRITON_INTERPRET=1 $(BIN)/python -P -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q bench --benchmark-json=bench/results/cpu-$$(date +%F).json
+	$(BIN)/python -P -m pytest -q bench --benchmark-json=bench/results/cpu-$$(date +%F).json
 
 clean:
 	rm -rf runs .pytest_cache
