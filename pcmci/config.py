@@ -88,13 +88,13 @@ class IVCConfig:
     clip), each trained ``reference_epochs`` epochs on the other folds; ``max_weight`` clips each round's factor.
     ``reference_rounds`` > 1 refits the references on the weighted data, which finds the next static cue once the
     first (a background) no longer predicts the label (a badge): one weight factor per round.
-    ``mediator_only=true`` lets the clip reach the head only through P(m|V) (``V* = LN(W_m M^ + V^ + E_pos)``), an
+    ``mediator_only=true`` lets the clip reach the head only through P(m|V) (``V* = W_m M^ + V^ + E_pos``), an
     ablation variant: through a softmax over L label rows per token the encoder cannot learn a motion cause (trained
     on unconfounded clips it stays at chance, 0.23 vs the baseline's 0.83; ``docs/results/intervention-ceiling/``);
-    the default ``false`` is ``V* = LN(V' + W_f[M^; V^])``. ``static`` (remove the clip's temporal-mean token before
-    the relation encoder) and ``static_input`` (remove its mean frame before the video encoder) are a hand-written
-    "what stands still is the confounder" model, kept only as ablation variants: they delete still causes and keep
-    moving confounders.
+    the default ``false`` is ``V* = V' + W_f[M^; V^]`` on a residual stream that starts as the identity. ``static``
+    (remove the clip's temporal-mean token before the relation encoder) and ``static_input`` (remove its mean frame
+    before the video encoder) are a hand-written "what stands still is the confounder" model, kept only as ablation
+    variants: they delete still causes and keep moving confounders.
     """
 
     bases: int = 8

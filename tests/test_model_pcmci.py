@@ -29,9 +29,14 @@ def test_every_trainable_parameter_gets_a_gradient_and_clip_none(tiny_model) -> 
     cfg.ivc.align_weight = 0.1  # modules take their options when built
     model = build_model(cfg, fitted.classes, fitted.actions)
     model.load_state_dict(fitted.state_dict())  # its fitted dictionaries
+    # Layers that start at zero (TimeSformer's temporal_fc, IVC's residual outputs) pass no gradient to what feeds
+    # them at init; one step of training moves them, as this does.
+    ivc = model.ivc
+    zero_init = [block.temporal_fc for block in model.video.blocks] + [
+        ivc.out_proj, ivc.fuse_proj, ivc.video_relation.out_proj, ivc.video_relation.ffn.fc2]
     with torch.no_grad():
-        for block in model.video.blocks:
-            block.temporal_fc.weight.normal_(0, 0.02)
+        for layer in zero_init:
+            layer.weight.normal_(0, 0.02)
     x = torch.rand(3, 8, 3, 64, 64)
     out = model(x)
     assert out["logits"].shape == (3, 3) and out["aux_logits"].shape == (3, 3)

@@ -171,6 +171,20 @@ def test_ici_matches_equation() -> None:
         np.testing.assert_allclose(got[i], want, atol=1e-6)
 
 
+def prenorm_relation_layer_direct(x: np.ndarray, layer: torch.nn.Module) -> np.ndarray:
+    """``X + W_O sum_k pi_k G_k(LN_1 X) LN_1(X) W_k``, then ``+ FFN(LN_2 X)``, by loops over the bases."""
+    k_bases, dk = layer.bases, x.shape[1] // layer.bases
+    prior = softmax(np_(layer.base_logits))
+    h = layer_norm(x, layer.norm1)
+    q, k, v = linear(h, layer.query_proj), linear(h, layer.key_proj), linear(h, layer.value_proj)
+    r = np.zeros((x.shape[0], dk))
+    for j in range(k_bases):
+        sl = slice(j * dk, (j + 1) * dk)
+        r += prior[j] * softmax(q[:, sl] @ k[:, sl].T / math.sqrt(dk)) @ v[:, sl]
+    y = x + linear(r, layer.out_proj)
+    return y + mlp(layer_norm(y, layer.norm2), layer.ffn)
+
+
 def ivc_direct(ivc: IVC, cfg: IVCConfig, x: np.ndarray, mm: np.ndarray) -> tuple[np.ndarray, list[float]]:
     """IVC built from ``cfg`` on one clip ``x[N,D]`` with mediator ``mm[L,D]`` in float64 loops -> (V*, per-base
     alignment terms)."""
@@ -181,12 +195,14 @@ def ivc_direct(ivc: IVC, cfg: IVCConfig, x: np.ndarray, mm: np.ndarray) -> tuple
     mm = (mm - mm.mean(1, keepdims=True)) / np.sqrt(mm.var(1, keepdims=True) + 1e-5)
     if cfg.static:
         x = x - x.mean(0, keepdims=True)
-    v1 = relation_layer_direct(x, ivc.video_relation)
-    qv, kv = linear(x, ivc.video_relation.query_proj), linear(x, ivc.video_relation.key_proj)
+    v1 = prenorm_relation_layer_direct(x, ivc.video_relation)
+    h1 = layer_norm(x, ivc.video_relation.norm1)
+    qv, kv = linear(h1, ivc.video_relation.query_proj), linear(h1, ivc.video_relation.key_proj)
     pm = softmax(np_(ivc.mediator_base_logits))
     qm, km = linear(mm, ivc.mediator_query_proj), linear(mm, ivc.mediator_key_proj)
-    vv = linear(v1, ivc.video_value_proj)
-    pi = softmax(v1 @ mm.T / math.sqrt(d))
+    hr = layer_norm(v1, ivc.norm_relate)
+    vv = linear(hr, ivc.video_value_proj)
+    pi = softmax(hr @ mm.T / math.sqrt(d))
     r, aligns = np.zeros((n, dk)), []
     for j in range(kb):
         sl = slice(j * dk, (j + 1) * dk)
@@ -195,18 +211,26 @@ def ivc_direct(ivc: IVC, cfg: IVCConfig, x: np.ndarray, mm: np.ndarray) -> tuple
         r += pm[j] * g @ vv[:, sl]
         g_v = softmax(qv[:, sl] @ kv[:, sl].T / math.sqrt(dk))
         aligns.append(((g_v - g) ** 2).sum() / n**2)
-    vp = layer_norm(v1 + linear(r, ivc.out_proj), ivc.norm_relate)
+    vp = v1 + linear(r, ivc.out_proj)
+    ha = layer_norm(vp, ivc.norm)
     m_hat = np.zeros((n, d))
     for token in range(n):
-        a = softmax(linear(vp[token : token + 1], ivc.mediator_attn_proj)[0] @ mm.T / math.sqrt(d))
+        a = softmax(linear(ha[token : token + 1], ivc.mediator_attn_proj)[0] @ mm.T / math.sqrt(d))
         m_hat[token] = a @ mm
     z, prior = np_(ivc.dictionary.atoms), np_(ivc.dictionary.prior)
     w_q, w_k, w_v = ivc.query_proj, ivc.key_proj, ivc.value_proj
     if not cfg.mediator_only:
-        v_hat = nwgm(linear(vp, w_q), linear(z, w_k), linear(z, w_v), prior)
-        return layer_norm(vp + linear(np.concatenate([m_hat, v_hat], 1), ivc.fuse_proj), ivc.norm), aligns
+        v_hat = nwgm(linear(ha, w_q), linear(z, w_k), linear(z, w_v), prior)
+        return vp + linear(np.concatenate([m_hat, v_hat], 1), ivc.fuse_proj), aligns
     v_hat = nwgm(linear(m_hat, w_q), linear(z, w_k), linear(z, w_v), prior)
-    return layer_norm(linear(m_hat, ivc.mediator_proj) + v_hat + np_(ivc.pos[0]), ivc.norm), aligns
+    return linear(m_hat, ivc.mediator_proj) + v_hat + np_(ivc.pos[0]), aligns
+
+
+def randomize_(module: torch.nn.Module) -> None:
+    """Every parameter drawn at random (the stage's zero-initialised output layers would hide their terms)."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.normal_(0.0, 0.5)
 
 
 @pytest.mark.parametrize("static,mediator_only", [(True, True), (False, False)])
@@ -215,9 +239,7 @@ def test_ivc_matches_equation(static: bool, mediator_only: bool) -> None:
     cfg = IVCConfig(bases=kb, dict_size=6, align_weight=0.5, static=static, mediator_only=mediator_only)
     ivc = IVC(cfg, d, tokens=n, mlp_ratio=2.0).double()
     fit_dictionary(ivc, d, 6)
-    with torch.no_grad():
-        ivc.mediator_base_logits.normal_()
-        ivc.video_relation.base_logits.normal_()
+    randomize_(ivc)
     v, m = torch.randn(b, n, d, dtype=torch.float64), torch.randn(b, l, d, dtype=torch.float64)
     got, align = ivc.deconfound(v, m)
     aligns = []
@@ -228,6 +250,20 @@ def test_ivc_matches_equation(static: bool, mediator_only: bool) -> None:
     np.testing.assert_allclose(float(align.detach()), np.mean(aligns), rtol=1e-6)
 
 
+def test_ivc_starts_as_the_identity() -> None:
+    """Freshly built, the default IVC returns its input tokens exactly (zero output layers on a residual stream),
+    so a model with the stage starts where the model without it starts; after one step it does not."""
+    n, l, d = 5, 4, 16
+    ivc = IVC(IVCConfig(bases=4, dict_size=6), d, tokens=n, mlp_ratio=2.0).double()
+    fit_dictionary(ivc, d, 6)
+    v, m = torch.randn(2, n, d, dtype=torch.float64), torch.randn(2, l, d, dtype=torch.float64)
+    out = ivc.deconfound(v, m)[0]
+    assert torch.equal(out, v)
+    out.square().sum().backward()
+    grads = {name: p.grad for name, p in ivc.named_parameters() if p.grad is not None}
+    assert grads["fuse_proj.weight"].abs().max() > 0 and grads["video_relation.out_proj.weight"].abs().max() > 0
+
+
 def test_only_the_static_ablation_is_blind_to_a_clip_constant_token() -> None:
     """Under the ablation switch ``static=true`` adding a clip-constant vector to every token (a still background,
     or a still cause) leaves V* unchanged; the default IVC keeps it (what stands still may be the cause)."""
@@ -236,9 +272,11 @@ def test_only_the_static_ablation_is_blind_to_a_clip_constant_token() -> None:
     context = 3.0 * torch.randn(2, 1, d, dtype=torch.float64)
     static = IVC(IVCConfig(bases=4, dict_size=5, static=True), d, tokens=n, mlp_ratio=2.0).double()
     fit_dictionary(static, d, 5)
+    randomize_(static)
     torch.testing.assert_close(static.deconfound(v + context, m)[0], static.deconfound(v, m)[0])
     default = IVC(IVCConfig(bases=4, dict_size=5), d, n, 2.0).double()
     fit_dictionary(default, d, 5)
+    randomize_(default)
     assert (default.deconfound(v + context, m)[0] - default.deconfound(v, m)[0]).abs().max() > 1e-3
 
 

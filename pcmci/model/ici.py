@@ -51,6 +51,28 @@ class RelationLayer(nn.Module):
         return (x, maps) if return_maps else x
 
 
+class PreNormRelationLayer(RelationLayer):
+    """The relation layer on a residual stream, identity at initialisation:
+    ``X <- X + W_O sum_k pi_k G_k(LN_1 X) LN_1(X) W_k``, then ``X <- X + FFN(LN_2 X)``, with ``W_O`` and the FFN's
+    output layer zero at init. A stage built from it starts as the identity, so adding it to a model cannot make
+    the model start from a worse point than the model without it; the same parameters as :class:`RelationLayer`."""
+
+    def __init__(self, dim: int, bases: int, mlp_ratio: float) -> None:
+        super().__init__(dim, bases, mlp_ratio)
+        for layer in (self.out_proj, self.ffn.fc2):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        prior = torch.softmax(self.base_logits, dim=0)
+        h = self.norm1(x)
+        q, k, v = self.split(self.query_proj(h)), self.split(self.key_proj(h)), self.split(self.value_proj(h))
+        r, maps = relation_product(q, k, v, prior, return_maps=True) if return_maps else (relation_product(q, k, v, prior), None)
+        x = x + self.out_proj(r)
+        x = x + self.ffn(self.norm2(x))
+        return (x, maps) if return_maps else x
+
+
 class ICI(nn.Module):
     """``forward(state) -> state`` with texts ``t'[B,L,D] -> t*[B,L,D]`` (:meth:`relate`): ``layers`` relation
     layers over the label texts."""

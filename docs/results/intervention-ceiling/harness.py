@@ -65,9 +65,12 @@ p.add_argument("--freeze-video", action="store_true", help="train only the head 
 p.add_argument("--stages", nargs="*", default=[], help="causal stages of the model (default none: the baseline)")
 p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                help="model config overrides, e.g. ivc.mediator_only=false (the value is read as a Python literal)")
-p.add_argument("--ivc-drop", choices=("relation", "fusion", "relation-residual"), default=None,
+p.add_argument("--ivc-drop", choices=("relation", "fusion", "relation-residual", "mediator", "population"),
+               default=None,
                help="split IVC's cost to learning: 'relation' skips its relation encoder (V' = V), 'fusion' skips the "
-                    "V* step (V* = V'), 'relation-residual' adds the encoder's output to its input (V' = V + F(V, M))")
+                    "V* step (V* = V'), 'relation-residual' adds the encoder's output to its input (V' = V + F(V, M); "
+                    "written for the post-norm IVC before the pre-norm change, where V' was LN(...)), 'mediator' / "
+                    "'population' feed zeros for M^ / V^ into the fusion")
 p.add_argument("--poe", action="store_true",
                help="product of experts: train on logits + log P(y|bg,d) (the exact confounder-only expert), "
                     "predict from the model's logits alone (the context's additive effect left out)")
@@ -126,6 +129,22 @@ if args.ivc_drop == "relation":
 elif args.ivc_drop == "fusion":
     from pcmci.model.ivc import IVC
     IVC.intervene = lambda self, v_prime, m: v_prime
+elif args.ivc_drop in ("mediator", "population"):
+    from pcmci.model.dictionary import nwgm_attention
+    from pcmci.model.ivc import IVC
+
+    def intervene_without(self, v_prime, m):
+        """The default fusion with one of its two inputs (``M^`` or ``V^``) replaced by zeros."""
+        h = self.norm(v_prime)
+        m_hat = self.mediator_weights(h, m) @ m
+        z, prior = self.dictionary()
+        v_hat = nwgm_attention(self.query_proj(h), self.key_proj(z), self.value_proj(z), prior)
+        if args.ivc_drop == "mediator":
+            m_hat = torch.zeros_like(m_hat)
+        else:
+            v_hat = torch.zeros_like(v_hat)
+        return v_prime + self.fuse_proj(torch.cat([m_hat, v_hat], dim=-1))
+    IVC.intervene = intervene_without
 elif args.ivc_drop == "relation-residual":
     from pcmci.model.ivc import IVC
     relate = IVC.relate
