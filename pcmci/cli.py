@@ -44,6 +44,9 @@ def _add_scene(p: argparse.ArgumentParser) -> None:
                    help="class pairs that share their motion and differ only by a still tool (0-2)")
     p.add_argument("--props", action="store_true", default=DEMO_SCENE.props,
                    help="a third confounder: each activity's co-occurring prop standing in the room (the apron)")
+    p.add_argument("--no-order-pairs", dest="order_pairs", action="store_false", default=DEMO_SCENE.order_pairs,
+                   help="leave out the two classes told apart only by the order of their actions (5 classes with "
+                        "one still pair instead of 7): a cause the tiny model can learn in budget")
     p.add_argument("--context", choices=get_args(Context), default=DEMO_SCENE.context,
                    help="independent: each confounder drawn on its own; joint: one context per clip shared by all "
                         "confounders (the training split then holds off-class contexts, see 'support')")
@@ -53,7 +56,7 @@ def scene_from(args: argparse.Namespace):  # -> pcmci.data.synthetic.Scene
     from .data.synthetic import Scene
 
     return Scene(camera=args.camera, lighting=args.lighting, distractor_motion=args.distractor_motion,
-                 still_pairs=args.still_pairs, props=args.props, context=args.context)
+                 still_pairs=args.still_pairs, props=args.props, context=args.context, order_pairs=args.order_pairs)
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from .synthetic import PROPS, Scene, _render, activities
+from .synthetic import PROPS, Scene, _render
 
 NO_PROP = -1
 CAPTION = "a video of a person {activity}."
@@ -59,7 +59,7 @@ def render_pair(seed: int, index: int, cooccur: float, scene: Scene = Scene(stil
     """Clip ``index``: (``frames`` evenly spaced frames uint8 ``[frames,H,W,3]`` from a random offset, label, prop). ``prop`` forces the prop (the draws stay the same, so
     only the room's object changes); ``hide`` leaves layers out of the same frame (``synthetic._render``)."""
     rng = np.random.default_rng([seed, 19, index])
-    k = len(activities(scene.still_pairs))
+    k = len(scene.classes())
     label = index % k
     drawn = draw_prop(label, cooccur, k, rng)
     prop = drawn if prop is None else prop
@@ -77,7 +77,7 @@ def caption_pairs(seed: int, clips: int, cooccur: float, frames: int = 1, scene:
     the module docstring); deterministic from the arguments."""
     if not 0.0 <= cooccur <= 1.0:
         raise ValueError(f"cooccur must be in [0, 1], got {cooccur}")
-    classes = list(activities(scene.still_pairs))
+    classes = list(scene.classes())
     images, captions, labels, props = [], [], [], []
     for i in tqdm(range(clips), desc="rendering frame-caption pairs", disable=not progress):
         shots, label, prop = render_pair(seed, i, cooccur, scene, size, frames_per_action, frames=frames)

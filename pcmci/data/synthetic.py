@@ -16,6 +16,10 @@ A :class:`Scene` makes the set hard for shortcuts that remove what stands still 
 - ``distractor_motion``: the distractor moves on its own (bounces around the frame).
 - ``still_pairs``: class pairs that share their motion exactly and differ only by a tool that sits still in every
   frame ("fry egg" with a pan / "boil egg" with a pot): the still object is the cause, not a confounder.
+- ``order_pairs``: whether the set holds the two classes told apart from another only by the order of their actions
+  ("make tea" / "make cereal", "make coffee" / "fry egg"); without them (``False``) every class differs from every
+  other by its actions or its tool, so a small model can learn the cause in budget and a benchmark can rank
+  interventions by how much of it they learn.
 - ``context``: ``"independent"`` draws each confounder on its own; ``"joint"`` draws one context per clip and
   gives every confounder its id (a kitchen comes with its wallpaper and its objects), so at the same ``confound``
   the training split holds about ``1 - confound`` of its clips in another class's context, against
@@ -40,6 +44,7 @@ ACTIONS = [
     "spin clockwise", "spin counter-clockwise", "grow", "shrink",
 ]
 # "make cereal"/"make tea" and "make coffee"/"fry egg" share their actions and differ only in order.
+ORDER_TWINS = ("make tea", "make coffee")  # the second of each order-only pair; left out when Scene.order_pairs=False
 ACTIVITIES = {
     "make cereal": ["rise", "move right", "fall", "shrink"],
     "make tea": ["move right", "rise", "fall", "shrink"],
@@ -94,7 +99,8 @@ class Scene:
     ``distractor_motion`` in [0, 2]: the distractor's own speed in px/frame; ``still_pairs`` in 0..2: how many
     still-object class pairs (each adds one class); ``props``: a third confounder, a co-occurring object standing in
     the room (:data:`PROPS`, the paper's apron), drawn like the background and the distractor; ``context``: each
-    confounder drawn on its own (``"independent"``) or one draw shared by all of them (``"joint"``).
+    confounder drawn on its own (``"independent"``) or one draw shared by all of them (``"joint"``);
+    ``order_pairs``: whether :data:`ORDER_TWINS` are classes of the set.
     """
 
     camera: float = 0.0
@@ -103,6 +109,7 @@ class Scene:
     still_pairs: int = 0
     props: bool = False
     context: Context = "independent"
+    order_pairs: bool = True
 
     def __post_init__(self) -> None:
         for name, hi in (("camera", 1.0), ("lighting", 1.0), ("distractor_motion", 2.0)):
@@ -114,13 +121,18 @@ class Scene:
         if self.context not in get_args(Context):
             raise ValueError(f"scene context must be one of {', '.join(get_args(Context))}, got {self.context!r}")
 
+    def classes(self) -> dict[str, list[str]]:
+        """Class name -> its ordered actions, for a set in this scene (:func:`activities`)."""
+        return activities(self.still_pairs, self.order_pairs)
+
 
 DEMO_SCENE = Scene(camera=0.3, lighting=0.3, distractor_motion=0.5, still_pairs=1)
 
 
-def activities(still_pairs: int = 0) -> dict[str, list[str]]:
-    """Class name -> its ordered actions: the six base activities plus the twin of each still-object pair."""
-    found = dict(ACTIVITIES)
+def activities(still_pairs: int = 0, order_pairs: bool = True) -> dict[str, list[str]]:
+    """Class name -> its ordered actions: the six base activities (four without :data:`ORDER_TWINS`) plus the twin
+    of each still-object pair."""
+    found = {name: steps for name, steps in ACTIVITIES.items() if order_pairs or name not in ORDER_TWINS}
     for own, twin, _, _ in STILL_PAIRS[:still_pairs]:
         found[twin] = list(ACTIVITIES[own])
     return found
@@ -271,7 +283,7 @@ def _render(label: int, style: int, distractor: int, frames_per_action: int, siz
     ``prop``: the index of a :data:`PROPS` object standing in the room (None: no prop; no random draw either, so
     sets without props render as before). ``hide`` ⊆ {"actor", "prop"}: the same draws, with the hand and tool (the
     activity's visible cause) or the prop left out — the masks of the hallucination probe."""
-    classes = activities(scene.still_pairs)
+    classes = scene.classes()
     name = list(classes)[label]
     state = _trajectory(classes[name], frames_per_action, size, rng)
     frames = len(state)
@@ -357,12 +369,12 @@ GENERATOR = 3  # bumped whenever the same arguments would synthesize different v
 
 
 def _plan(seed: int, split: str, index: int, confound: float, still_pairs: int = 0, props: bool = False,
-          joint: bool = False) -> tuple[int, int, int, int | None, np.random.Generator]:
+          joint: bool = False, order_pairs: bool = True) -> tuple[int, int, int, int | None, np.random.Generator]:
     """(label, background, distractor, prop (None without props), the generator that then renders the video).
     ``joint``: the distractor and the prop take the background's id; the same random draws are made either way, so
     a joint set shows the same motion, camera and light as the independent set of the same seed."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    k = len(activities(still_pairs))
+    k = len(activities(still_pairs, order_pairs))
     label = index % k
     style = _confounder(label, confound, split == "test_ood", rng, k)
     distractor = _confounder(label, confound, split == "test_ood", rng, k)
@@ -378,13 +390,13 @@ def split_sizes(n_train: int, n_test: int) -> list[tuple[str, int]]:
 
 
 def confounder_table(seed: int, n_train: int, n_test: int, confound: float, still_pairs: int = 0,
-                     props: bool = False, joint: bool = False) -> list[dict]:
+                     props: bool = False, joint: bool = False, order_pairs: bool = True) -> list[dict]:
     """Per video ``{"split", "label", "background", "distractor"}`` (and ``"prop"`` with props) exactly as
     :func:`synthesize` assigns them, without rendering anything (for probing the confounders alone)."""
     rows = []
     for split, count in split_sizes(n_train, n_test):
         for i in range(count):
-            label, style, distractor, prop, _ = _plan(seed, split, i, confound, still_pairs, props, joint)
+            label, style, distractor, prop, _ = _plan(seed, split, i, confound, still_pairs, props, joint, order_pairs)
             row = {"split": split, "label": label, "background": style, "distractor": distractor}
             rows.append(row if prop is None else {**row, "prop": prop})
     return rows
@@ -416,7 +428,7 @@ def render_counterfactual(meta: dict, video: dict, background: int, distractor: 
     props). With the video's own ids it reproduces the frames before encoding."""
     scene = scene_of(meta)
     label, _, _, own, rng = _plan(meta["seed"], video["split"], int(video["index"]), meta["confound"],
-                                  scene.still_pairs, scene.props, scene.context == "joint")
+                                  scene.still_pairs, scene.props, scene.context == "joint", scene.order_pairs)
     return _render(label, background, distractor, meta["frames_per_action"], meta["size"], rng, scene,
                    prop=own if prop is None else prop)
 
@@ -450,7 +462,7 @@ def synthesize(
         raise ValueError(f"size must be an even number >= 16 (yuv420p), got {size}")
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    table = activities(scene.still_pairs)
+    table = scene.classes()
     classes = list(table)
     splits = split_sizes(n_train, n_test)
     rows, videos = [], []
@@ -458,7 +470,7 @@ def synthesize(
         for split, count in splits:
             for i in range(count):
                 label, style, distractor, prop, rng = _plan(seed, split, i, confound, scene.still_pairs, scene.props,
-                                                            scene.context == "joint")
+                                                            scene.context == "joint", scene.order_pairs)
                 frames = _render(label, style, distractor, frames_per_action, size, rng, scene, prop=prop)
                 rel = f"videos/{split}_{i:04d}.{CODECS[codec][1]}"
                 encode_video(out / rel, frames, codec, fps, gop=frames_per_action)

@@ -190,7 +190,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         f"Scene: camera {scene['camera']}, lighting {scene['lighting']}, distractor motion "
         f"{scene['distractor_motion']}, still-object pairs {scene['still_pairs']} "
-        f"({', '.join(setup['still_object_classes']) or 'none'}), confounders drawn "
+        f"({', '.join(setup['still_object_classes']) or 'none'}), "
+        f"{'' if scene.get('order_pairs', True) else 'no order-only class pairs, '}confounders drawn "
         f"{'as one context per clip' if scene.get('context') == 'joint' else 'independently'}.",
         "",
         _positivity(setup["support"]),
