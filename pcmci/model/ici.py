@@ -42,10 +42,14 @@ class RelationLayer(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.bases, -1).transpose(1, 2)
 
-    def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def relation(self, x: Tensor, return_maps: bool) -> tuple[Tensor, Tensor | None]:
+        """``sum_k pi_k G_k(x) x W_k [B,N,D/K]`` and, when asked, the bases ``G[B,K,N,N]``."""
         prior = torch.softmax(self.base_logits, dim=0)
         q, k, v = self.split(self.query_proj(x)), self.split(self.key_proj(x)), self.split(self.value_proj(x))
-        r, maps = relation_product(q, k, v, prior, return_maps=True) if return_maps else (relation_product(q, k, v, prior), None)
+        return relation_product(q, k, v, prior, return_maps=True) if return_maps else (relation_product(q, k, v, prior), None)
+
+    def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        r, maps = self.relation(x, return_maps)
         x = self.norm1(x + self.out_proj(r))
         x = self.norm2(x + self.ffn(x))
         return (x, maps) if return_maps else x
@@ -64,10 +68,7 @@ class PreNormRelationLayer(RelationLayer):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor, return_maps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        prior = torch.softmax(self.base_logits, dim=0)
-        h = self.norm1(x)
-        q, k, v = self.split(self.query_proj(h)), self.split(self.key_proj(h)), self.split(self.value_proj(h))
-        r, maps = relation_product(q, k, v, prior, return_maps=True) if return_maps else (relation_product(q, k, v, prior), None)
+        r, maps = self.relation(self.norm1(x), return_maps)
         x = x + self.out_proj(r)
         x = x + self.ffn(self.norm2(x))
         return (x, maps) if return_maps else x

@@ -83,10 +83,10 @@ class IVC(nn.Module):
         else:
             self.fuse_proj = nn.Linear(2 * dim, dim)  # W_f
         self.norm = nn.LayerNorm(dim)  # LN_a: what P(m|V) and the NWGM query read of V'
-        for layer in (self.out_proj, self.fuse_proj if not cfg.mediator_only else None):
-            if layer is not None:  # the residual stream starts as V: the stage is the identity at init
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        residual_outputs = [self.out_proj] + ([] if cfg.mediator_only else [self.fuse_proj])
+        for layer in residual_outputs:  # the residual stream starts as V: the stage is the identity at init
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.dictionary = ConfounderDictionary(cfg.dict_size, dim, cfg.dictionary, "IVC dictionary")
         accept_former_names(self, FORMER_NAMES)
 
@@ -103,14 +103,16 @@ class IVC(nn.Module):
         g = pi @ g_m @ pi.transpose(-1, -2)
         return g / g.sum(-1, keepdim=True).clamp_min(1e-12)
 
-    def relate(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-        """Static context out, then the hierarchical relation encoder: ``V -> V'[B,N,D]`` and the alignment loss."""
+    def level1(self, v: Tensor, return_maps: bool = False) -> tuple[Tensor, Tensor | None]:
+        """(Ablation ``static``: the clip's mean token out,) then ``V1 = R_V(V~)[B,N,D]`` and, when asked, its bases
+        ``G^V[B,K,N,N]``."""
         if self.static:
             v = v - v.mean(1, keepdim=True)
-        if self.align_weight > 0:
-            v1, g_v = self.video_relation(v, return_maps=True)
-        else:
-            v1, g_v = self.video_relation(v), None
+        return self.video_relation(v, return_maps=True) if return_maps else (self.video_relation(v), None)
+
+    def relate(self, v: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        """The hierarchical relation encoder: ``V -> V'[B,N,D]`` and the alignment loss."""
+        v1, g_v = self.level1(v, return_maps=self.align_weight > 0)
         h = self.norm_relate(v1)
         g_mv = self.transported_maps(h, m)
         prior = torch.softmax(self.mediator_base_logits, dim=0)
@@ -155,6 +157,6 @@ class IVC(nn.Module):
 
     def maps(self, state: StageState) -> dict[str, Tensor]:
         v_prime, m, _ = self.encode(state.video, state.texts)
-        g = self.transported_maps(self.norm_relate(self.video_relation(state.video)), m)
+        g = self.transported_maps(self.norm_relate(self.level1(state.video)[0]), m)
         return {"IVC P(m|V) (tokens x labels)": self.mediator_weights(self.norm(v_prime), m)} | {
             f"IVC transported base {k} (tokens x tokens)": g[:, k] for k in range(g.shape[1])}
