@@ -109,7 +109,7 @@ def mediator_collapse(model: PCMCI, clips: Tensor, batch: int = 16) -> dict[str,
 
     def capture(stage: torch.nn.Module, args: tuple[Any, ...]) -> None:
         v_prime, m, _ = stage.encode(args[0].video, args[0].texts)
-        a = stage.mediator_weights(stage.norm(v_prime), m)
+        a = stage.mediator_given(v_prime, m)
         weights.append(a.cpu())
         mediated.append((a @ m).flatten(0, 1).cpu())
 

@@ -124,6 +124,10 @@ class IVC(nn.Module):
         """``P(m|V)``: ``A[B,N,L] = softmax_L(LN_a(V') W_a M^T / sqrt(D))`` from ``h = LN_a(V')``."""
         return torch.softmax(self.mediator_attn_proj(h) @ m.transpose(1, 2) / math.sqrt(m.shape[-1]), dim=-1)
 
+    def mediator_given(self, v_prime: Tensor, m: Tensor) -> Tensor:
+        """``P(m|V)[B,N,L]`` read from ``V'`` itself (what readers outside the forward pass ask for)."""
+        return self.mediator_weights(self.norm(v_prime), m)
+
     def intervene(self, v_prime: Tensor, m: Tensor) -> Tensor:
         """Front-door sum: ``V* = V' + W_f [M^; V^]`` with ``M^ = A M`` and ``V^ = NWGM(LN_a V', D_V, p_v)``
         (``mediator_only``: ``V* = W_m M^ + V^ + E_pos``, ``V^ = NWGM(M^, D_V, p_v)``)."""
@@ -158,5 +162,5 @@ class IVC(nn.Module):
     def maps(self, state: StageState) -> dict[str, Tensor]:
         v_prime, m, _ = self.encode(state.video, state.texts)
         g = self.transported_maps(self.norm_relate(self.level1(state.video)[0]), m)
-        return {"IVC P(m|V) (tokens x labels)": self.mediator_weights(self.norm(v_prime), m)} | {
+        return {"IVC P(m|V) (tokens x labels)": self.mediator_given(v_prime, m)} | {
             f"IVC transported base {k} (tokens x tokens)": g[:, k] for k in range(g.shape[1])}
