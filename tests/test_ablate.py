@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pcmci.experiments.ablate import DEFAULT_VARIANTS, SWITCHES, VARIANTS, summarise, variant_config
+from pcmci.experiments.ablate import (DEFAULT_VARIANTS, SWITCHES, VARIANTS, markdown, source_digest, summarise,
+                                      variant_config)
 from pcmci.cli import main
 
 
@@ -39,6 +40,30 @@ def test_summary_and_config_of_one_run(tmp_path: Path) -> None:
     assert cfg.run.out_dir == str(tmp_path / "x")
 
 
+def test_table_shows_each_counterfactual_score_or_na() -> None:
+    cell = {"test_ood": {"acc": summarise([0.5, 0.7]), "map": summarise([0.4, 0.4])}}
+    report = {"config": "tiny", "overrides": [], "seeds": 2, "splits": ["test_ood"], "seconds": 1.0, "variants": {
+        "full": {"stages": ["ich"], **cell, "flip_rate": summarise([0.25, 0.75]), "still_object_acc": summarise([1.0, 0.5])},
+        "baseline": {"stages": [], **cell, "flip_rate": None, "still_object_acc": None}}}
+    md = markdown(report)
+    assert "| full | `['ich']` | 0.6000 ± 0.1000 | 0.4000 ± 0.0000 | 0.5000 ± 0.2500 | 0.7500 ± 0.2500 |" in md
+    assert "| baseline | `[]` | 0.6000 ± 0.1000 | 0.4000 ± 0.0000 | n/a | n/a |" in md
+
+
+def test_source_digest_follows_the_code_and_ignores_bytecode(tmp_path: Path) -> None:
+    """A finished run is reused only under the code that trained it: any edit of a source file changes the key."""
+    pkg, kern = tmp_path / "pkg", tmp_path / "kern"
+    for folder in (pkg / "__pycache__", kern):
+        folder.mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (kern / "k.py").write_text("y = 2\n")
+    first = source_digest((pkg, kern))
+    (pkg / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    assert source_digest((pkg, kern)) == first
+    (kern / "k.py").write_text("y = 3\n")
+    assert source_digest((pkg, kern)) != first and len(first) == 64
+
+
 @pytest.mark.slow
 def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_path: Path, capsys,
                                                      caplog: pytest.LogCaptureFixture) -> None:
@@ -56,9 +81,11 @@ def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_pa
                 assert len(cell["values"]) == 2 and 0.0 <= cell["mean"] <= 1.0
         flips = variant["flip_rate"]["values"]
         assert len(flips) == 2 and all(0.0 <= f <= 1.0 for f in flips)
+        assert variant["still_object_acc"] is None  # the fixture set has no still-object pair
     md = (out / "ablation.md").read_text()
-    assert "| variant | stages | test_id acc | test_id mAP | test_ood acc | test_ood mAP | test_ood flip rate |" in md
-    assert "| ivc | `['ivc']` |" in md
+    assert ("| variant | stages | test_id acc | test_id mAP | test_ood acc | test_ood mAP | test_ood flip rate | "
+            "test_ood still-object acc |") in md
+    assert "| ivc | `['ivc']` |" in md and md.count("| n/a |") == 2
     for png in ("ablation_acc.png", "ablation_map.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert (out / "ivc-seed1" / "checkpoint.pt").is_file()

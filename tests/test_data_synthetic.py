@@ -137,11 +137,13 @@ def test_still_cause_is_identical_in_every_frame_while_the_camera_moves_the_room
     behind it scrolls, shakes and flickers, and its twin class shares the exact action sequence."""
     from pcmci.data.synthetic import DEMO_SCENE, STILL_PAIRS, TOOLS, _plan, _render, activities, tools
 
-    table = activities(DEMO_SCENE.still_pairs)
+    table = DEMO_SCENE.classes()
     own, twin, tool, _ = STILL_PAIRS[0]
+    assert table == activities(1, order_pairs=False)
     assert table[own] == table[twin] and tools(1) == {own: tool, twin: STILL_PAIRS[0][3]}
     label = list(table).index(own)
-    _, style, distractor, _, rng = _plan(0, "train", label, 0.9, DEMO_SCENE.still_pairs)
+    _, style, distractor, _, rng = _plan(0, "train", label, 0.9, DEMO_SCENE.still_pairs,
+                                         order_pairs=DEMO_SCENE.order_pairs)
     frames = _render(label, style, distractor, 8, 64, rng, DEMO_SCENE, noise=False).astype(float)
     colour = np.array(TOOLS[tool], dtype=float)
     tool_px = (np.abs(frames - colour).max(-1) < 1).all(0)  # the tool's colour in every frame, at the same pixels
@@ -215,7 +217,7 @@ def test_joint_context_shares_one_draw_and_keeps_the_videos_motion(tmp_path) -> 
     assert meta["scene"]["context"] == "joint"
     assert all(v["distractor"] == v["background"] == v["prop"] for v in meta["videos"])
     independent = {**meta, "scene": {**meta["scene"], "context": "independent"}}
-    rows = confounder_table(0, 14, 14, 0.9, joint.still_pairs, props=True)
+    rows = confounder_table(0, 14, 14, 0.9, joint.still_pairs, props=True, order_pairs=joint.order_pairs)
     assert [r["background"] for r in rows] == [v["background"] for v in meta["videos"]]
     for video in meta["videos"][:4]:
         ids = (video["background"], video["distractor"], video["prop"])

@@ -25,6 +25,11 @@ def test_demo_writes_report_json_markdown_and_plots(tmp_path, capsys) -> None:
     assert set(report["setup"]["support"]) == {"train", "test_id", "test_ood"} and "Positivity: " in md
     meta = json.loads((out / "data-unconfounded" / "meta.json").read_text())
     assert meta["confound"] == 0.0 and meta["n_train"] == 12
+    # the demo's scene: a moving camera and one still-object pair, 5 classes (no order-only pairs)
+    assert meta["scene"]["camera"] > 0 and report["setup"]["still_object_classes"] == ["fry egg", "boil egg"]
+    assert list(meta["activities"]) == ["make cereal", "fry egg", "make juice", "make sandwich", "boil egg"]
+    for cell in report["still_object_acc"].values():
+        assert all(0.0 <= v <= 1.0 for v in cell["values"])
     for png in ("training_curves.png", "id_ood_acc.png", "id_ood_map.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert report["profile"]["params"] > 1e5 and report["profile"]["flops_per_clip"] > 1e6

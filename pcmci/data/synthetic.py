@@ -126,7 +126,8 @@ class Scene:
         return activities(self.still_pairs, self.order_pairs)
 
 
-DEMO_SCENE = Scene(camera=0.3, lighting=0.3, distractor_motion=0.5, still_pairs=1)
+DEMO_SCENE = Scene(camera=0.3, lighting=0.3, distractor_motion=0.5, still_pairs=1, order_pairs=False)
+"""The demo's scene: camera motion, light drift, a moving distractor and one still-object pair, 5 classes."""
 
 
 def activities(still_pairs: int = 0, order_pairs: bool = True) -> dict[str, list[str]]:

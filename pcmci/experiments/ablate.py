@@ -6,13 +6,15 @@ training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the hea
 former default), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean frame and
 temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` +
 ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std of accuracy and mAP per split, and on synthetic
-sets the counterfactual flip rate (``ablation.json``, ``ablation.md``, ``ablation_acc.png``, ``ablation_map.png``).
-Each finished run is kept in its folder and reused when the ablation is run again; ``--jobs N`` trains N runs at a
-time.
+sets the counterfactual flip rate and the still-object accuracy (the classes told apart only by a still tool) on the
+last split (``ablation.json``, ``ablation.md``, ``ablation_acc.png``, ``ablation_map.png``). Each finished run is
+kept in its folder and reused when the ablation is run again with the same config, seed and source code
+(:func:`source_digest`); ``--jobs N`` trains N runs at a time.
 """
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -25,11 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import kernels
 from ..config import STAGE_NAMES, Config, ConfigError, load_config
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_grouped_bars
 from ..engine.train import train
-from .diagnose import checkpoint_flip_rate, synthetic_pairs
+from .diagnose import counterfactual_scores, synthetic_pairs
 
 log = logging.getLogger(__name__)
 VARIANTS: dict[str, list[str]] = {
@@ -54,6 +57,19 @@ SWITCHES: dict[str, list[str]] = {  # config choices of a variant beyond its sta
 }
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in SWITCHES]
 METRICS = ("acc", "map")
+SCORES = ("flip_rate", "still_object_acc")  # counterfactual scores on the last split (synthetic sets)
+_SOURCES = (Path(__file__).resolve().parents[1], Path(kernels.__file__).resolve().parent)
+
+
+def source_digest(roots: tuple[Path, ...] = _SOURCES) -> str:
+    """SHA-256 of the Python sources under ``roots`` (by default ``pcmci`` and ``pcmci.kernels``, which an editable
+    install keeps in another folder): a finished run is reused only by an ablation running the code that trained
+    it."""
+    digest = hashlib.sha256()
+    files = {p for root in roots for p in root.rglob("*.py") if "__pycache__" not in p.parts}
+    for path in sorted(files):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def summarise(values: list[float]) -> dict[str, Any]:
@@ -73,13 +89,14 @@ def variant_config(source: str, overrides: list[str], stages: list[str], seed: i
 def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, device: str,
             progress: bool) -> dict[str, Any]:
     """Train + evaluate one (variant, seed); the result is kept in ``out/<name>-seed<k>/ablation_run.json`` and
-    reused by a later ablation with the same config, stages and seed (an interrupted ablation loses no run)."""
+    reused by a later ablation with the same config, stages, seed and source code (an interrupted ablation loses no
+    run)."""
     run_dir = out / f"{name}-seed{seed}"
     cfg = variant_config(source, overrides, VARIANTS[name], seed, run_dir, SWITCHES.get(name))
     cfg.run.device = device if device != "auto" else cfg.run.device
     cfg.run.progress = cfg.run.progress and progress
     key = {"config": source, "overrides": overrides, "stages": VARIANTS[name], "switches": SWITCHES.get(name, []),
-           "seed": seed}
+           "seed": seed, "source": source_digest()}
     saved = run_dir / "ablation_run.json"
     if saved.is_file():
         done = json.loads(saved.read_text())
@@ -91,8 +108,8 @@ def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, 
     checkpoint = train(cfg)
     results = evaluate(checkpoint, splits, device=cfg.run.device, progress=progress)
     pairs = synthetic_pairs(cfg, splits[-1], limit=240)
-    done = {"key": key, "results": {s: {m: float(results[s][m]) for m in METRICS} for s in splits},
-            "flip_rate": None if pairs is None else checkpoint_flip_rate(checkpoint, pairs, cfg.run.device)}
+    scores = dict.fromkeys(SCORES) if pairs is None else counterfactual_scores(checkpoint, pairs, cfg.run.device)
+    done = {"key": key, "results": {s: {m: float(results[s][m]) for m in METRICS} for s in splits}, **scores}
     tmp = saved.with_suffix(".tmp")
     tmp.write_text(json.dumps(done, indent=2))
     tmp.replace(saved)
@@ -131,18 +148,19 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
             futures = [pool.submit(run_one, source, overrides, name, seed, out, device, False) for name, seed in todo]
             done = [f.result() for f in tqdm(futures, desc="ablation runs", disable=not progress)]
     runs = {name: {split: {m: [] for m in METRICS} for split in splits} for name in names}
-    flips: dict[str, list[float]] = {name: [] for name in names}
+    scores: dict[str, dict[str, list[float]]] = {name: {s: [] for s in SCORES} for name in names}
     for (name, _), result in zip(todo, done):
         for split in splits:
             for metric in METRICS:
                 runs[name][split][metric].append(result["results"][split][metric])
-        if result["flip_rate"] is not None:
-            flips[name].append(result["flip_rate"])
+        for score in SCORES:
+            if result[score] is not None:
+                scores[name][score].append(result[score])
     report = {
         "config": source, "overrides": overrides, "seeds": seeds, "splits": splits,
         "variants": {name: {"stages": VARIANTS[name], "switches": SWITCHES.get(name, []),
                             **{split: {m: summarise(v) for m, v in ms.items()} for split, ms in per.items()},
-                            "flip_rate": summarise(flips[name]) if flips[name] else None}
+                            **{s: summarise(v) if v else None for s, v in scores[name].items()}}
                      for name, per in runs.items()},
         "seconds": round(time.perf_counter() - tic, 1),
     }
@@ -162,14 +180,17 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The ablation table: one row per variant, mean ± std per split and metric."""
+    """The ablation table: one row per variant, mean ± std per split and metric, then the counterfactual scores
+    (n/a where the set has none)."""
     splits = report["splits"]
-    head = " | ".join(f"{s} {m}" for s in splits for m in ("acc", "mAP")) + f" | {splits[-1]} flip rate"
+    head = (" | ".join(f"{s} {m}" for s in splits for m in ("acc", "mAP"))
+            + f" | {splits[-1]} flip rate | {splits[-1]} still-object acc")
     rows = []
     for name, v in report["variants"].items():
         cells = " | ".join(f"{v[s][m]['mean']:.4f} ± {v[s][m]['std']:.4f}" for s in splits for m in METRICS)
-        flip = v.get("flip_rate")
-        cells += " | " + ("n/a" if flip is None else f"{flip['mean']:.4f} ± {flip['std']:.4f}")
+        for score in SCORES:
+            cell = v.get(score)
+            cells += " | " + ("n/a" if cell is None else f"{cell['mean']:.4f} ± {cell['std']:.4f}")
         switches = " ".join(v.get("switches", []))
         rows.append(f"| {name} | `{v['stages']}`{' ' + switches if switches else ''} | {cells} |")
     return "\n".join([
@@ -178,11 +199,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['seeds']} seed(s) per variant, same hyperparameters for every variant, {report['seconds']} s in all.",
         "",
         f"| variant | stages | {head} |",
-        "|---|---|" + "---:|" * (2 * len(splits) + 1),
+        "|---|---|" + "---:|" * (2 * len(splits) + len(SCORES)),
         *rows,
         "",
         f"Flip rate: share of `{splits[-1]}` videos whose prediction changes when the same motion is re-rendered with "
-        "another background and distractor (and prop, in sets with props; synthetic sets only; lower is better).",
+        "another background and distractor (and prop, in sets with props; synthetic sets only; lower is better). "
+        f"Still-object acc: accuracy on the `{splits[-1]}` videos of the classes told apart from a twin only by a "
+        "tool that sits still (synthetic sets with still-object pairs only).",
         "",
         "![accuracy](ablation_acc.png)",
         "![mAP](ablation_map.png)",

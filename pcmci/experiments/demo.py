@@ -19,12 +19,12 @@ import torch
 
 from ..config import STAGE_NAMES, preset
 from ..data.synthetic import DEMO_SCENE, GENERATOR, Scene, support, synthesize
-from ..engine.evaluate import evaluate, load_model
+from ..engine.evaluate import evaluate
 from ..engine.plots import plot_grouped_bars, plot_training_curves
 from ..engine.runtime import resolve_device
 from ..engine.train import train
 from ..profiling import ProfileOptions, run_profile
-from .diagnose import counterfactual_pairs, flip_rate, predict_labels, still_object_accuracy
+from .diagnose import counterfactual_pairs, counterfactual_scores
 
 log = logging.getLogger(__name__)
 # name -> (stages, trained on the unconfounded twin)
@@ -43,16 +43,6 @@ def _dataset(data: Path, confound: float, n_train: int, n_test: int, scene: Scen
             log.info("reusing synthetic data in %s", data)
             return data / "manifest.csv"
     return synthesize(data, seed=0, n_train=n_train, n_test=n_test, confound=confound, progress=progress, scene=scene)
-
-
-def _counterfactual_scores(checkpoint: Path, pairs: tuple, meta: dict, device: str) -> tuple[float, float | None]:
-    """(flip rate, still-object accuracy) of a checkpoint on the OOD counterfactual pairs (rendered without a codec),
-    from one load and one pass over the originals; the accuracy is over the classes told apart only by a still
-    tool (None when the set has none)."""
-    model, _ = load_model(checkpoint, resolve_device(device))
-    own = predict_labels(model, pairs[0])
-    classes = [list(meta["activities"]).index(name) for name in meta.get("tools", {})]
-    return flip_rate(own, predict_labels(model, pairs[1])), still_object_accuracy(own, pairs[2], classes)
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -93,10 +83,10 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None =
             ckpt = train(cfg)
             results = evaluate(ckpt, list(SPLITS.values()), device=device, progress=progress)
             if pairs is not None:
-                flip, still_acc = _counterfactual_scores(ckpt, pairs, meta, device)
-                flips[variant].append(flip)
-                if still_acc is not None:
-                    still[variant].append(still_acc)
+                scores = counterfactual_scores(ckpt, pairs, device)
+                flips[variant].append(scores["flip_rate"])
+                if scores["still_object_acc"] is not None:
+                    still[variant].append(scores["still_object_acc"])
             for short, split in SPLITS.items():
                 for metric in ("acc", "map", "top5"):
                     raw[variant][short][metric].append(results[split][metric])

@@ -208,10 +208,15 @@ def synthetic_pairs(cfg: Any, split: str, limit: int) -> tuple[Tensor, Tensor, T
     return counterfactual_pairs(Path(cfg.data.manifest), split, cfg.data.frames, cfg.data.image_size, limit)
 
 
-def checkpoint_flip_rate(checkpoint: str | Path, pairs: tuple[Tensor, Tensor, Tensor], device: str = "auto") -> float:
-    """Flip rate of a trained checkpoint over counterfactual ``pairs`` (original, counterfactual, labels)."""
-    model, _ = load_model(checkpoint, resolve_device(device))
-    return flip_rate(predict_labels(model, pairs[0]), predict_labels(model, pairs[1]))
+def counterfactual_scores(checkpoint: str | Path, pairs: tuple[Tensor, Tensor, Tensor],
+                          device: str = "auto") -> dict[str, float | None]:
+    """A trained checkpoint over counterfactual ``pairs`` (original, counterfactual, labels), from one load and one
+    pass over the originals: ``flip_rate``, and ``still_object_acc``, the accuracy on the originals of the classes
+    told apart only by a still tool (None when the checkpoint's set has none)."""
+    model, cfg = load_model(checkpoint, resolve_device(device))
+    own = predict_labels(model, pairs[0])
+    return {"flip_rate": flip_rate(own, predict_labels(model, pairs[1])),
+            "still_object_acc": still_object_accuracy(own, pairs[2], still_object_classes(cfg, model.classes))}
 
 
 @torch.no_grad()
