@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pcmci.experiments.ablate import (DEFAULT_VARIANTS, SWITCHES, VARIANTS, markdown, source_digest, summarise,
-                                      variant_config)
+                                      summarise_follows, summarise_weights, variant_config)
 from pcmci.cli import main
 
 
@@ -48,20 +48,53 @@ def test_table_shows_each_counterfactual_score_or_na() -> None:
     md = markdown(report)
     assert "| full | `['ich']` | 0.6000 ± 0.1000 | 0.4000 ± 0.0000 | 0.5000 ± 0.2500 | 0.7500 ± 0.2500 |" in md
     assert "| baseline | `[]` | 0.6000 ± 0.1000 | 0.4000 ± 0.0000 | n/a | n/a |" in md
+    assert "What the models follow" not in md and "backdoor weights" not in md  # no such data: no table
 
 
-def test_source_digest_follows_the_code_and_ignores_bytecode(tmp_path: Path) -> None:
-    """A finished run is reused only under the code that trained it: any edit of a source file changes the key."""
-    pkg, kern = tmp_path / "pkg", tmp_path / "kern"
+def test_follows_and_weights_are_summarised_over_seeds_and_tabled() -> None:
+    seeds = [{"clips": 9, "label": 0.5, "background": 0.25, "distractor": 0.0},
+             {"clips": 9, "label": 0.7, "background": 0.05, "distractor": 0.2}]
+    follows = summarise_follows(seeds)
+    assert follows["clips"] == 9 and follows["label"]["mean"] == pytest.approx(0.6)
+    assert follows["background"]["std"] == pytest.approx(0.1)
+    balance = [{"clips": 720, "independence": 0.2, "effective_size": 70.0, "unweighted": {"background": 0.9},
+                "weighted": {"background": 0.3}},
+               {"clips": 720, "independence": 0.2, "effective_size": 80.0, "unweighted": {"background": 0.9},
+                "weighted": {"background": 0.2}}]
+    weights = summarise_weights(balance)
+    assert weights["effective_size"]["mean"] == 75.0 and weights["weighted"]["background"]["mean"] == pytest.approx(0.25)
+    cell = {"test_ood": {"acc": summarise([0.5]), "map": summarise([0.4])}}
+    report = {"config": "tiny", "overrides": [], "seeds": 2, "splits": ["test_ood"], "seconds": 1.0, "variants": {
+        "full": {"stages": ["ivc"], **cell, "flip_rate": None, "still_object_acc": None, "follows": follows,
+                 "weights": weights},
+        "baseline": {"stages": [], **cell, "flip_rate": None, "still_object_acc": None, "follows": None,
+                     "weights": None}}}
+    md = markdown(report)
+    assert "| full | 0.600 ± 0.100 | 0.150 ± 0.100 | 0.100 ± 0.100 |" in md
+    assert "| full | 75 ± 5 | 0.250 ± 0.050 |" in md and "unweighted: background 0.900" in md
+    assert "| baseline |" not in md.split("What the models follow")[1]
+
+
+def test_source_digest_follows_the_training_code_and_ignores_bytecode(tmp_path: Path) -> None:
+    """A finished run is reused only under the code that trained it: any edit of a training source file (a folder
+    of them or one file) changes the key; the studies' own code is not part of it."""
+    from pcmci.experiments.ablate import TRAINING_SOURCES
+
+    pkg, kern, config = tmp_path / "pkg", tmp_path / "kern", tmp_path / "config.py"
     for folder in (pkg / "__pycache__", kern):
         folder.mkdir(parents=True)
     (pkg / "a.py").write_text("x = 1\n")
     (kern / "k.py").write_text("y = 2\n")
-    first = source_digest((pkg, kern))
+    config.write_text("z = 0\n")
+    roots = (config, pkg, kern)
+    first = source_digest(roots)
     (pkg / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
-    assert source_digest((pkg, kern)) == first
+    assert source_digest(roots) == first
     (kern / "k.py").write_text("y = 3\n")
-    assert source_digest((pkg, kern)) != first and len(first) == 64
+    second = source_digest(roots)
+    config.write_text("z = 1\n")
+    assert len({first, second, source_digest(roots)}) == 3 and len(first) == 64
+    assert {p.name for p in TRAINING_SOURCES} == {"config.py", "data", "model", "engine", "kernels"}
 
 
 @pytest.mark.slow
@@ -82,6 +115,7 @@ def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_pa
         flips = variant["flip_rate"]["values"]
         assert len(flips) == 2 and all(0.0 <= f <= 1.0 for f in flips)
         assert variant["still_object_acc"] is None  # the fixture set has no still-object pair
+    assert report["variants"]["baseline"]["weights"] is None and report["variants"]["ivc"]["weights"]["clips"] == 24
     md = (out / "ablation.md").read_text()
     assert ("| variant | stages | test_id acc | test_id mAP | test_ood acc | test_ood mAP | test_ood flip rate | "
             "test_ood still-object acc |") in md

@@ -30,6 +30,8 @@ def test_demo_writes_report_json_markdown_and_plots(tmp_path, capsys) -> None:
     assert list(meta["activities"]) == ["make cereal", "fry egg", "make juice", "make sandwich", "boil egg"]
     for cell in report["still_object_acc"].values():
         assert all(0.0 <= v <= 1.0 for v in cell["values"])
+    assert set(report["weights"]) == {"full"} and report["weights"]["full"]["clips"] == 12  # only IVC has weights
+    assert "backdoor weights" in md
     for png in ("training_curves.png", "id_ood_acc.png", "id_ood_map.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert report["profile"]["params"] > 1e5 and report["profile"]["flops_per_clip"] > 1e6

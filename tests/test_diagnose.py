@@ -1,6 +1,7 @@
 """Causal diagnostics on hand-built cases with known answers, and the command end to end."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def test_diagnose_command_end_to_end(synthetic_set: Path, tmp_path: Path, capsys
     report = json.loads((run / "diagnose" / "diagnose.json").read_text())
     assert report["videos"] == 6 and set(report["probes"]) == {"original", "repeated frame", "time-reversed", "shuffled"}
     assert report["counterfactual"]["pairs"] == 6 and 0.0 <= report["counterfactual"]["flip_rate"] <= 1.0
+    _check_balance_against_a_loop(report["weights"], run / "checkpoint.pt", synthetic_set)
     maps = report["video"]["maps"]
     plan = maps["ICH transport plan L·Q = proxy weights O (labels x frames)"]  # the default proxy is the plan
     assert len(plan) == 14  # 6 classes + 8 actions
@@ -91,6 +93,43 @@ def test_diagnose_command_end_to_end(synthetic_set: Path, tmp_path: Path, capsys
     assert main(["--quiet", "diagnose", str(baseline / "checkpoint.pt"), "--video", str(video), "--limit", "6"]) == 0
     assert json.loads((baseline / "diagnose" / "diagnose.json").read_text())["video"]["maps"] == {}
     assert "nothing to draw" in (baseline / "diagnose" / "diagnose.md").read_text()
+
+
+def _check_balance_against_a_loop(balance: dict, checkpoint: Path, manifest: Path) -> None:
+    """IVC's weights read back from the checkpoint and matched to the training rows of ``manifest.csv`` by their
+    order there (a second path from the one ``backdoor_balance`` takes, which matches dataset records by path), then
+    the weighted own-class share of each confounder summed in float64, one clip at a time."""
+    weights = torch.load(checkpoint, weights_only=True)["clip_weights"].tolist()
+    meta = json.loads((manifest.parent / "meta.json").read_text())
+    rows = [r for r in csv.DictReader(manifest.open()) if r["split"] == "train"]
+    videos = {v["path"]: v for v in meta["videos"]}
+    assert balance["clips"] == len(rows) == len(weights)
+    for name in ("background", "distractor"):
+        own = total = 0.0
+        for row, w in zip(rows, weights):
+            video = videos[row["path"]]
+            total += w
+            own += w if video[name] == video["label"] else 0.0
+        assert balance["weighted"][name] == pytest.approx(own / total, rel=1e-12, abs=1e-12)
+        share = sum(videos[r["path"]][name] == videos[r["path"]]["label"] for r in rows) / len(rows)
+        assert balance["unweighted"][name] == pytest.approx(share, abs=1e-12)
+    assert balance["effective_size"] == pytest.approx(sum(weights) ** 2 / sum(w * w for w in weights), rel=1e-9)
+    assert balance["independence"] == pytest.approx(1 / len(meta["activities"]))
+
+
+def test_follows_counts_only_clips_whose_confounders_all_point_elsewhere() -> None:
+    """Five clips by hand: the first two have label and both confounders on three different classes; the third's
+    background is its own class, the fourth's confounders agree with each other, the fifth is the label's own."""
+    from pcmci.experiments.diagnose import CounterfactualPairs, follows
+
+    empty = torch.zeros(5, 1)
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    confounders = torch.tensor([[1, 2], [3, 4], [2, 0], [1, 1], [4, 4]])
+    pairs = CounterfactualPairs(empty, empty, labels, confounders, ("background", "distractor"))
+    found = follows(torch.tensor([1, 4, 2, 1, 4]), pairs)  # clip 0 names its background, clip 1 its distractor
+    assert found == {"clips": 2, "label": 0.0, "background": 0.5, "distractor": 0.5}
+    assert follows(labels, pairs)["label"] == 1.0
+    assert follows(labels[2:], CounterfactualPairs(empty, empty, labels[2:], confounders[2:], pairs[4])) is None
 
 
 def test_still_object_accuracy_and_an_uninformative_probe_is_named(tiny_model) -> None:

@@ -6,8 +6,9 @@ training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the hea
 former default), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean frame and
 temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` +
 ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std of accuracy and mAP per split, and on synthetic
-sets the counterfactual flip rate and the still-object accuracy (the classes told apart only by a still tool) on the
-last split (``ablation.json``, ``ablation.md``, ``ablation_acc.png``, ``ablation_map.png``). Each finished run is
+sets the counterfactual flip rate, the still-object accuracy (the classes told apart only by a still tool) and what
+the models follow (label or a confounder's class, :func:`~pcmci.experiments.diagnose.follows`) on the last split,
+and the balance of IVC's backdoor weights (``ablation.json``, ``ablation.md``, ``ablation_acc.png``, ``ablation_map.png``). Each finished run is
 kept in its folder and reused when the ablation is run again with the same config, seed and source code
 (:func:`source_digest`); ``--jobs N`` trains N runs at a time.
 """
@@ -32,7 +33,7 @@ from ..config import STAGE_NAMES, Config, ConfigError, load_config
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_grouped_bars
 from ..engine.train import train
-from .diagnose import counterfactual_scores, synthetic_pairs
+from .diagnose import CONFOUNDERS, counterfactual_scores, synthetic_pairs
 
 log = logging.getLogger(__name__)
 VARIANTS: dict[str, list[str]] = {
@@ -58,15 +59,19 @@ SWITCHES: dict[str, list[str]] = {  # config choices of a variant beyond its sta
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in SWITCHES]
 METRICS = ("acc", "map")
 SCORES = ("flip_rate", "still_object_acc")  # counterfactual scores on the last split (synthetic sets)
-_SOURCES = (Path(__file__).resolve().parents[1], Path(kernels.__file__).resolve().parent)
+EXTRAS = (*SCORES, "follows", "weights")  # what a run records beyond the metrics (None where it does not apply)
+_PACKAGE = Path(__file__).resolve().parents[1]
+# What trains and evaluates a run (the kernels live elsewhere in an editable install); not the studies' reporting.
+TRAINING_SOURCES = (_PACKAGE / "config.py", _PACKAGE / "data", _PACKAGE / "model", _PACKAGE / "engine",
+                    Path(kernels.__file__).resolve().parent)
 
 
-def source_digest(roots: tuple[Path, ...] = _SOURCES) -> str:
-    """SHA-256 of the Python sources under ``roots`` (by default ``pcmci`` and ``pcmci.kernels``, which an editable
-    install keeps in another folder): a finished run is reused only by an ablation running the code that trained
-    it."""
+def source_digest(roots: tuple[Path, ...] = TRAINING_SOURCES) -> str:
+    """SHA-256 of the Python files (and folders of them) in ``roots``, by default the code that trains and evaluates
+    a run: a finished run is reused only by an ablation whose training code is the code that trained it."""
     digest = hashlib.sha256()
-    files = {p for root in roots for p in root.rglob("*.py") if "__pycache__" not in p.parts}
+    files = {p for root in roots for p in ([root] if root.is_file() else root.rglob("*.py"))
+             if "__pycache__" not in p.parts}
     for path in sorted(files):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -75,6 +80,24 @@ def source_digest(roots: tuple[Path, ...] = _SOURCES) -> str:
 def summarise(values: list[float]) -> dict[str, Any]:
     """``{"mean", "std", "values"}`` (population std; 0 for one seed)."""
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
+
+
+def summarise_follows(found: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Seeds' :func:`~pcmci.experiments.diagnose.follows` shares, each summarised over the seeds (same clips)."""
+    if not found:
+        return None
+    return {"clips": found[0]["clips"], **{k: summarise([f[k] for f in found]) for k in found[0] if k != "clips"}}
+
+
+def summarise_weights(found: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Seeds' :func:`~pcmci.experiments.diagnose.backdoor_balance`: the weighted shares and the effective size
+    summarised over the seeds; the unweighted shares and ``1/C`` are the data's, the same for every seed."""
+    if not found:
+        return None
+    first = found[0]
+    return {"clips": first["clips"], "independence": first["independence"], "unweighted": first["unweighted"],
+            "effective_size": summarise([f["effective_size"] for f in found]),
+            "weighted": {k: summarise([f["weighted"][k] for f in found]) for k in first["weighted"]}}
 
 
 def variant_config(source: str, overrides: list[str], stages: list[str], seed: int, out_dir: Path,
@@ -89,31 +112,31 @@ def variant_config(source: str, overrides: list[str], stages: list[str], seed: i
 def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, device: str,
             progress: bool) -> dict[str, Any]:
     """Train + evaluate one (variant, seed); the result is kept in ``out/<name>-seed<k>/ablation_run.json`` and
-    reused by a later ablation with the same config, stages, seed and source code (an interrupted ablation loses no
-    run)."""
+    reused by a later ablation with the same config, stages, seed and training code (an interrupted ablation loses
+    no run). The counterfactual scores are computed from the checkpoint each time (seconds), so a reused run reports
+    what today's diagnostics measure."""
     run_dir = out / f"{name}-seed{seed}"
     cfg = variant_config(source, overrides, VARIANTS[name], seed, run_dir, SWITCHES.get(name))
     cfg.run.device = device if device != "auto" else cfg.run.device
     cfg.run.progress = cfg.run.progress and progress
     key = {"config": source, "overrides": overrides, "stages": VARIANTS[name], "switches": SWITCHES.get(name, []),
            "seed": seed, "source": source_digest()}
-    saved = run_dir / "ablation_run.json"
-    if saved.is_file():
-        done = json.loads(saved.read_text())
-        if done.get("key") == key:
-            log.info("ablation: reusing %s (stages=%s), seed %d from %s", name, VARIANTS[name], seed, saved)
-            return done
-    log.info("ablation: %s (stages=%s), seed %d", name, VARIANTS[name], seed)
+    saved, checkpoint = run_dir / "ablation_run.json", run_dir / "checkpoint.pt"
     splits = cfg.data.eval_splits
-    checkpoint = train(cfg)
-    results = evaluate(checkpoint, splits, device=cfg.run.device, progress=progress)
+    done = json.loads(saved.read_text()) if saved.is_file() else {}
+    if done.get("key") == key and checkpoint.is_file():
+        log.info("ablation: reusing %s (stages=%s), seed %d from %s", name, VARIANTS[name], seed, saved)
+    else:
+        log.info("ablation: %s (stages=%s), seed %d", name, VARIANTS[name], seed)
+        checkpoint = train(cfg)
+        results = evaluate(checkpoint, splits, device=cfg.run.device, progress=progress)
+        done = {"key": key, "results": {s: {m: float(results[s][m]) for m in METRICS} for s in splits}}
+        tmp = saved.with_suffix(".tmp")
+        tmp.write_text(json.dumps(done, indent=2))
+        tmp.replace(saved)
     pairs = synthetic_pairs(cfg, splits[-1], limit=240)
-    scores = dict.fromkeys(SCORES) if pairs is None else counterfactual_scores(checkpoint, pairs, cfg.run.device)
-    done = {"key": key, "results": {s: {m: float(results[s][m]) for m in METRICS} for s in splits}, **scores}
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(json.dumps(done, indent=2))
-    tmp.replace(saved)
-    return done
+    scores = dict.fromkeys(EXTRAS) if pairs is None else counterfactual_scores(checkpoint, pairs, cfg.run.device)
+    return {**done, **scores}
 
 
 def _worker_init(threads: int, level: int) -> None:
@@ -148,19 +171,21 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
             futures = [pool.submit(run_one, source, overrides, name, seed, out, device, False) for name, seed in todo]
             done = [f.result() for f in tqdm(futures, desc="ablation runs", disable=not progress)]
     runs = {name: {split: {m: [] for m in METRICS} for split in splits} for name in names}
-    scores: dict[str, dict[str, list[float]]] = {name: {s: [] for s in SCORES} for name in names}
+    scores: dict[str, dict[str, list[Any]]] = {name: {s: [] for s in EXTRAS} for name in names}
     for (name, _), result in zip(todo, done):
         for split in splits:
             for metric in METRICS:
                 runs[name][split][metric].append(result["results"][split][metric])
-        for score in SCORES:
-            if result[score] is not None:
+        for score in EXTRAS:
+            if result.get(score) is not None:
                 scores[name][score].append(result[score])
     report = {
         "config": source, "overrides": overrides, "seeds": seeds, "splits": splits,
         "variants": {name: {"stages": VARIANTS[name], "switches": SWITCHES.get(name, []),
                             **{split: {m: summarise(v) for m, v in ms.items()} for split, ms in per.items()},
-                            **{s: summarise(v) if v else None for s, v in scores[name].items()}}
+                            **{s: summarise(scores[name][s]) if scores[name][s] else None for s in SCORES},
+                            "follows": summarise_follows(scores[name]["follows"]),
+                            "weights": summarise_weights(scores[name]["weights"])}
                      for name, per in runs.items()},
         "seconds": round(time.perf_counter() - tic, 1),
     }
@@ -181,7 +206,8 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     """The ablation table: one row per variant, mean ± std per split and metric, then the counterfactual scores
-    (n/a where the set has none)."""
+    (n/a where the set has none); below it what the models follow and the balance of the backdoor weights, where
+    the runs have them."""
     splits = report["splits"]
     head = (" | ".join(f"{s} {m}" for s in splits for m in ("acc", "mAP"))
             + f" | {splits[-1]} flip rate | {splits[-1]} still-object acc")
@@ -207,7 +233,47 @@ def markdown(report: dict[str, Any]) -> str:
         f"Still-object acc: accuracy on the `{splits[-1]}` videos of the classes told apart from a twin only by a "
         "tool that sits still (synthetic sets with still-object pairs only).",
         "",
+        *_follows_table(report),
+        *_weights_table(report),
         "![accuracy](ablation_acc.png)",
         "![mAP](ablation_map.png)",
         "",
     ])
+
+
+def _cell(summary: dict[str, Any]) -> str:
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def _follows_table(report: dict[str, Any]) -> list[str]:
+    """Which class the predictions name on clips whose confounders each point elsewhere (synthetic sets)."""
+    found = {name: v["follows"] for name, v in report["variants"].items() if v.get("follows")}
+    if not found:
+        return []
+    names = [k for k in CONFOUNDERS if any(k in f for f in found.values())]
+    rows = [f"| {name} | {_cell(f['label'])} | " + " | ".join(_cell(f[k]) if k in f else "n/a" for k in names) + " |"
+            for name, f in found.items()]
+    clips = next(iter(found.values()))["clips"]
+    return [f"What the models follow: on the {clips} `{report['splits'][-1]}` clips whose label and confounders each "
+            "point to a different class, the share of predictions that name the label or a confounder's class.", "",
+            "| variant | label | " + " | ".join(f"{k}'s class" for k in names) + " |",
+            "|---|---:|" + "---:|" * len(names), *rows, ""]
+
+
+def _weights_table(report: dict[str, Any]) -> list[str]:
+    """How IVC's backdoor weights balance each confounder of the training split (variants trained with them)."""
+    found = {name: v["weights"] for name, v in report["variants"].items() if v.get("weights")}
+    if not found:
+        return []
+    first = next(iter(found.values()))
+    names = list(first["weighted"])
+    rows = [f"| {name} | {w['effective_size']['mean']:.0f} ± {w['effective_size']['std']:.0f} | "
+            + " | ".join(_cell(w["weighted"][k]) for k in names) + " |"
+            for name, w in found.items()]
+    unweighted = ", ".join(f"{k} {first['unweighted'][k]:.3f}" for k in names)
+    return [f"IVC's backdoor weights: share of the {first['clips']} training clips whose confounder is their own "
+            f"class's, weighted (unweighted: {unweighted}; independence 1/C = {first['independence']:.3f}), and the "
+            "weights' effective sample size. A confounder the single-frame references missed keeps its unweighted "
+            "share.", "",
+            "| variant | effective size | " + " | ".join(f"weighted {k}" for k in names) + " |",
+            "|---|---:|" + "---:|" * len(names), *rows, ""]

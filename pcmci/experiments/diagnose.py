@@ -7,6 +7,14 @@
 - Counterfactual pairs (synthetic sets, found by their ``meta.json``): each test video re-rendered with the same
   motion, camera and light and another background and distractor (and prop); the flip rate is the share of pairs
   whose prediction changes. Still-object probe: accuracy on the classes that differ only by a still tool.
+- What the model follows (synthetic sets): on the test clips whose confounders each point to a class other than the
+  label (and to different ones), the share of predictions naming the label, the background's class, the
+  distractor's class (and the prop's). It says which confounder a model learned, where accuracy only says that it
+  learned one.
+- IVC's backdoor weights (a checkpoint trained with ``model.ivc.reweight`` on a synthetic set): the weighted share
+  of training clips whose background / distractor / prop is their own class's, against the unweighted share and
+  ``1/C`` (independence), and the weights' effective sample size — which confounders the single-frame references
+  found and balanced.
 - IVC's mediator over the split: the entropy of ``P(m|V)`` (share of ``log L``; near 0 = every token picks one
   label) and the effective rank of ``M^`` (exp of the entropy of its singular values; near 1 = one mediator for
   every clip, nothing of the video reaches the head).
@@ -21,7 +29,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +41,7 @@ from ..data.datasets import build_dataset, preprocess
 from ..data.decode import decode_frames, probe
 from ..data.sampling import segment_indices
 from ..data.synthetic import render_counterfactual
+from ..engine.checkpoint import load_checkpoint
 from ..engine.evaluate import load_model
 from ..engine.plots import plot_grouped_bars, plot_heatmaps
 from ..engine.runtime import resolve_device
@@ -41,6 +50,19 @@ from ..model import PCMCI
 
 log = logging.getLogger(__name__)
 Classifier = Callable[[Tensor], dict[str, Tensor]]
+CONFOUNDERS = ("background", "distractor", "prop")  # a synthetic video's confounder ids; id k is class k's own
+
+
+class CounterfactualPairs(NamedTuple):
+    """Test clips of a synthetic set and their counterfactuals: ``original[n,F,3,H,W]``, ``counterfactual`` (same
+    motion, camera and light; every confounder moved to another kind), ``labels[n]``, and ``confounders[n,k]``, the
+    original's ids of the confounders named in ``confounder_names`` (id k goes with class k)."""
+
+    original: Tensor
+    counterfactual: Tensor
+    labels: Tensor
+    confounders: Tensor
+    confounder_names: tuple[str, ...]
 
 
 def repeated_frame(clips: Tensor) -> Tensor:
@@ -148,16 +170,17 @@ def load_clips(cfg: Any, split: str, limit: int, progress: bool) -> tuple[Tensor
 
 
 def counterfactual_pairs(manifest: Path, split: str, frames: int, image_size: int,
-                         limit: int) -> tuple[Tensor, Tensor, Tensor] | None:
-    """(original, counterfactual, labels) clips of a synthetic set, both rendered in memory (no codec), the
-    counterfactual with the background and distractor (and the prop, in sets with props) each moved to another kind;
-    None if not a synthetic set."""
+                         limit: int) -> CounterfactualPairs | None:
+    """The first ``limit`` clips of ``split`` in a synthetic set and their counterfactuals, both rendered in memory
+    (no codec), the counterfactual with the background and distractor (and the prop, in sets with props) each moved
+    to another kind; None if not a synthetic set."""
     meta_path = manifest.parent / "meta.json"
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
     kinds = len(meta["backgrounds"])
     videos = [v for v in meta["videos"] if v["split"] == split][:limit]
+    names = tuple(name for name in CONFOUNDERS if videos and name in videos[0])
     originals, swapped, labels = [], [], []
     for k, video in enumerate(videos):
         shift = 1 + k % (kinds - 1)
@@ -171,7 +194,8 @@ def counterfactual_pairs(manifest: Path, split: str, frames: int, image_size: in
         labels.append(video["label"])
     if not videos:
         return None
-    return torch.stack(originals), torch.stack(swapped), torch.tensor(labels)
+    confounders = torch.tensor([[video[name] for name in names] for video in videos])
+    return CounterfactualPairs(torch.stack(originals), torch.stack(swapped), torch.tensor(labels), confounders, names)
 
 
 @torch.no_grad()
@@ -201,22 +225,63 @@ def still_object_classes(cfg: Any, classes: list[str]) -> list[int]:
     return [classes.index(name) for name in tools if name in classes]
 
 
-def synthetic_pairs(cfg: Any, split: str, limit: int) -> tuple[Tensor, Tensor, Tensor] | None:
+def synthetic_pairs(cfg: Any, split: str, limit: int) -> CounterfactualPairs | None:
     """:func:`counterfactual_pairs` of a run's dataset; None unless it is a synthetic manifest set."""
     if cfg.data.dataset != "manifest" or not cfg.data.manifest:
         return None
     return counterfactual_pairs(Path(cfg.data.manifest), split, cfg.data.frames, cfg.data.image_size, limit)
 
 
-def counterfactual_scores(checkpoint: str | Path, pairs: tuple[Tensor, Tensor, Tensor],
-                          device: str = "auto") -> dict[str, float | None]:
-    """A trained checkpoint over counterfactual ``pairs`` (original, counterfactual, labels), from one load and one
-    pass over the originals: ``flip_rate``, and ``still_object_acc``, the accuracy on the originals of the classes
-    told apart only by a still tool (None when the checkpoint's set has none)."""
+def follows(pred: Tensor, pairs: CounterfactualPairs) -> dict[str, Any] | None:
+    """On the clips whose label and confounder ids are all different (each confounder points to another class,
+    and to a different one), the share of predictions ``pred[n]`` that name the label and each confounder's class;
+    ``clips`` counts them. None when there are no such clips."""
+    ids = torch.cat([pairs.labels[:, None], pairs.confounders], 1)
+    distinct = torch.tensor([len(set(row.tolist())) == ids.shape[1] for row in ids], dtype=torch.bool)
+    if not distinct.any():
+        return None
+    shares = {name: float((pred[distinct] == ids[distinct, k]).float().mean())
+              for k, name in enumerate(("label", *pairs.confounder_names))}
+    return {"clips": int(distinct.sum()), **shares}
+
+
+def counterfactual_scores(checkpoint: str | Path, pairs: CounterfactualPairs,
+                          device: str = "auto") -> dict[str, Any]:
+    """A trained checkpoint over counterfactual ``pairs``, from one load and one pass over the originals:
+    ``flip_rate``; ``still_object_acc``, the accuracy on the originals of the classes told apart only by a still tool
+    (None when the checkpoint's set has none); ``follows`` (:func:`follows`); ``weights``, the balance of IVC's
+    backdoor weights (:func:`backdoor_balance`, None without them)."""
     model, cfg = load_model(checkpoint, resolve_device(device))
-    own = predict_labels(model, pairs[0])
-    return {"flip_rate": flip_rate(own, predict_labels(model, pairs[1])),
-            "still_object_acc": still_object_accuracy(own, pairs[2], still_object_classes(cfg, model.classes))}
+    own = predict_labels(model, pairs.original)
+    return {"flip_rate": flip_rate(own, predict_labels(model, pairs.counterfactual)),
+            "still_object_acc": still_object_accuracy(own, pairs.labels, still_object_classes(cfg, model.classes)),
+            "follows": follows(own, pairs), "weights": backdoor_balance(checkpoint, cfg)}
+
+
+def backdoor_balance(checkpoint: str | Path, cfg: Any) -> dict[str, Any] | None:
+    """How far IVC's backdoor weights (kept in the checkpoint) balance each confounder of a synthetic training
+    split: per confounder the share of clips whose id is their own class's, ``unweighted`` and ``weighted``, beside
+    ``independence`` (``1/C``, a confounder that says nothing of the label); ``effective_size`` is
+    ``(sum w)^2 / sum w^2``. None without weights or without the set's ``meta.json``."""
+    weights = load_checkpoint(Path(checkpoint), map_location="cpu").get("clip_weights")
+    meta_path = Path(cfg.data.manifest).parent / "meta.json" if cfg.data.manifest else None
+    if weights is None or meta_path is None or not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    dataset = build_dataset(cfg.data, cfg.data.train_split, train=False)
+    by_path = {video["path"]: video for video in meta["videos"]}
+    root = meta_path.parent.resolve()
+    videos = [by_path.get(Path(r.path).resolve().relative_to(root).as_posix()) for r in dataset.records]
+    if len(videos) != len(weights) or any(v is None for v in videos):
+        return None  # the manifest was edited after the weights were fitted
+    w = weights.double()
+    label = torch.tensor([v["label"] for v in videos])
+    names = [name for name in CONFOUNDERS if name in videos[0]]
+    own = {name: (torch.tensor([v[name] for v in videos]) == label).double() for name in names}
+    return {"clips": len(videos), "independence": 1.0 / len(meta["activities"]),
+            "effective_size": float(w.sum() ** 2 / (w * w).sum()),
+            "unweighted": {name: float(o.mean()) for name, o in own.items()},
+            "weighted": {name: float((w * o).sum() / w.sum()) for name, o in own.items()}}
 
 
 @torch.no_grad()
@@ -265,11 +330,12 @@ def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None
     report["label_codependency"] = label_codependency(model, clips[:1].to(dev))
     pairs = synthetic_pairs(cfg, split, limit)
     if pairs is not None:
-        own, other, truth = pairs
-        pred_own, pred_other = predict_labels(model, own), predict_labels(model, other)
-        report["counterfactual"] = {"pairs": len(truth), "flip_rate": flip_rate(pred_own, pred_other),
-                                    "acc_original": float((pred_own == truth).float().mean()),
-                                    "acc_counterfactual": float((pred_other == truth).float().mean())}
+        pred_own, pred_other = predict_labels(model, pairs.original), predict_labels(model, pairs.counterfactual)
+        report["counterfactual"] = {"pairs": len(pairs.labels), "flip_rate": flip_rate(pred_own, pred_other),
+                                    "acc_original": float((pred_own == pairs.labels).float().mean()),
+                                    "acc_counterfactual": float((pred_other == pairs.labels).float().mean())}
+        report["follows"] = follows(pred_own, pairs)
+    report["weights"] = backdoor_balance(checkpoint, cfg)
     plot_grouped_bars({"accuracy": {k: (v, 0.0) for k, v in report["probes"].items() if v is not None}},
                       out / "probes.png", "top-1 accuracy", f"static-bias probes on {split}")
     if video:
@@ -324,10 +390,39 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Counterfactual pairs (same motion, other background, distractor and prop if any)", "",
                   f"{c['pairs']} pairs: flip rate **{c['flip_rate']:.4f}**; accuracy {c['acc_original']:.4f} on the "
                   f"originals, {c['acc_counterfactual']:.4f} on the counterfactuals.", ""]
+    lines += follows_lines(report.get("follows")) + balance_lines(report.get("weights"))
     if "video" in report:
         drawn = "![stage maps](stage_maps.png)" if report["video"]["maps"] else "No stages in this model: nothing to draw."
         lines += [f"## Stage maps for `{report['video']['path']}`", "", drawn, ""]
     return "\n".join(lines)
+
+
+def follows_lines(fol: dict[str, Any] | None) -> list[str]:
+    """The "what the model follows" section (nothing when the set has no such clips)."""
+    if not fol:
+        return []
+    names = [k for k in fol if k != "clips"]
+    return ["## What the model follows", "",
+            f"On the {fol['clips']} clips whose label and confounders each point to a different class, the share of "
+            "predictions that name:", "",
+            "| " + " | ".join(names) + " |", "|" + "---:|" * len(names),
+            "| " + " | ".join(f"{fol[k]:.3f}" for k in names) + " |", "",
+            "A model that reads the cause names the label; one that reads a confounder names that confounder's class.",
+            ""]
+
+
+def balance_lines(bal: dict[str, Any] | None) -> list[str]:
+    """The section on IVC's backdoor weights (nothing without them)."""
+    if not bal:
+        return []
+    rows = [f"| {name} | {bal['unweighted'][name]:.3f} | {bal['weighted'][name]:.3f} | {bal['independence']:.3f} |"
+            for name in bal["weighted"]]
+    return ["## IVC's backdoor weights", "",
+            f"{bal['clips']} training clips, effective sample size {bal['effective_size']:.0f}. Share of clips whose "
+            "confounder is their own class's:", "",
+            "| confounder | unweighted | weighted | independence (1/C) |", "|---|---:|---:|---:|", *rows, "",
+            "A confounder the single-frame references found is near independence in the weighted data; one they "
+            "missed keeps its unweighted share.", ""]
 
 
 def _codependency_lines(dep: dict[str, Any] | None) -> list[str]:
