@@ -43,7 +43,8 @@ def test_summary_and_config_of_one_run(tmp_path: Path) -> None:
 def test_table_shows_each_counterfactual_score_or_na() -> None:
     cell = {"test_ood": {"acc": summarise([0.5, 0.7]), "map": summarise([0.4, 0.4])}}
     report = {"config": "tiny", "overrides": [], "seeds": 2, "splits": ["test_ood"], "seconds": 1.0, "variants": {
-        "full": {"stages": ["ich"], **cell, "flip_rate": summarise([0.25, 0.75]), "still_object_acc": summarise([1.0, 0.5])},
+        "full": {"stages": ["ich"], **cell, "flip_rate": summarise([0.25, 0.75]),
+                 "still_object_acc": summarise([1.0, 0.5])},
         "baseline": {"stages": [], **cell, "flip_rate": None, "still_object_acc": None}}}
     md = markdown(report)
     assert "| full | `['ich']` | 0.6000 ± 0.1000 | 0.4000 ± 0.0000 | 0.5000 ± 0.2500 | 0.7500 ± 0.2500 |" in md
@@ -62,7 +63,8 @@ def test_follows_and_weights_are_summarised_over_seeds_and_tabled() -> None:
                {"clips": 720, "independence": 0.2, "effective_size": 80.0, "unweighted": {"background": 0.9},
                 "weighted": {"background": 0.2}}]
     weights = summarise_weights(balance)
-    assert weights["effective_size"]["mean"] == 75.0 and weights["weighted"]["background"]["mean"] == pytest.approx(0.25)
+    assert weights["effective_size"]["mean"] == 75.0
+    assert weights["weighted"]["background"]["mean"] == pytest.approx(0.25)
     cell = {"test_ood": {"acc": summarise([0.5]), "map": summarise([0.4])}}
     report = {"config": "tiny", "overrides": [], "seeds": 2, "splits": ["test_ood"], "seconds": 1.0, "variants": {
         "full": {"stages": ["ivc"], **cell, "flip_rate": None, "still_object_acc": None, "follows": follows,

@@ -8,9 +8,9 @@ temporal-mean token removed, no weights — what main did before it was replaced
 ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std of accuracy and mAP per split, and on synthetic
 sets the counterfactual flip rate, the still-object accuracy (the classes told apart only by a still tool) and what
 the models follow (label or a confounder's class, :func:`~pcmci.experiments.diagnose.follows`) on the last split,
-and the balance of IVC's backdoor weights (``ablation.json``, ``ablation.md``, ``ablation_acc.png``, ``ablation_map.png``). Each finished run is
-kept in its folder and reused when the ablation is run again with the same config, seed and source code
-(:func:`source_digest`); ``--jobs N`` trains N runs at a time.
+and the balance of IVC's backdoor weights (``ablation.json``, ``ablation.md``, ``ablation_acc.png``,
+``ablation_map.png``). Each finished run is kept in its folder and reused when the ablation is run again with the
+same config, seed and training code (:func:`source_digest`); ``--jobs N`` trains N runs at a time.
 """
 from __future__ import annotations
 

@@ -263,9 +263,11 @@ def backdoor_balance(checkpoint: str | Path, cfg: Any) -> dict[str, Any] | None:
     split: per confounder the share of clips whose id is their own class's, ``unweighted`` and ``weighted``, beside
     ``independence`` (``1/C``, a confounder that says nothing of the label); ``effective_size`` is
     ``(sum w)^2 / sum w^2``. None without weights or without the set's ``meta.json``."""
-    weights = load_checkpoint(Path(checkpoint), map_location="cpu").get("clip_weights")
     meta_path = Path(cfg.data.manifest).parent / "meta.json" if cfg.data.manifest else None
-    if weights is None or meta_path is None or not meta_path.is_file():
+    if meta_path is None or not meta_path.is_file():
+        return None  # not a synthetic set: checked first, so a real dataset's checkpoint is not loaded twice
+    weights = load_checkpoint(Path(checkpoint), map_location="cpu").get("clip_weights")
+    if weights is None:
         return None
     meta = json.loads(meta_path.read_text())
     dataset = build_dataset(cfg.data, cfg.data.train_split, train=False)
