@@ -24,7 +24,7 @@ from ..engine.plots import plot_grouped_bars, plot_training_curves
 from ..engine.runtime import resolve_device
 from ..engine.train import train
 from ..profiling import ProfileOptions, run_profile
-from .ablate import summarise_follows, summarise_weights
+from .ablate import summarise, summarise_follows, summarise_weights
 from .diagnose import counterfactual_pairs, counterfactual_scores
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ def _dataset(data: Path, confound: float, n_train: int, n_test: int, scene: Scen
             log.info("reusing synthetic data in %s", data)
             return data / "manifest.csv"
     return synthesize(data, seed=0, n_train=n_train, n_test=n_test, confound=confound, progress=progress, scene=scene)
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
 
 
 def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None = None, confound: float = 0.9,
@@ -124,10 +120,10 @@ def _aggregate(raw: dict[str, dict[str, dict[str, list[float]]]], flips: dict[st
             for m, vals in ms.items()} for s, ms in splits.items()}
         for v, splits in raw.items()
     }
-    report["runs"] = {v: {s: {m: _summary(vals) for m, vals in ms.items()} for s, ms in sp.items()}
+    report["runs"] = {v: {s: {m: summarise(vals) for m, vals in ms.items()} for s, ms in sp.items()}
                       for v, sp in raw.items()}
-    report["flip_rate"] = {v: _summary(vals) for v, vals in flips.items() if vals}
-    report["still_object_acc"] = {v: _summary(vals) for v, vals in still.items() if vals}
+    report["flip_rate"] = {v: summarise(vals) for v, vals in flips.items() if vals}
+    report["still_object_acc"] = {v: summarise(vals) for v, vals in still.items() if vals}
     return report
 
 
