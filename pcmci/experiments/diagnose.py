@@ -245,17 +245,24 @@ def follows(pred: Tensor, pairs: CounterfactualPairs) -> dict[str, Any] | None:
     return {"clips": int(distinct.sum()), **shares}
 
 
+def score_pairs(model: Classifier, cfg: Any, pairs: CounterfactualPairs) -> dict[str, Any]:
+    """A model over counterfactual ``pairs``, one pass over each side: ``pairs`` (how many), ``flip_rate``,
+    ``acc_original`` / ``acc_counterfactual``, ``still_object_acc`` (on the originals of the classes told apart only
+    by a still tool; None when the set of ``cfg`` has none) and ``follows`` (:func:`follows`)."""
+    own, other = predict_labels(model, pairs.original), predict_labels(model, pairs.counterfactual)
+    return {"pairs": len(pairs.labels), "flip_rate": flip_rate(own, other),
+            "acc_original": float((own == pairs.labels).float().mean()),
+            "acc_counterfactual": float((other == pairs.labels).float().mean()),
+            "still_object_acc": still_object_accuracy(own, pairs.labels, still_object_classes(cfg, model.classes)),
+            "follows": follows(own, pairs)}
+
+
 def counterfactual_scores(checkpoint: str | Path, pairs: CounterfactualPairs,
                           device: str = "auto") -> dict[str, Any]:
-    """A trained checkpoint over counterfactual ``pairs``, from one load and one pass over the originals:
-    ``flip_rate``; ``still_object_acc``, the accuracy on the originals of the classes told apart only by a still tool
-    (None when the checkpoint's set has none); ``follows`` (:func:`follows`); ``weights``, the balance of IVC's
-    backdoor weights (:func:`backdoor_balance`, None without them)."""
+    """:func:`score_pairs` of a trained checkpoint, and ``weights``, the balance of its IVC backdoor weights
+    (:func:`backdoor_balance`, None without them)."""
     model, cfg = load_model(checkpoint, resolve_device(device))
-    own = predict_labels(model, pairs.original)
-    return {"flip_rate": flip_rate(own, predict_labels(model, pairs.counterfactual)),
-            "still_object_acc": still_object_accuracy(own, pairs.labels, still_object_classes(cfg, model.classes)),
-            "follows": follows(own, pairs), "weights": backdoor_balance(checkpoint, cfg)}
+    return {**score_pairs(model, cfg, pairs), "weights": backdoor_balance(checkpoint, cfg)}
 
 
 def backdoor_balance(checkpoint: str | Path, cfg: Any) -> dict[str, Any] | None:
@@ -332,11 +339,8 @@ def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None
     report["label_codependency"] = label_codependency(model, clips[:1].to(dev))
     pairs = synthetic_pairs(cfg, split, limit)
     if pairs is not None:
-        pred_own, pred_other = predict_labels(model, pairs.original), predict_labels(model, pairs.counterfactual)
-        report["counterfactual"] = {"pairs": len(pairs.labels), "flip_rate": flip_rate(pred_own, pred_other),
-                                    "acc_original": float((pred_own == pairs.labels).float().mean()),
-                                    "acc_counterfactual": float((pred_other == pairs.labels).float().mean())}
-        report["follows"] = follows(pred_own, pairs)
+        report["counterfactual"] = score_pairs(model, cfg, pairs)
+        report["follows"] = report["counterfactual"].pop("follows")
     report["weights"] = backdoor_balance(checkpoint, cfg)
     plot_grouped_bars({"accuracy": {k: (v, 0.0) for k, v in report["probes"].items() if v is not None}},
                       out / "probes.png", "top-1 accuracy", f"static-bias probes on {split}")
