@@ -46,6 +46,7 @@ class TimeSformerConfig:
     heads: int = 2
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
+    motion_embed: bool = False  # add a zero-init patch embedding of each frame's forward difference (not in the paper)
     pretrained: str | None = None
 
 
@@ -83,7 +84,10 @@ class IVCConfig:
     """Front-door on the video, and the training-time backdoor over what single frames show.
 
     ``reweight`` (default): each training clip's loss is weighted by ``P(y) / P(y|s)``, ``s`` its frames one at a
-    time, which estimates the risk of ``sum_c P(c) P(Y|X, c)`` (``pcmci.engine.propensity``). ``P(y|s)`` is
+    time, which estimates the risk of ``sum_c P(c) P(Y|X, c)`` (``pcmci.engine.propensity``);
+    ``weighting="sample"`` resamples each epoch's clips in proportion to the weights instead (unit loss weights: the
+    same risk in expectation, but every batch is drawn from the weighted population rather than a few heavy clips
+    dominating the batch they fall in, where gradient clipping cuts them back). ``P(y|s)`` is
     cross-fitted: ``reference_folds`` single-frame reference models (the baseline architecture, one frame per
     clip), each trained ``reference_epochs`` epochs on the other folds; ``max_weight`` clips each round's factor.
     ``reference_rounds`` > 1 refits the references on the weighted data, which finds the next static cue once the
@@ -102,6 +106,7 @@ class IVCConfig:
     static_input: bool = False
     mediator_only: bool = False
     reweight: bool = True
+    weighting: Literal["loss", "sample"] = "loss"  # how the backdoor weights enter training
     reference_folds: int = 2
     reference_epochs: int = 6
     reference_rounds: int = 1
@@ -171,6 +176,7 @@ class DataConfig:
     decode_timeout: float = 60.0  # seconds per video before a decode counts as failed; 0 = no watchdog
     cache_frames: bool = False  # keep decoded videos in memory (small sets of short clips, e.g. the synthetic set)
     pad_short_videos: bool = False  # a video with fewer than `frames` frames: repeat frames in order (else an error)
+    train_crop_scale: float = 1.0  # training clips: a random square crop of >= this share of the frame (1 = none)
 
 
 @dataclass
@@ -186,6 +192,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     amp: bool = True  # bf16 autocast on CUDA; no effect on CPU
     accum_steps: int = 1  # gradient accumulation: one optimiser step per accum_steps batches
+    flood: float = 0.0  # flooding level b: descend on |loss - b| + b, so the training loss hovers at b (0 = off)
 
 
 @dataclass
@@ -369,6 +376,8 @@ def validate(cfg: Config) -> Config:
     if cfg.data.test_crops < 1 or cfg.data.test_views < 1 or cfg.data.test_views % cfg.data.test_crops:
         raise ConfigError(f"data.test_views={cfg.data.test_views} must be a positive multiple of "
                           f"data.test_crops={cfg.data.test_crops} (views = temporal clips x spatial crops)")
+    if not 0.0 < cfg.data.train_crop_scale <= 1.0:
+        raise ConfigError(f"data.train_crop_scale={cfg.data.train_crop_scale} must be in (0, 1] (1 = no crop jitter)")
     if cfg.model.timesformer.img_size % cfg.model.timesformer.patch_size:
         raise ConfigError("model.timesformer.img_size must be a multiple of model.timesformer.patch_size")
     for key, value in (("optim.batch_size", cfg.optim.batch_size), ("optim.accum_steps", cfg.optim.accum_steps),

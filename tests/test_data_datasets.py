@@ -8,7 +8,7 @@ import torch
 from pcmci.data.datasets import LabelSet, ManifestDataset, collate_videos, preprocess, read_manifest
 from pcmci.data.sampling import view_indices
 from pcmci.data.decode import VideoDecodeError
-from pcmci.data.synthetic import ACTIONS, ACTIVITIES, synthesize
+from pcmci.data.synthetic import ACTIONS, ACTIVITIES, encode_video, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +151,40 @@ def test_short_videos_raise_skip_or_pad(manifest):
     assert "fewer than the 64" in ManifestDataset(manifest, "test_id", frames=64, image_size=16, skip_bad=True)[0]["bad"]
     padded = ManifestDataset(manifest, "test_id", frames=64, image_size=16, pad_short=True, test_views=(2, 1))
     assert padded[0]["video"].shape == (2, 64, 3, 16, 16)
+
+
+def test_training_crop_jitter_cuts_one_window_per_clip_and_rescales(tmp_path):
+    """A white square on black, still across 12 frames: after the crop window (top, left, side) and the resize to
+    S, its centre must sit at ((y - top) S / side, (x - left) S / side) in every frame — an independent geometric
+    reference. MJPEG blurs edges by about a pixel; the centroid of a 16 px square moves well under one output pixel."""
+    frames = np.zeros((12, 96, 96, 3), np.uint8)
+    frames[:, 40:56, 52:68] = 255  # centre (47.5, 59.5) in pixel-centre coordinates
+    encode_video(tmp_path / "square.avi", frames, codec="mjpeg")
+    text = f"path,label,split\n{tmp_path / 'square.avi'},square,train\n"
+    size = 48
+    ds = ManifestDataset(write(tmp_path / "m.csv", text), "train", frames=4, image_size=size, train=True,
+                         train_crop_scale=0.3)
+    plain = ManifestDataset(write(tmp_path / "m.csv", text), "train", frames=4, image_size=size, train=True)
+    assert plain.plan(0).crop is None
+    windows, checked = set(), 0
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        top, left, side = ds.plan(0).crop
+        assert ds.plan(0).crop == (top, left, side)  # a pure function of (seed, epoch, index)
+        windows.add((top, left, side))
+        video = ds[0]["video"]
+        assert video.shape == (4, 3, size, size)
+        mass = video.mean(1)  # [F, S, S]
+        if mass[0].sum() < 1:
+            continue  # the window missed the square
+        ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+        centres = torch.stack([(mass * ys).sum((1, 2)), (mass * xs).sum((1, 2))], 1) / mass.sum((1, 2))[:, None]
+        # one window for every frame: the same centre in all 4 (MJPEG's per-frame rounding, up to ~14/255 at the
+        # square's edges and symmetric about them, moves a centroid by a small fraction of a pixel; a window moved by
+        # even one source pixel moves it by size/side >= 0.5 px)
+        assert float((centres - centres[0]).abs().max()) < 0.25
+        if 40 >= top and 56 <= top + side and 52 >= left and 68 <= left + side:  # the whole square in the window
+            assert abs(float(centres[0, 0]) - (48 - top) * size / side) < 1.0
+            assert abs(float(centres[0, 1]) - (60 - left) * size / side) < 1.0
+            checked += 1
+    assert len(windows) > 1 and checked > 0

@@ -59,6 +59,33 @@ def test_cosine_schedule_warms_up_then_decays() -> None:
     assert f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("flood", [0.0, 0.5, 5.0])
+def test_flooding_descends_above_the_level_and_ascends_below(flood: float) -> None:
+    """``|L - b| + b``: the gradient is ``sign(L - b) dL``. The reference is autograd on the plain loss of a
+    model with one linear layer, scaled by that sign (b = 0: plain descent)."""
+    torch.manual_seed(0)
+
+    class Linear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.fc(x.flatten(1))}
+
+        def loss(self, out, target, steps, weights):
+            return torch.nn.functional.cross_entropy(out["logits"], target)
+
+    model, x, y = Linear(), torch.randn(4, 6), torch.tensor([0, 1, 2, 1])
+    _, loss = train_module.forward_backward(model, model, x, y, torch.zeros(4, 0), 0.5, False, flood=flood)
+    got = model.fc.weight.grad.clone()
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model.fc(x), y).backward()
+    sign = 1.0 if float(loss.detach()) > flood or flood == 0 else -1.0
+    assert flood != 5.0 or sign == -1.0  # the loss of 3 classes at init is about log 3 < 5: this case ascends
+    torch.testing.assert_close(got, 0.5 * sign * model.fc.weight.grad, rtol=1e-6, atol=1e-7)
+
+
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ck.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(2)}, "config": {}, "epoch": 0})

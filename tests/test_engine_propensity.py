@@ -94,3 +94,40 @@ def test_clip_weights_on_a_synthetic_set(synthetic_set: Path) -> None:
     for c in targets.unique():
         torch.testing.assert_close(w[targets == c].mean(), torch.tensor(1.0, dtype=torch.float64))
     assert dataset.train  # the read-out switched the sampling to centre frames and back
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weighting", ["loss", "sample"])
+def test_weighting_either_weighs_the_loss_or_resamples_the_epoch(weighting: str, synthetic_set: Path,
+                                                                  tmp_path: Path, monkeypatch) -> None:
+    """``loss``: every batch's CE gets its clips' weights and the epoch is a plain shuffle; ``sample``: the epoch
+    order is drawn in proportion to the weights and the CE is unweighted."""
+    import pcmci.engine.train as train_module
+    from pcmci.config import load_config
+    from pcmci.model.pcmci import PCMCI
+
+    fixed = torch.linspace(0.1, 3.0, 24, dtype=torch.float64)
+    monkeypatch.setattr(train_module, "clip_weights", lambda cfg, dataset, *args, **kwargs: fixed[: len(dataset)])
+    orders, losses = [], []
+    real_loader, real_loss = train_module.make_loader, PCMCI.loss
+
+    def loader(*args, weights=None, **kwargs):
+        orders.append(weights)
+        return real_loader(*args, weights=weights, **kwargs)
+
+    def loss(self, out, target, steps=None, weights=None):
+        losses.append(weights)
+        return real_loss(self, out, target, steps, weights)
+
+    monkeypatch.setattr(train_module, "make_loader", loader)
+    monkeypatch.setattr(PCMCI, "loss", loss)
+    cfg = load_config("tiny", [f"data.manifest={synthetic_set}", f"run.out_dir={tmp_path}", "optim.epochs=1",
+                               "optim.batch_size=6", "run.progress=false", "model.dictionaries.clips=12",
+                               "model.stages=[ivc]", f"model.ivc.weighting={weighting}"])
+    train_module.train(cfg)
+    n = len(orders[0]) if orders[0] is not None else None
+    if weighting == "sample":
+        assert n is not None and torch.equal(orders[0], fixed[:n]) and all(w is None for w in losses)
+    else:
+        assert orders == [None] and losses and all(w is not None and w.shape[0] <= 6 for w in losses)
+        assert all(bool(torch.isin(w.cpu().double(), fixed).all()) for w in losses)

@@ -239,6 +239,44 @@ def test_timesformer_inflates_a_timm_vit_checkpoint(tmp_path) -> None:
     assert model(torch.rand(2, 4, 3, 32, 32)).shape == (2, 4, 16)
 
 
+def test_timesformer_motion_embedding_matches_a_float64_patch_loop(tmp_path) -> None:
+    """``x_t = E(f_t) + E_d(f_{t+1} - f_t)``: the first layer's input tokens against a float64 loop over frames and
+    patches (each patch flattened channel-major, as a stride-p convolution reads it). Zero at init, the model equals
+    the paper's TimeSformer; pretrained weights load with ``E_d`` left new."""
+    cfg = TimeSformerConfig(img_size=32, patch_size=8, frames=4, width=16, depth=1, heads=2, motion_embed=True)
+    model = TimeSformer(cfg, out_dim=8).double()
+    plain = TimeSformer(TimeSformerConfig(img_size=32, patch_size=8, frames=4, width=16, depth=1, heads=2),
+                        out_dim=8).double()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("motion_embed")})
+    frames = torch.rand(2, 4, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(model(frames), plain(frames), rtol=0, atol=0)
+    with torch.no_grad():
+        model.motion_embed.proj.weight.normal_()
+        model.motion_embed.proj.bias.normal_()
+    captured = {}
+    model.blocks[0].register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+    model(frames)
+    mean, std = float(model.mean[0, 0]), float(model.std[0, 0])  # the model's float32 constants, read back
+    e_w, e_b = model.patch_embed.proj.weight.flatten(1), model.patch_embed.proj.bias
+    d_w, d_b = model.motion_embed.proj.weight.flatten(1), model.motion_embed.proj.bias
+    for b in range(2):
+        for t in range(4):
+            nxt = frames[b, t + 1] if t < 3 else frames[b, t]  # the last frame's difference is zero
+            for i in range(4):
+                for j in range(4):
+                    cut = (slice(None), slice(8 * i, 8 * i + 8), slice(8 * j, 8 * j + 8))
+                    patch, step = frames[b, t][cut], nxt[cut] - frames[b, t][cut]
+                    want = (e_w @ ((patch - mean) / std).flatten() + e_b + d_w @ (step / std).flatten() + d_b
+                            + model.pos_embed[0, 1 + 4 * i + j] + model.time_embed[0, t])
+                    torch.testing.assert_close(captured["x"][b, 1 + 16 * t + 4 * i + j], want, rtol=1e-12, atol=1e-12)
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1,
+                                                           num_heads=2, num_classes=5)
+    torch.save(vit.state_dict(), tmp_path / "vit.pt")
+    loaded = TimeSformer(TimeSformerConfig(**{**cfg.__dict__, "pretrained": str(tmp_path / "vit.pt")}), out_dim=8)
+    assert loaded.motion_embed.proj.weight.abs().sum() == 0
+    torch.testing.assert_close(loaded.patch_embed.proj.weight, vit.patch_embed.proj.weight)
+
+
 def test_timesformer_rejects_a_mismatched_checkpoint(tmp_path) -> None:
     vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=16, embed_dim=48, depth=1, num_heads=2)
     torch.save(vit.state_dict(), tmp_path / "vit.pt")

@@ -184,6 +184,26 @@ def test_handles_match_torch_counter() -> None:
     assert count.torch_comparable == torch_count(model, inputs)[""]
 
 
+def test_motion_embedding_adds_what_torch_flop_counter_counts() -> None:
+    """The closed form's extra term for the motion embedding (a second patch embedding, of the frame differences)
+    against torch's FlopCounterMode (2 FLOPs per multiply-add; it leaves out the norms, which the two models share)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pcmci.config import TimeSformerConfig
+    from pcmci.model.timesformer import TimeSformer
+
+    def counted(cfg: TimeSformerConfig) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            TimeSformer(cfg, out_dim=16).eval()(torch.rand(3, 4, 3, 32, 32))
+        return counter.get_total_flops()
+
+    plain = TimeSformerConfig(img_size=32, patch_size=8, frames=4, width=32, depth=2, heads=2)
+    motion = TimeSformerConfig(**{**plain.__dict__, "motion_embed": True})
+    added = timesformer_macs(motion, 16, clips=3) - timesformer_macs(plain, 16, clips=3)
+    assert added == 3 * 4 * 16 * 3 * 8 * 8 * 32  # clips x frames x patches x (3 x 8 x 8 inputs) x width
+    assert 2 * added == counted(motion) - counted(plain)
+
+
 def test_paper_preset_parameter_budget() -> None:
     cfg = preset("paper")
     params = profiler.param_report(build_model(cfg.model, [f"activity {i}" for i in range(10)],

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pcmci.data.records import ClipSource, Source, VideoDecodeError, VideoInfo
+from pcmci.data.sampling import epoch_order
 from pcmci.data.watchdog import DECODE_TIMEOUT, with_thread_timeout
 from pcmci.errors import ConfigError
 
@@ -120,7 +121,7 @@ class DaliLoader:
     """Batches ``{"video": float [B,F,3,S,S] in [0,1] on the device, "label", "steps", "index", "bad"}``.
 
     Shard ``rank`` of ``world`` sees positions ``rank::world`` of the epoch order (seeded shuffle when
-    ``shuffle``), padded to a multiple of ``world`` as ``DistributedSampler`` does; ``set_epoch`` selects both the
+    ``shuffle``, a weighted resample given ``weights``), padded to a multiple of ``world`` as ``DistributedSampler`` does; ``set_epoch`` selects both the
     order and the training offsets. Videos that fail to probe, or that fail inside the pipeline (found by
     decoding a failed batch one video at a time), are skipped and listed in ``bad`` when the dataset has
     ``skip_bad``, else raise. Every ``pipe.run()`` runs under a thread watchdog (``timeout`` seconds, default
@@ -129,12 +130,13 @@ class DaliLoader:
     """
 
     def __init__(self, dataset: ClipSource, batch_size: int, device: str = "gpu", shuffle: bool = False,
-                 rank: int = 0, world: int = 1, threads: int = 2, timeout: float | None = None) -> None:
+                 rank: int = 0, world: int = 1, threads: int = 2, timeout: float | None = None,
+                 weights: torch.Tensor | None = None) -> None:
         _require()
         if dataset.views > 1:
             raise ConfigError("DaliLoader decodes one view per video; use the PyTorch loader for multi-view tests")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self.rank, self.world, self.epoch = rank, world, 0
+        self.rank, self.world, self.epoch, self.weights = rank, world, 0, weights
         self.timeout = getattr(dataset, "timeout", DECODE_TIMEOUT) if timeout is None else timeout
         self.device = torch.device("cuda", torch.cuda.current_device()) if device == "gpu" else torch.device("cpu")
         self._build = (batch_size, device, dataset.image_size, threads, self.device.index if device == "gpu" else None)
@@ -145,18 +147,9 @@ class DaliLoader:
         self.dataset.set_epoch(epoch)
 
     def _order(self) -> list[int]:
-        """This shard's indices. As ``DistributedSampler``: the epoch order is padded (by repeating it from the
-        start) to a multiple of ``world``, so every rank runs the same number of batches (DDP would hang else)."""
-        n = len(self.dataset)
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.dataset.seed * 100003 + self.epoch)
-            order = torch.randperm(n, generator=generator).tolist()
-        else:
-            order = list(range(n))
-        padded = -(-n // self.world) * self.world
-        if n:
-            order = (order * -(-padded // n))[:padded]
-        return order[self.rank :: self.world]
+        """This shard's indices (:func:`~pcmci.data.sampling.epoch_order`, as the PyTorch loader's)."""
+        return epoch_order(len(self.dataset), self.dataset.seed, self.epoch, self.shuffle, self.rank, self.world,
+                           self.weights)
 
     def __len__(self) -> int:
         return -(-len(self._order()) // self.batch_size)

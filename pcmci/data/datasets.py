@@ -21,7 +21,7 @@ from pcmci.config import DataConfig, DatasetName
 from pcmci.data import formats
 from pcmci.data.decode import DECODE_TIMEOUT, check_length, decode_frames, guarded, probe
 from pcmci.data.records import ClipPlan, LabelSet, VideoDecodeError, VideoInfo, VideoRecord, VideoSet
-from pcmci.data.sampling import crop_offsets, segment_indices, view_indices
+from pcmci.data.sampling import crop_offsets, segment_indices, train_crop_window, view_indices
 from pcmci.errors import DataError
 
 __all__ = ["ClipPlan", "LabelSet", "ManifestDataset", "ManifestRow", "VideoDataset", "VideoRecord", "VideoSet",
@@ -135,7 +135,9 @@ class VideoDataset(Dataset):
     ``skip_bad`` a video that raises ``VideoDecodeError`` gives ``{"index", "bad": "<path>: <cause>"}``
     instead (dropped and listed by :func:`collate_videos`). A video shorter than F frames is such an
     error unless ``pad_short`` (frames repeated, see ``segment_indices``). Training offsets are a pure
-    function of (seed, epoch, index); call :meth:`set_epoch` each epoch. ``cache`` keeps every video's decoded
+    function of (seed, epoch, index); call :meth:`set_epoch` each epoch, and so is the training crop when
+    ``train_crop_scale`` < 1 (a random square window of at least that share of the frame's largest square, the same
+    for every frame of the clip, resized to S: scale and position jitter; 1 = the whole frame). ``cache`` keeps every video's decoded
     frames in memory after its first use (whole videos, uint8): for small sets of short clips, such as the synthetic
     demo set, where decoding would otherwise dominate each epoch.
     """
@@ -143,7 +145,7 @@ class VideoDataset(Dataset):
     def __init__(self, videos: VideoSet, frames: int = 8, image_size: int = 64, train: bool = False,
                  seed: int = 0, backend: str = "pyav", test_views: tuple[int, int] = (1, 1),
                  skip_bad: bool = False, timeout: float = DECODE_TIMEOUT, pad_short: bool = False,
-                 cache: bool = False) -> None:
+                 cache: bool = False, train_crop_scale: float = 1.0) -> None:
         self.videos, self.labels, self.records = videos, videos.labels, videos.records
         self.multilabel = videos.multilabel
         self.frames, self.image_size, self.train, self.seed = frames, image_size, train, seed
@@ -152,6 +154,7 @@ class VideoDataset(Dataset):
         self.epoch = 0
         self._info: dict[int, VideoInfo] = {}
         self.cache = cache
+        self.train_crop_scale = train_crop_scale
         self._frames: dict[int, np.ndarray] = {}
 
     @property
@@ -176,7 +179,11 @@ class VideoDataset(Dataset):
             return ClipPlan(path, info, view_indices(info.num_frames, self.frames, self.clips, self.pad_short))
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2)
         generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        return ClipPlan(path, info, [segment_indices(info.num_frames, self.frames, True, generator, self.pad_short)])
+        clip = segment_indices(info.num_frames, self.frames, True, generator, self.pad_short)
+        crop = None
+        if self.train_crop_scale < 1.0:
+            crop = train_crop_window(info.height, info.width, self.train_crop_scale, generator)
+        return ClipPlan(path, info, [clip], crop)
 
     def targets(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(label: int64 [] or float32 multi-hot [C], steps: float32 multi-hot [A]) of item ``index``."""
@@ -205,6 +212,9 @@ class VideoDataset(Dataset):
             if not self.skip_bad:
                 raise
             return {"index": index, "bad": f"{err.path}: {err.cause}"}
+        if plan.crop is not None:
+            top, left, side = plan.crop
+            frames = frames[:, top : top + side, left : left + side]
         position = {frame: row for row, frame in enumerate(wanted)}
         views = [preprocess_views(frames[[position[i] for i in clip]], self.image_size, self.crops)
                  for clip in plan.clips]
@@ -258,4 +268,4 @@ def build_dataset(data: DataConfig, split: str | None, train: bool, seed: int = 
                         train=train, seed=seed, backend=data.backend,
                         test_views=(data.test_views // data.test_crops, data.test_crops),
                         skip_bad=data.skip_bad_videos, timeout=data.decode_timeout, pad_short=data.pad_short_videos,
-                        cache=data.cache_frames)
+                        cache=data.cache_frames, train_crop_scale=data.train_crop_scale)

@@ -99,11 +99,13 @@ class VideoSet:
 
 @dataclass
 class ClipPlan:
-    """What to decode for one item: ``clips`` lists the frame indices of each temporal clip."""
+    """What to decode for one item: ``clips`` lists the frame indices of each temporal clip; ``crop`` the training
+    window ``(top, left, side)`` in source pixels that every frame is cut to first (None: the whole frame)."""
 
     path: Path
     info: VideoInfo
     clips: list[list[int]]
+    crop: tuple[int, int, int] | None = None
 
 
 class ClipSource(Protocol):

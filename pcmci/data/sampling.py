@@ -1,4 +1,5 @@
-"""Uniform segment sampling (TSN style) of F frame indices over a whole video, and test-time views."""
+"""Uniform segment sampling (TSN style) of F frame indices over a whole video, test-time views, training crops,
+and the order in which an epoch visits the videos."""
 
 from __future__ import annotations
 
@@ -55,3 +56,43 @@ def crop_offsets(length: int, size: int, crops: int) -> list[int]:
     if crops == 1:
         return [(length - size) // 2]
     return [round(k * (length - size) / (crops - 1)) for k in range(crops)]
+
+
+def train_crop_window(height: int, width: int, min_scale: float, generator: torch.Generator) -> tuple[int, int, int]:
+    """A random square window ``(top, left, side)`` of a ``height x width`` frame for training (scale jitter).
+
+    Its area is a uniform fraction in ``[min_scale, 1]`` of the largest square, ``min(height, width)^2``; its position
+    is uniform over the frame. One window per clip (every frame shares it, so the motion is kept). No mirroring:
+    left/right and clockwise are what tell some activities apart."""
+    if not 0.0 < min_scale <= 1.0:
+        raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+    area = min_scale + (1.0 - min_scale) * float(torch.rand((), generator=generator))
+    side = max(1, round(min(height, width) * area ** 0.5))
+    top = int(torch.randint(height - side + 1, (), generator=generator))
+    left = int(torch.randint(width - side + 1, (), generator=generator))
+    return top, left, side
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world: int = 1,
+                weights: torch.Tensor | None = None) -> list[int]:
+    """The positions of shard ``rank`` of ``world`` in one epoch's visit of ``n`` videos.
+
+    The order is ``range(n)``, a permutation seeded by ``seed * 100003 + epoch`` when ``shuffle`` (as
+    ``DistributedSampler(seed=seed * 100003)``), or — given ``weights[n]`` — ``n`` draws with replacement in
+    proportion to them from the same seed (a weighted resample: each video appears ``weights_i / mean(weights)``
+    times per epoch in expectation). Padded by repeating it from the start to a multiple of ``world`` (every rank
+    runs as many batches, or DDP would hang); shard ``rank`` takes positions ``rank::world``."""
+    generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+    if weights is not None:
+        if weights.shape != (n,) or not bool((weights >= 0).all()) or not float(weights.sum()) > 0:
+            raise ValueError(f"epoch_order: weights must be {n} non-negative numbers, not all zero; got shape "
+                             f"{tuple(weights.shape)}")
+        order = torch.multinomial(weights.double(), n, replacement=True, generator=generator).tolist()
+    elif shuffle:
+        order = torch.randperm(n, generator=generator).tolist()
+    else:
+        order = list(range(n))
+    padded = -(-n // world) * world
+    if n:
+        order = (order * -(-padded // n))[:padded]
+    return order[rank::world]

@@ -208,8 +208,9 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats:
     """One pass over this rank's shard: ``optim.accum_steps`` micro-batches per optimiser step, each step's record
     to the sink. Returns the epoch's totals over all ranks."""
     cfg = run.cfg
+    resample = run.clip_weights if cfg.model.ivc.weighting == "sample" else None
     loader = make_loader(run.dataset, cfg.optim.batch_size, run.device, shuffle=True, epoch=epoch,
-                         num_workers=cfg.data.num_workers)
+                         num_workers=cfg.data.num_workers, weights=resample)
     run.model.train()
     tic, stats = time.perf_counter(), EpochStats()
     bar = tqdm(total=len(run.micro_sizes), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
@@ -254,12 +255,14 @@ def micro_step(run: Run, batch: dict[str, Any], share: float, sync: bool) -> tup
     """Forward and backward of one micro-batch whose loss is ``share`` of its accumulation group's; DDP reduces
     the gradients only when ``sync`` (the group's last). Returns (its unweighted loss, clips, correct predictions)."""
     frames, target = batch["video"].to(run.device), batch["label"].to(run.device)
-    weights = None if run.clip_weights is None else run.clip_weights[batch["index"]].to(run.device)
+    weights = None
+    if run.clip_weights is not None and run.cfg.model.ivc.weighting == "loss":
+        weights = run.clip_weights[batch["index"]].to(run.device)
     started = time.perf_counter()
     try:
         with contextlib.nullcontext() if run.ddp is None or sync else run.ddp.no_sync():
             out, loss = forward_backward(run.net, run.model, frames, target, batch["steps"].to(run.device), share,
-                                         run.amp, weights)
+                                         run.amp, weights, run.cfg.optim.flood)
     except torch.cuda.OutOfMemoryError as exc:
         raise RuntimeError(out_of_memory_advice(run.cfg, run.ctx.world)) from exc
     if run.compile_pending:
@@ -334,16 +337,19 @@ def out_of_memory_advice(cfg: Config, world: int) -> str:
 
 
 def forward_backward(net: Any, model: PCMCI, frames: torch.Tensor, target: torch.Tensor, steps: torch.Tensor,
-                     weight: float, amp: bool, clip_weights: torch.Tensor | None = None,
+                     weight: float, amp: bool, clip_weights: torch.Tensor | None = None, flood: float = 0.0,
                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One micro-batch: forward ``frames[B,F,3,H,W]`` through ``net`` (the model, DDP-wrapped and/or compiled)
     under bf16 autocast when ``amp``, the loss against ``target`` and ``steps[B,A]`` (each clip weighted by
     ``clip_weights[B]``, IVC's backdoor, when given), and the backward of ``weight x loss`` (the micro-batch's share
-    of its accumulation group). Returns (outputs, unweighted loss)."""
+    of its accumulation group). ``flood`` > 0 descends on ``|loss - flood| + flood`` (flooding, Ishida et al. 2020):
+    below the level the step climbs back, so a model cannot drive its (weighted) training loss to zero, where loss
+    weights stop mattering. Returns (outputs, loss before flooding)."""
     with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=amp):
         out = net(frames)
         loss = model.loss(out, target, steps, clip_weights)
-    (loss * weight).backward()
+    flooded = (loss - flood).abs() + flood if flood > 0 else loss
+    (flooded * weight).backward()
     return out, loss
 
 

@@ -26,7 +26,7 @@ from ..config import TimeSformerConfig
 log = logging.getLogger(__name__)
 FORMAT = "pcmci-timesformer"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
-NEW_KEYS = ("proj.weight", "proj.bias", "temporal_pos")
+NEW_KEYS = ("proj.weight", "proj.bias", "temporal_pos", "motion_embed.proj.weight", "motion_embed.proj.bias")
 SHAPE_FIELDS = ("img_size", "patch_size", "frames", "width", "depth", "heads", "mlp_ratio")
 
 _HF_TOP = {  # HF TimesformerModel module -> TimeSformer module

@@ -3,6 +3,11 @@
 Each block attends over time (the F tokens of one patch position), then over space (the P patches of one
 frame plus the class token), then applies the MLP. Patch tokens are averaged per frame, projected to the
 joint dim D and given a temporal position embedding.
+
+``motion_embed`` (not in the paper) adds a second patch embedding of each frame's forward difference,
+``x_t = E(f_t) + E_d(f_{t+1} - f_t)`` (``E_d(0)`` for the last frame), zero at init: the network starts as the
+paper's TimeSformer and every frame's patch token can read its local motion from the first layer (the RGB-difference
+input of two-stream networks and the temporal taps of a tubelet embedding); nothing that stands still is removed.
 """
 from __future__ import annotations
 
@@ -69,6 +74,11 @@ class TimeSformer(nn.Module):
         super().__init__()
         self.frames, self.img_size, self.width = cfg.frames, cfg.img_size, cfg.width
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, 3, cfg.width)
+        self.motion_embed = None  # E_d: patch embedding of f_{t+1} - f_t
+        if cfg.motion_embed:
+            self.motion_embed = PatchEmbed(cfg.img_size, cfg.patch_size, 3, cfg.width)
+            nn.init.zeros_(self.motion_embed.proj.weight)
+            nn.init.zeros_(self.motion_embed.proj.bias)
         patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + patches, cfg.width))
@@ -96,6 +106,9 @@ class TimeSformer(nn.Module):
                 f"got {list(frames.shape)}"
             )
         x = self.patch_embed((frames.flatten(0, 1) - self.mean) / self.std) + self.pos_embed[:, 1:]
+        if self.motion_embed is not None:
+            step = torch.cat([frames[:, 1:] - frames[:, :-1], torch.zeros_like(frames[:, :1])], 1)
+            x = x + self.motion_embed(step.flatten(0, 1) / self.std)
         x = (x.view(b, f, -1, self.width) + self.time_embed[:, :, None]).flatten(1, 2)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1)

@@ -24,7 +24,7 @@ def timesformer_macs(cfg: TimeSformerConfig, out_dim: int, clips: int = 1) -> in
     temporal = LN * patches * w + 3 * patches * w * w + attention_macs(p, f, f, w) + 2 * patches * w * w
     space = LN * tokens * w + 4 * f * spatial * w * w + attention_macs(f, spatial, spatial, w)
     mlp = LN * tokens * w + 2 * tokens * w * hidden
-    embed = patches * 3 * cfg.patch_size**2 * w
+    embed = patches * 3 * cfg.patch_size**2 * w * (2 if cfg.motion_embed else 1)  # + E_d of the frame differences
     head = LN * tokens * w + f * w * out_dim
     return clips * (embed + cfg.depth * (temporal + space + mlp) + head)
 
