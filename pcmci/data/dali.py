@@ -120,13 +120,14 @@ def _to_torch(tensors: Any, device: torch.device) -> torch.Tensor:
 class DaliLoader:
     """Batches ``{"video": float [B,F,3,S,S] in [0,1] on the device, "label", "steps", "index", "bad"}``.
 
-    Shard ``rank`` of ``world`` sees positions ``rank::world`` of the epoch order (seeded shuffle when
-    ``shuffle``, a weighted resample given ``weights``), padded to a multiple of ``world`` as ``DistributedSampler`` does; ``set_epoch`` selects both the
-    order and the training offsets. Videos that fail to probe, or that fail inside the pipeline (found by
-    decoding a failed batch one video at a time), are skipped and listed in ``bad`` when the dataset has
-    ``skip_bad``, else raise. Every ``pipe.run()`` runs under a thread watchdog (``timeout`` seconds, default
-    the dataset's): the pipeline cannot leave this process, so a timed-out run raises and the pipeline is rebuilt,
-    but the stuck run is not stopped (the PyAV / DALI-CPU per-video path kills its decoder process instead).
+    Shard ``rank`` of ``world`` sees positions ``rank::world`` of the epoch order (seeded shuffle when ``shuffle``,
+    a weighted resample given ``weights``), padded to a multiple of ``world`` as ``DistributedSampler`` does;
+    ``set_epoch`` selects both the order and the training offsets. Videos that fail to probe, or that fail inside
+    the pipeline (found by decoding a failed batch one video at a time), are skipped and listed in ``bad`` when the
+    dataset has ``skip_bad``, else raise. Every ``pipe.run()`` runs under a thread watchdog (``timeout`` seconds,
+    default the dataset's): the pipeline cannot leave this process, so a timed-out run raises and the pipeline is
+    rebuilt, but the stuck run is not stopped (the PyAV / DALI-CPU per-video path kills its decoder process
+    instead).
     """
 
     def __init__(self, dataset: ClipSource, batch_size: int, device: str = "gpu", shuffle: bool = False,

@@ -137,9 +137,9 @@ class VideoDataset(Dataset):
     error unless ``pad_short`` (frames repeated, see ``segment_indices``). Training offsets are a pure
     function of (seed, epoch, index); call :meth:`set_epoch` each epoch, and so is the training crop when
     ``train_crop_scale`` < 1 (a random square window of at least that share of the frame's largest square, the same
-    for every frame of the clip, resized to S: scale and position jitter; 1 = the whole frame). ``cache`` keeps every video's decoded
-    frames in memory after its first use (whole videos, uint8): for small sets of short clips, such as the synthetic
-    demo set, where decoding would otherwise dominate each epoch.
+    for every frame of the clip, resized to S: scale and position jitter; 1 = the whole frame). ``cache`` keeps
+    every video's decoded frames in memory after its first use (whole videos, uint8): for small sets of short clips,
+    such as the synthetic demo set, where decoding would otherwise dominate each epoch.
     """
 
     def __init__(self, videos: VideoSet, frames: int = 8, image_size: int = 64, train: bool = False,
