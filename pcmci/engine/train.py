@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -61,13 +61,18 @@ class Run:
     start_epoch: int
     step: int  # optimiser steps taken since the run began, resumed epochs included
     amp: bool  # bf16 autocast: optim.amp, on CUDA only
-    clip_weights: Tensor | None  # IVC's backdoor: per-clip loss weights P(y)/P(y|s) [n], fitted once per run
+    clip_weights: Tensor | None  # IVC's backdoor: per-clip weights P(y)/P(y|s) [n], fitted once per run
     sink: MetricsSink
     compile_pending: bool  # the first forward of a compiled model compiles it: its time is logged once
 
     @property
     def device(self) -> torch.device:
         return self.ctx.device
+
+    def backdoor_weights(self, use: Literal["loss", "sample"]) -> Tensor | None:
+        """``clip_weights`` where ``model.ivc.weighting`` is ``use`` (``"loss"``: each clip's CE; ``"sample"``: the
+        epoch order), else None."""
+        return self.clip_weights if self.cfg.model.ivc.weighting == use else None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -208,9 +213,8 @@ def train_one_epoch(run: Run, epoch: int) -> EpochStats:
     """One pass over this rank's shard: ``optim.accum_steps`` micro-batches per optimiser step, each step's record
     to the sink. Returns the epoch's totals over all ranks."""
     cfg = run.cfg
-    resample = run.clip_weights if cfg.model.ivc.weighting == "sample" else None
     loader = make_loader(run.dataset, cfg.optim.batch_size, run.device, shuffle=True, epoch=epoch,
-                         num_workers=cfg.data.num_workers, weights=resample)
+                         num_workers=cfg.data.num_workers, weights=run.backdoor_weights("sample"))
     run.model.train()
     tic, stats = time.perf_counter(), EpochStats()
     bar = tqdm(total=len(run.micro_sizes), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
@@ -255,9 +259,8 @@ def micro_step(run: Run, batch: dict[str, Any], share: float, sync: bool) -> tup
     """Forward and backward of one micro-batch whose loss is ``share`` of its accumulation group's; DDP reduces
     the gradients only when ``sync`` (the group's last). Returns (its unweighted loss, clips, correct predictions)."""
     frames, target = batch["video"].to(run.device), batch["label"].to(run.device)
-    weights = None
-    if run.clip_weights is not None and run.cfg.model.ivc.weighting == "loss":
-        weights = run.clip_weights[batch["index"]].to(run.device)
+    weights = run.backdoor_weights("loss")
+    weights = None if weights is None else weights[batch["index"]].to(run.device)
     started = time.perf_counter()
     try:
         with contextlib.nullcontext() if run.ddp is None or sync else run.ddp.no_sync():
