@@ -134,7 +134,7 @@ def _add_ablate(sub: Subparsers) -> None:
     _add_config(p, "data.manifest=... (shared by every variant)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
     p.add_argument("--variants", nargs="+",
-                   help="subset of: baseline ich ici ivc ich+ici ich+ivc ici+ivc full reversed (default), "
+                   help="subset of: baseline reweight ich ici ivc ich+ici ich+ivc ici+ivc full reversed (default), "
                         "ivc-noreweight ivc-mediator-only ivc-static full-static (named switches)")
     p.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process (default: 1)")

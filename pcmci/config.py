@@ -7,6 +7,7 @@ ill-typed values raise ``ConfigError`` naming the offending key. A field with a 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 StageName = Literal["ich", "ici", "ivc"]
 STAGE_NAMES: tuple[str, ...] = typing.get_args(StageName)
@@ -81,17 +84,8 @@ class ICIConfig:
 
 @dataclass
 class IVCConfig:
-    """Front-door on the video, and the training-time backdoor over what single frames show.
+    """Front-door on the video (its training-time backdoor weights are the ``backdoor`` section).
 
-    ``reweight`` (default): each training clip's loss is weighted by ``P(y) / P(y|s)``, ``s`` its frames one at a
-    time, which estimates the risk of ``sum_c P(c) P(Y|X, c)`` (``pcmci.engine.propensity``);
-    ``weighting="sample"`` resamples each epoch's clips in proportion to the weights instead (unit loss weights: the
-    same risk in expectation, but every batch is drawn from the weighted population rather than a few heavy clips
-    dominating the batch they fall in, where gradient clipping cuts them back). ``P(y|s)`` is
-    cross-fitted: ``reference_folds`` single-frame reference models (the baseline architecture, one frame per
-    clip), each trained ``reference_epochs`` epochs on the other folds; ``max_weight`` clips each round's factor.
-    ``reference_rounds`` > 1 refits the references on the weighted data, which finds the next static cue once the
-    first (a background) no longer predicts the label (a badge): one weight factor per round.
     ``mediator_only=true`` lets the clip reach the head only through P(m|V) (``V* = W_m M^ + V^ + E_pos``), an
     ablation variant: through a softmax over L label rows per token the encoder cannot learn a motion cause (trained
     on unconfounded clips it stays at chance, 0.23 vs the baseline's 0.83; ``docs/results/intervention-ceiling/``);
@@ -105,15 +99,34 @@ class IVCConfig:
     static: bool = False
     static_input: bool = False
     mediator_only: bool = False
-    reweight: bool = True
-    weighting: Literal["loss", "sample"] = "loss"  # how the backdoor weights enter training
+    dictionary: DictionaryKind = "kmeans"  # population visual tokens: k-means over V' of the training split, or learned
+    dict_size: int = 512
+    align_weight: float = 0.0  # lambda of the alignment loss between video and transported text bases (0 = off)
+
+
+@dataclass
+class BackdoorConfig:
+    """The training-time backdoor over what single frames show (``pcmci.engine.propensity``).
+
+    Each training clip's loss is weighted by ``P(y) / P(y|s)``, ``s`` its frames one at a time, which estimates the
+    risk of ``sum_c P(c) P(Y|X, c)``. ``reweight``: ``None`` (default) = with the IVC stage, the project's reading
+    of IVC's backdoor (the variants without IVC train unweighted); ``true`` / ``false`` = on / off whatever the
+    stages (``model.stages=[] backdoor.reweight=true`` is the weighted baseline, the ``reweight`` ablation variant).
+    ``weighting="sample"`` resamples each epoch's clips in proportion to the weights instead (unit loss weights: the
+    same risk in expectation, but every batch is drawn from the weighted population rather than a few heavy clips
+    dominating the batch they fall in, where gradient clipping cuts them back). ``P(y|s)`` is cross-fitted:
+    ``reference_folds`` single-frame reference models (the baseline architecture, one frame per clip), each trained
+    ``reference_epochs`` epochs on the other folds; ``max_weight`` clips each round's factor. ``reference_rounds``
+    > 1 refits the references on the weighted data, which finds the next static cue once the first (a background)
+    no longer predicts the label (a badge): one weight factor per round.
+    """
+
+    reweight: bool | None = None
+    weighting: Literal["loss", "sample"] = "loss"  # how the weights enter training: each clip's CE, or the epoch order
     reference_folds: int = 2
     reference_epochs: int = 6
     reference_rounds: int = 1
     max_weight: float = 10.0
-    dictionary: DictionaryKind = "kmeans"  # population visual tokens: k-means over V' of the training split, or learned
-    dict_size: int = 512
-    align_weight: float = 0.0  # lambda of the alignment loss between video and transported text bases (0 = off)
 
 
 @dataclass
@@ -216,6 +229,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -265,7 +279,7 @@ def _coin() -> Config:
 def _charades() -> Config:
     cfg = _paper()
     cfg.model.multilabel = True
-    cfg.model.ivc.reweight = False  # the propensity P(c, y) is defined for one label per clip
+    cfg.backdoor.reweight = False  # the propensity P(c, y) is defined for one label per clip
     cfg.data.dataset = "charades"
     cfg.data.eval_splits = ["test"]
     return cfg
@@ -324,8 +338,33 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def reweights(cfg: Config) -> bool:
+    """Whether the run trains on the backdoor weights: ``backdoor.reweight``, or with the IVC stage when unset."""
+    return "ivc" in cfg.model.stages if cfg.backdoor.reweight is None else cfg.backdoor.reweight
+
+
+# Keys that moved, so that configs, YAML files and checkpoints written before still load: former -> current.
+MOVED_KEYS = {f"model.ivc.{name}": f"backdoor.{name}" for name in
+              ("reweight", "weighting", "reference_folds", "reference_epochs", "reference_rounds", "max_weight")}
+_warned: set[str] = set()
+
+
+def _moved(dotted: str, value: Any) -> tuple[str, Any]:
+    """A former key and its value as the current key reads them (``model.ivc.reweight=true`` only ever took effect
+    with the IVC stage: it is ``backdoor.reweight=None``)."""
+    current = MOVED_KEYS[dotted]
+    if dotted == "model.ivc.reweight" and value is True:
+        value = None
+    if dotted not in _warned:
+        _warned.add(dotted)
+        log.warning("config key %r is now %r (read as %s=%r)", dotted, current, current, value)
+    return current, value
+
+
 def _set(obj: Any, dotted: str, value: Any) -> None:
     """Set ``obj.a.b.c = value`` for ``dotted='a.b.c'``, validating names and types."""
+    if dotted in MOVED_KEYS and isinstance(obj, Config):
+        dotted, value = _moved(dotted, value)
     parts = dotted.split(".")
     node = obj
     for i, name in enumerate(parts):
@@ -384,12 +423,13 @@ def validate(cfg: Config) -> Config:
                        ("optim.epochs", cfg.optim.epochs), ("model.dictionaries.clips", cfg.model.dictionaries.clips)):
         if value < 1:
             raise ConfigError(f"config key {key!r} = {value}; it must be at least 1")
-    if cfg.model.ivc.reference_rounds < 1:
-        raise ConfigError(f"model.ivc.reference_rounds={cfg.model.ivc.reference_rounds} must be at least 1")
-    if cfg.model.ivc.reference_folds < 2 or cfg.model.ivc.reference_epochs < 1 or cfg.model.ivc.max_weight < 1:
-        raise ConfigError(f"model.ivc.reference_folds={cfg.model.ivc.reference_folds} must be at least 2 (cross-"
-                          f"fitting), model.ivc.reference_epochs={cfg.model.ivc.reference_epochs} and "
-                          f"model.ivc.max_weight={cfg.model.ivc.max_weight} at least 1")
+    b = cfg.backdoor
+    if b.reference_rounds < 1:
+        raise ConfigError(f"backdoor.reference_rounds={b.reference_rounds} must be at least 1")
+    if b.reference_folds < 2 or b.reference_epochs < 1 or b.max_weight < 1:
+        raise ConfigError(f"backdoor.reference_folds={b.reference_folds} must be at least 2 (cross-fitting), "
+                          f"backdoor.reference_epochs={b.reference_epochs} and backdoor.max_weight={b.max_weight} "
+                          "at least 1")
     if cfg.model.ivc.align_weight > 0 and "ivc" not in cfg.model.stages:
         raise ConfigError(f"model.ivc.align_weight={cfg.model.ivc.align_weight} asks for IVC's alignment loss but "
                           f"model.stages={cfg.model.stages} has no 'ivc'")

@@ -1,7 +1,9 @@
 """What the code before the training-loop split and the stage renames wrote (``fixtures/pre_split_formats.json``,
-recorded by running that code): model state-dict keys and shapes, checkpoint structure, metrics record keys."""
+recorded by running that code): model state-dict keys and shapes, checkpoint structure, metrics record keys; and
+saved configs from before the backdoor weights' keys left ``model.ivc`` for their own ``backdoor`` section."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -29,3 +31,13 @@ def with_former_names(state: dict[str, Tensor], variant: str) -> dict[str, Tenso
     for (old, shape), (new, tensor) in zip(former.items(), state.items()):
         assert list(tensor.shape) == shape, f"{old} {shape} vs {new} {list(tensor.shape)}"
     return dict(zip(former, state.values()))
+
+
+def with_former_config_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (``to_dict``) as the code before the ``backdoor`` section wrote it: its fields under
+    ``model.ivc``, where ``reweight`` was a bool that took effect only with the IVC stage."""
+    former = copy.deepcopy(config)
+    backdoor = former.pop("backdoor")
+    reweight = backdoor.pop("reweight")
+    former["model"]["ivc"].update(backdoor, reweight=True if reweight is None else reweight)
+    return former

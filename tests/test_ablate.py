@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pcmci.config import Config, reweights
 from pcmci.experiments.ablate import (DEFAULT_VARIANTS, SWITCHES, VARIANTS, markdown, source_digest, summarise,
                                       summarise_follows, summarise_weights, variant_config)
 from pcmci.cli import main
@@ -22,14 +23,19 @@ def test_variants_cover_baseline_singles_pairs_full_and_reversed() -> None:
 
 def test_named_switch_variants_configure_the_stage(tmp_path: Path) -> None:
     """The still-pixel shortcut and IVC without its weights are variants by name, not edits of the model."""
-    static = variant_config("tiny", [], VARIANTS["ivc-static"], 0, tmp_path, SWITCHES["ivc-static"]).model.ivc
-    assert static.static and static.static_input and not static.reweight
-    plain = variant_config("tiny", [], VARIANTS["ivc"], 0, tmp_path).model.ivc
-    assert not plain.static and not plain.static_input and plain.reweight
-    assert not variant_config("tiny", [], ["ivc"], 0, tmp_path, SWITCHES["ivc-noreweight"]).model.ivc.reweight
-    assert not plain.mediator_only
+    def config(name: str) -> Config:
+        return variant_config("tiny", [], VARIANTS[name], 0, tmp_path, SWITCHES.get(name))
+
+    static, plain = config("ivc-static"), config("ivc")
+    assert static.model.ivc.static and static.model.ivc.static_input and not reweights(static)
+    assert not plain.model.ivc.static and not plain.model.ivc.static_input and reweights(plain)
+    assert not reweights(config("ivc-noreweight")) and not plain.model.ivc.mediator_only
+    # the backdoor weights come with IVC; the weighted baseline has them without any stage
+    assert [name for name in DEFAULT_VARIANTS if reweights(config(name))] == [
+        "reweight", "ivc", "ich+ivc", "ici+ivc", "full", "reversed"]
+    assert config("reweight").model.stages == [] == config("baseline").model.stages
     assert variant_config("tiny", [], ["ivc"], 0, tmp_path, SWITCHES["ivc-mediator-only"]).model.ivc.mediator_only
-    assert set(SWITCHES) == set(VARIANTS) - set(DEFAULT_VARIANTS)
+    assert set(SWITCHES) - {"reweight"} == set(VARIANTS) - set(DEFAULT_VARIANTS)
 
 
 def test_summary_and_config_of_one_run(tmp_path: Path) -> None:

@@ -66,8 +66,29 @@ def test_folds_are_seeded_and_hold_every_class() -> None:
     assert sorted(Counter(stratified_folds(list(range(6)), 2, seed=0)).values()) == [3, 3]  # one clip per class
     from pcmci.config import ConfigError
 
-    with pytest.raises(ConfigError, match="model.ivc.reference_folds=2 needs at least 2 training clips"):
+    with pytest.raises(ConfigError, match="backdoor.reference_folds=2 needs at least 2 training clips"):
         stratified_folds([0], 2, seed=0)
+
+
+def test_the_backdoor_keys_formerly_under_model_ivc_still_load(caplog: pytest.LogCaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overrides, YAML files and saved configs that name ``model.ivc.reweight`` (and its siblings) set the
+    ``backdoor`` section, with one warning per former key; a true ``reweight`` there only ever took effect with IVC,
+    so it reads as ``None``."""
+    import pcmci.config
+    from pcmci.config import from_dict, load_config, reweights, to_dict
+
+    monkeypatch.setattr(pcmci.config, "_warned", set())
+
+    cfg = load_config("tiny", ["model.ivc.reweight=false", "model.ivc.max_weight=4", "model.ivc.weighting=sample"])
+    assert (cfg.backdoor.reweight, cfg.backdoor.max_weight, cfg.backdoor.weighting) == (False, 4.0, "sample")
+    for stages, expected in (("[]", False), ("[ivc]", True), ("[ich,ici]", False)):
+        saved = to_dict(load_config("tiny", [f"model.stages={stages}"]))
+        former = {**saved, "model": {**saved["model"], "ivc": {**saved["model"]["ivc"], "reweight": True}}}
+        del former["backdoor"]
+        assert reweights(from_dict(former)) is expected and from_dict(former).backdoor.reweight is None
+        assert reweights(load_config("tiny", [f"model.stages={stages}", "backdoor.reweight=true"]))
+    assert caplog.text.count("config key 'model.ivc.reweight' is now 'backdoor.reweight'") == 1
 
 
 def test_reference_is_the_baseline_on_one_frame() -> None:
@@ -85,7 +106,7 @@ def test_clip_weights_on_a_synthetic_set(synthetic_set: Path) -> None:
     from pcmci.engine.propensity import clip_weights
     from pcmci.engine.runtime import make_dataset
 
-    cfg = load_config("tiny", [f"data.manifest={synthetic_set}", "model.ivc.reference_epochs=1",
+    cfg = load_config("tiny", [f"data.manifest={synthetic_set}", "backdoor.reference_epochs=1",
                                "optim.batch_size=6", "data.cache_frames=true"])
     dataset = make_dataset(cfg, "train", train=True, labels=None)
     w = clip_weights(cfg, dataset, torch.device("cpu"), progress=False)
@@ -97,11 +118,16 @@ def test_clip_weights_on_a_synthetic_set(synthetic_set: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weighting", ["loss", "sample"])
-def test_weighting_either_weighs_the_loss_or_resamples_the_epoch(weighting: str, synthetic_set: Path,
-                                                                  tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(("weighting", "switches"), [
+    ("loss", ["model.stages=[ivc]"]), ("sample", ["model.stages=[ivc]"]),
+    ("loss", ["model.stages=[]", "backdoor.reweight=true"]), (None, ["model.stages=[]"]),
+    (None, ["model.stages=[ivc]", "backdoor.reweight=false"])])
+def test_weighting_either_weighs_the_loss_or_resamples_the_epoch(weighting: str | None, switches: list[str],
+                                                                  synthetic_set: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
     """``loss``: every batch's CE gets its clips' weights and the epoch is a plain shuffle; ``sample``: the epoch
-    order is drawn in proportion to the weights and the CE is unweighted."""
+    order is drawn in proportion to the weights and the CE is unweighted; with the IVC stage by default, without it
+    when asked (the weighted baseline), and neither without the stage by default or when switched off (None)."""
     import pcmci.engine.train as train_module
     from pcmci.config import load_config
     from pcmci.model.pcmci import PCMCI
@@ -123,10 +149,12 @@ def test_weighting_either_weighs_the_loss_or_resamples_the_epoch(weighting: str,
     monkeypatch.setattr(PCMCI, "loss", loss)
     cfg = load_config("tiny", [f"data.manifest={synthetic_set}", f"run.out_dir={tmp_path}", "optim.epochs=1",
                                "optim.batch_size=6", "run.progress=false", "model.dictionaries.clips=12",
-                               "model.stages=[ivc]", f"model.ivc.weighting={weighting}"])
+                               *switches, f"backdoor.weighting={weighting or 'loss'}"])
     train_module.train(cfg)
     n = len(orders[0]) if orders[0] is not None else None
-    if weighting == "sample":
+    if weighting is None:
+        assert orders == [None] and losses and all(w is None for w in losses)
+    elif weighting == "sample":
         assert n is not None and torch.equal(orders[0], fixed[:n]) and all(w is None for w in losses)
     else:
         assert orders == [None] and losses and all(w is not None and w.shape[0] <= 6 for w in losses)

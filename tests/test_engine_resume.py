@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_run_overrides
 from engine_runs import assert_same_run, kill_at_first_step_of_epoch, one_thread, pcmci_command
-from former_names import with_former_names
+from former_names import with_former_config_keys, with_former_names
 
 from pcmci.cli import main
 from pcmci.config import ConfigError, load_config
@@ -73,12 +73,15 @@ def test_resume_can_extend_a_run(synthetic_set: Path, tiny_run: Path, tmp_path: 
 def test_a_checkpoint_with_the_former_stage_names_resumes_as_the_current_one(synthetic_set: Path, tiny_run: Path,
                                                                                tmp_path: Path) -> None:
     """A checkpoint written before the stages' layers got role names (model keys ``ivc.w_q`` ... , the optimiser
-    state by parameter index) continues the run bit for bit as the same checkpoint under the current names."""
+    state by parameter index) and before the backdoor's config keys left ``model.ivc`` continues the run bit for bit
+    as the same checkpoint under the current names."""
     state = load_checkpoint(tiny_run / "checkpoint.pt")
     former = with_former_names(state["model"], "tiny_run")
     assert "ivc.w_q.weight" in former and "ivc.w_q.weight" not in state["model"]
-    for name, model in (("current", state["model"]), ("former", former)):
-        _copy_run(tiny_run, {**state, "model": model}, tmp_path / name)
+    former_config = with_former_config_keys(state["config"])
+    assert "backdoor" not in former_config and former_config["model"]["ivc"]["reweight"] is True
+    for name, model, config in (("current", state["model"], state["config"]), ("former", former, former_config)):
+        _copy_run(tiny_run, {**state, "model": model, "config": config}, tmp_path / name)
         with one_thread():
             train(load_config("tiny", tiny_run_overrides(synthetic_set, tmp_path / name, "optim.epochs=3")),
                   resume=True)

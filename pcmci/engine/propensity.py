@@ -1,4 +1,5 @@
-"""IVC's training-time backdoor: clip weights ``P(y) / P(y|s)`` from cross-fitted single-frame reference models.
+"""The training-time backdoor: clip weights ``P(y) / P(y|s)`` from cross-fitted single-frame reference models
+(``backdoor`` config section; with the IVC stage by default, the project's reading of IVC's backdoor).
 
 Causal graph (per clip): ``C -> X``, ``X -> Y``, and ``C -> Y`` through how the data were collected (a kitchen, a
 camera, a badge go with an activity). ``C`` is not observed and need not stand still: a hand-held camera moves the
@@ -9,16 +10,16 @@ population where the context is independent of the label; weighting each trainin
 a time, so ``P(y|s)`` is what a model that cannot see motion predicts. Scene, light, props — moving or not — are
 visible in one frame; the activity's motion is not.
 
-- **Cross-fitted** (``model.ivc.reference_folds`` class-stratified folds): each clip's ``P(y|s)`` comes from a
+- **Cross-fitted** (``backdoor.reference_folds`` class-stratified folds): each clip's ``P(y|s)`` comes from a
   reference model trained on the other folds, so the minority clips it must find are not memorised away.
 - **Reference model**: the no-intervention baseline architecture of the run's config, built for one frame
-  (``timesformer.frames=1``), trained ``model.ivc.reference_epochs`` epochs on one random frame per clip, and read
+  (``timesformer.frames=1``), trained ``backdoor.reference_epochs`` epochs on one random frame per clip, and read
   as the mean of its per-frame class probabilities over the clip's F frames.
 - **A still cause keeps its evidence.** Weights are normalised to mean 1 *within each class*: the weighted data
   keep every class's share, and inside a class the clips whose frames point to another class gain weight. A cause
   that defines its class (the pan on the stove) is in every clip of the class, so it moves no clip's weight within
   the class — nothing teaches the model to ignore it, unlike removing what stands still.
-- ``model.ivc.max_weight`` clips ``P(y)/P(y|s)`` before normalisation (the variance of importance weights).
+- ``backdoor.max_weight`` clips ``P(y)/P(y|s)`` before normalisation (the variance of importance weights).
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def stratified_folds(targets: list[int], folds: int, seed: int) -> list[int]:
     """The fold of each clip: the clips in a seeded random order, grouped by class, dealt out in turn — so the folds
     differ in size by at most one and every class with at least ``folds`` clips is in every fold."""
     if len(targets) < folds:
-        raise ConfigError(f"model.ivc.reference_folds={folds} needs at least {folds} training clips to cross-fit "
-                          f"the backdoor weights, the split has {len(targets)}; lower it or set model.ivc.reweight=false")
+        raise ConfigError(f"backdoor.reference_folds={folds} needs at least {folds} training clips to cross-fit "
+                          f"the backdoor weights, the split has {len(targets)}; lower it or set backdoor.reweight=false")
     generator = torch.Generator().manual_seed(seed * 7919 + 17)
     order = sorted(torch.randperm(len(targets), generator=generator).tolist(), key=lambda i: targets[i])
     fold = [0] * len(targets)
@@ -98,7 +99,7 @@ def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], dev
     model = build_model(ref_cfg.model, dataset.labels.classes, dataset.labels.actions).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    epochs = cfg.model.ivc.reference_epochs
+    epochs = cfg.backdoor.reference_epochs
     total = epochs * math.ceil(len(indices) / batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
     generator = torch.Generator().manual_seed(seed)
@@ -149,10 +150,10 @@ def clip_weights(cfg: Config, dataset: VideoDataset, device: torch.device, progr
     so that one process, several, or accumulated batches fit the same references and get the same weights."""
     batch = batch or cfg.optim.batch_size
     if dataset.multilabel:
-        raise ConfigError("model.ivc.reweight=true weights each clip by P(y)/P(y|s), defined for one label per clip, "
-                          "but the training set is multi-label; set model.ivc.reweight=false")
+        raise ConfigError("backdoor.reweight weights each clip by P(y)/P(y|s), defined for one label per clip, "
+                          "but the training set is multi-label; set backdoor.reweight=false")
     targets = [int(r.target) for r in dataset.records]
-    folds = stratified_folds(targets, cfg.model.ivc.reference_folds, cfg.run.seed)
+    folds = stratified_folds(targets, cfg.backdoor.reference_folds, cfg.run.seed)
     was_training = dataset.train
     try:
         return _cross_fitted_weights(cfg, dataset, device, progress, batch, targets, folds)
@@ -164,9 +165,9 @@ def _cross_fitted_weights(cfg: Config, dataset: VideoDataset, device: torch.devi
                           targets: list[int], folds: list[int]) -> Tensor:
     """``reference_rounds`` rounds of cross-fitted references, each multiplying the weights by its factor."""
     weights = torch.ones(len(targets), dtype=torch.float64)
-    for round_ in range(cfg.model.ivc.reference_rounds):
+    for round_ in range(cfg.backdoor.reference_rounds):
         p_label = torch.ones(len(targets), dtype=torch.float64)
-        for k in range(cfg.model.ivc.reference_folds):
+        for k in range(cfg.backdoor.reference_folds):
             fit_on = [i for i, f in enumerate(folds) if f != k]
             held = [i for i, f in enumerate(folds) if f == k]
             dataset.train = True
@@ -174,9 +175,9 @@ def _cross_fitted_weights(cfg: Config, dataset: VideoDataset, device: torch.devi
             model = _train_reference(cfg, dataset, fit_on, device, seed, progress, weights, batch)
             dataset.train = False  # centre-sampled frames for the read-out
             p_label[held] = _label_probability(model, dataset, held, cfg, device, batch)
-        weights = propensity_weights(p_label, torch.tensor(targets), cfg.model.ivc.max_weight, weights)
+        weights = propensity_weights(p_label, torch.tensor(targets), cfg.backdoor.max_weight, weights)
         ess = float(weights.sum() ** 2 / (weights**2).sum())
-        log.info("IVC backdoor weights, round %d: %d clips, P(y|s) median %.3f, weights %.2f..%.2f, effective sample "
+        log.info("backdoor weights, round %d: %d clips, P(y|s) median %.3f, weights %.2f..%.2f, effective sample "
                  "size %.0f", round_ + 1, len(targets), float(p_label.median()), float(weights.min()),
                  float(weights.max()), ess)
     return weights

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, check_dataset, to_dict
+from ..config import Config, ConfigError, check_dataset, from_dict, reweights, to_dict
 from ..data.datasets import VideoDataset
 from ..data.loader import make_loader
 from ..model import PCMCI, build_model
@@ -61,7 +61,7 @@ class Run:
     start_epoch: int
     step: int  # optimiser steps taken since the run began, resumed epochs included
     amp: bool  # bf16 autocast: optim.amp, on CUDA only
-    clip_weights: Tensor | None  # IVC's backdoor: per-clip weights P(y)/P(y|s) [n], fitted once per run
+    clip_weights: Tensor | None  # the backdoor: per-clip weights P(y)/P(y|s) [n], fitted once per run
     sink: MetricsSink
     compile_pending: bool  # the first forward of a compiled model compiles it: its time is logged once
 
@@ -70,9 +70,9 @@ class Run:
         return self.ctx.device
 
     def backdoor_weights(self, use: Literal["loss", "sample"]) -> Tensor | None:
-        """``clip_weights`` where ``model.ivc.weighting`` is ``use`` (``"loss"``: each clip's CE; ``"sample"``: the
+        """``clip_weights`` where ``backdoor.weighting`` is ``use`` (``"loss"``: each clip's CE; ``"sample"``: the
         epoch order), else None."""
-        return self.clip_weights if self.cfg.model.ivc.weighting == use else None
+        return self.clip_weights if self.cfg.backdoor.weighting == use else None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -168,7 +168,7 @@ def build_run(cfg: Config, ctx: distributed.Dist, resume: bool) -> Run:
         if ctx.world > 1 else None
     compiled = use_compile(cfg.run.compile, device)
     net = FallbackCompiled(ddp or model) if compiled else ddp or model
-    weights = run_clip_weights(cfg, ctx, model, dataset, state)
+    weights = run_clip_weights(cfg, ctx, dataset, state)
     if ctx.world > 1:
         log.info("DDP: %d processes (%s), %d clips per process per step x %d accumulated = global batch %d",
                  ctx.world, torch.distributed.get_backend(), cfg.optim.batch_size, cfg.optim.accum_steps,
@@ -185,7 +185,7 @@ def resume_state(cfg: Config, ctx: distributed.Dist) -> dict[str, Any]:
     (shards and steps per epoch depend on the latter)."""
     ckpt_path = Path(cfg.run.out_dir) / "checkpoint.pt"
     state = load_checkpoint(ckpt_path)
-    changed = config_changes(state["config"], to_dict(cfg))
+    changed = config_changes(to_dict(from_dict(state["config"])), to_dict(cfg))  # saved under former keys too
     if changed:
         raise ConfigError(f"--resume: the config differs from the one saved in {ckpt_path} in {', '.join(changed)}")
     if state.get("world", 1) != ctx.world:
@@ -194,11 +194,12 @@ def resume_state(cfg: Config, ctx: distributed.Dist) -> dict[str, Any]:
     return state
 
 
-def run_clip_weights(cfg: Config, ctx: distributed.Dist, model: PCMCI, dataset: VideoDataset,
+def run_clip_weights(cfg: Config, ctx: distributed.Dist, dataset: VideoDataset,
                      state: dict[str, Any] | None) -> Tensor | None:
-    """IVC's backdoor weights ``[n]`` (``model.ivc.reweight``): the checkpoint's when resuming, else fitted on the
-    run's global batch; rank 0's, on every rank. None without IVC or reweighting."""
-    if model.ivc is None or not cfg.model.ivc.reweight:
+    """The backdoor weights ``[n]`` (``backdoor.reweight``, see :func:`~pcmci.config.reweights`): the checkpoint's
+    when resuming, else fitted on the run's global batch; rank 0's, on every rank. None when the run trains
+    unweighted."""
+    if not reweights(cfg):
         return None
     saved = state.get("clip_weights") if state is not None else None
     try:
@@ -344,10 +345,10 @@ def forward_backward(net: Any, model: PCMCI, frames: torch.Tensor, target: torch
                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One micro-batch: forward ``frames[B,F,3,H,W]`` through ``net`` (the model, DDP-wrapped and/or compiled)
     under bf16 autocast when ``amp``, the loss against ``target`` and ``steps[B,A]`` (each clip weighted by
-    ``clip_weights[B]``, IVC's backdoor, when given), and the backward of ``weight x loss`` (the micro-batch's share
-    of its accumulation group). ``flood`` > 0 descends on ``|loss - flood| + flood`` (flooding, Ishida et al. 2020):
-    below the level the step climbs back, so a model cannot drive its (weighted) training loss to zero, where loss
-    weights stop mattering. Returns (outputs, loss before flooding)."""
+    ``clip_weights[B]``, the backdoor weights, when given), and the backward of ``weight x loss`` (the micro-batch's
+    share of its accumulation group). ``flood`` > 0 descends on ``|loss - flood| + flood`` (flooding, Ishida et al.
+    2020): below the level the step climbs back, so a model cannot drive its (weighted) training loss to zero, where
+    loss weights stop mattering. Returns (outputs, loss before flooding)."""
     with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=amp):
         out = net(frames)
         loss = model.loss(out, target, steps, clip_weights)

@@ -1,14 +1,15 @@
 """``pcmci ablate``: the paper's variants on one dataset, each trained for N seeds with the same hyperparameters.
 
-Variants: the no-intervention baseline, each stage alone, each pair (in the paper's order), the full model and the
-reversed order; then switches inside a stage, named: ``ivc-noreweight`` (IVC's front-door without its
-training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the head only through ``P(m|V)``, IVC's
+Variants: the no-intervention baseline, the weighted baseline ``reweight`` (no stage, trained on the backdoor weights
+that come with IVC by default: the row the stages must beat), each stage alone, each pair (in the paper's order),
+the full model and the reversed order; then switches inside a stage, named: ``ivc-noreweight`` (IVC's front-door
+without the training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the head only through ``P(m|V)``, IVC's
 former default), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean frame and
 temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` +
 ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std of accuracy and mAP per split, and on synthetic
 sets the counterfactual flip rate, the still-object accuracy (the classes told apart only by a still tool) and what
 the models follow (label or a confounder's class, :func:`~pcmci.experiments.diagnose.follows`) on the last split,
-and the balance of IVC's backdoor weights (``ablation.json``, ``ablation.md``, ``ablation_acc.png``,
+and the balance of the backdoor weights (``ablation.json``, ``ablation.md``, ``ablation_acc.png``,
 ``ablation_map.png``). Each finished run is kept in its folder and reused when the ablation is run again with the
 same config, seed and training code (:func:`source_digest`); ``--jobs N`` trains N runs at a time.
 """
@@ -38,6 +39,7 @@ from .diagnose import CONFOUNDERS, counterfactual_scores, synthetic_pairs
 log = logging.getLogger(__name__)
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
+    "reweight": [],
     "ich": ["ich"],
     "ici": ["ici"],
     "ivc": ["ivc"],
@@ -51,12 +53,13 @@ VARIANTS: dict[str, list[str]] = {
     "ivc-static": ["ivc"],
     "full-static": list(STAGE_NAMES),
 }
-_STATIC = ["model.ivc.static=true", "model.ivc.static_input=true", "model.ivc.reweight=false"]
+_STATIC = ["model.ivc.static=true", "model.ivc.static_input=true", "backdoor.reweight=false"]
 SWITCHES: dict[str, list[str]] = {  # config choices of a variant beyond its stages
-    "ivc-noreweight": ["model.ivc.reweight=false"], "ivc-mediator-only": ["model.ivc.mediator_only=true"],
+    "reweight": ["backdoor.reweight=true"],
+    "ivc-noreweight": ["backdoor.reweight=false"], "ivc-mediator-only": ["model.ivc.mediator_only=true"],
     "ivc-static": _STATIC, "full-static": _STATIC,
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in SWITCHES]
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in SWITCHES or v == "reweight"]
 METRICS = ("acc", "map")
 SCORES = ("flip_rate", "still_object_acc")  # counterfactual scores on the last split (synthetic sets)
 EXTRAS = (*SCORES, "follows", "weights")  # what a run records beyond the metrics (None where it does not apply)
@@ -261,7 +264,7 @@ def _follows_table(report: dict[str, Any]) -> list[str]:
 
 
 def _weights_table(report: dict[str, Any]) -> list[str]:
-    """How IVC's backdoor weights balance each confounder of the training split (variants trained with them)."""
+    """How the backdoor weights balance each confounder of the training split (variants trained with them)."""
     found = {name: v["weights"] for name, v in report["variants"].items() if v.get("weights")}
     if not found:
         return []
@@ -271,7 +274,7 @@ def _weights_table(report: dict[str, Any]) -> list[str]:
             + " | ".join(_cell(w["weighted"][k]) for k in names) + " |"
             for name, w in found.items()]
     unweighted = ", ".join(f"{k} {first['unweighted'][k]:.3f}" for k in names)
-    return [f"IVC's backdoor weights: share of the {first['clips']} training clips whose confounder is their own "
+    return [f"The backdoor weights: share of the {first['clips']} training clips whose confounder is their own "
             f"class's, weighted (unweighted: {unweighted}; independence 1/C = {first['independence']:.3f}), and the "
             "weights' effective sample size. A confounder the single-frame references missed keeps its unweighted "
             "share.", "",

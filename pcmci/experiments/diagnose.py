@@ -11,7 +11,7 @@
   label (and to different ones), the share of predictions naming the label, the background's class, the
   distractor's class (and the prop's). It says which confounder a model learned, where accuracy only says that it
   learned one.
-- IVC's backdoor weights (a checkpoint trained with ``model.ivc.reweight`` on a synthetic set): the weighted share
+- The backdoor weights (a checkpoint trained with ``backdoor.reweight`` on a synthetic set): the weighted share
   of training clips whose background / distractor / prop is their own class's, against the unweighted share and
   ``1/C`` (independence), and the weights' effective sample size — which confounders the single-frame references
   found and balanced.
@@ -259,14 +259,14 @@ def score_pairs(model: Classifier, cfg: Any, pairs: CounterfactualPairs) -> dict
 
 def counterfactual_scores(checkpoint: str | Path, pairs: CounterfactualPairs,
                           device: str = "auto") -> dict[str, Any]:
-    """:func:`score_pairs` of a trained checkpoint, and ``weights``, the balance of its IVC backdoor weights
+    """:func:`score_pairs` of a trained checkpoint, and ``weights``, the balance of its backdoor weights
     (:func:`backdoor_balance`, None without them)."""
     model, cfg = load_model(checkpoint, resolve_device(device))
     return {**score_pairs(model, cfg, pairs), "weights": backdoor_balance(checkpoint, cfg)}
 
 
 def backdoor_balance(checkpoint: str | Path, cfg: Any) -> dict[str, Any] | None:
-    """How far IVC's backdoor weights (kept in the checkpoint) balance each confounder of a synthetic training
+    """How far the backdoor weights (kept in the checkpoint) balance each confounder of a synthetic training
     split: per confounder the share of clips whose id is their own class's, ``unweighted`` and ``weighted``, beside
     ``independence`` (``1/C``, a confounder that says nothing of the label); ``effective_size`` is
     ``(sum w)^2 / sum w^2``. None without weights or without the set's ``meta.json``."""
@@ -418,12 +418,12 @@ def follows_lines(fol: dict[str, Any] | None) -> list[str]:
 
 
 def balance_lines(bal: dict[str, Any] | None) -> list[str]:
-    """The section on IVC's backdoor weights (nothing without them)."""
+    """The section on the backdoor weights (nothing without them)."""
     if not bal:
         return []
     rows = [f"| {name} | {bal['unweighted'][name]:.3f} | {bal['weighted'][name]:.3f} | {bal['independence']:.3f} |"
             for name in bal["weighted"]]
-    return ["## IVC's backdoor weights", "",
+    return ["## The backdoor weights", "",
             f"{bal['clips']} training clips, effective sample size {bal['effective_size']:.0f}. Share of clips whose "
             "confounder is their own class's:", "",
             "| confounder | unweighted | weighted | independence (1/C) |", "|---|---:|---:|---:|", *rows, "",

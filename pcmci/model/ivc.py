@@ -32,7 +32,7 @@ hierarchical relation encoder isomorphic to ICI's, and NWGM approximates the sum
    (``docs/results/intervention-ceiling/``).
 Optional alignment loss ``lambda mean_k ||G^V_k - G^{M->V}_k||_F^2 / N^2``.
 
-Training (``reweight=true``): the confounder C reaches Y through how the data were collected, so the encoder that
+Training (``backdoor.reweight``, on with this stage by default): the confounder C reaches Y through how the data were collected, so the encoder that
 feeds this stage is trained on the backdoor-adjusted risk ``sum_c P(c) P(Y|X,c)``, estimated by weighting each
 clip with ``P(y)/P(y|s)``, ``s`` what single frames show (``pcmci.engine.propensity``). It changes what the encoder
 learns, not the inference graph.

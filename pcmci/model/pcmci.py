@@ -8,7 +8,7 @@ Every stage is ``forward(state) -> state`` from one registry (``pcmci.model.stag
 ``stages=[]`` is the no-intervention baseline. The head scores the C class rows of the final texts (plus the A
 atomic-action rows when the auxiliary loss is on) against the final video tokens.
 
-Training with IVC's backdoor (``model.ivc.reweight``): :meth:`PCMCI.loss` takes per-clip weights
+Training with the backdoor weights (``backdoor.reweight``): :meth:`PCMCI.loss` takes per-clip weights
 ``P(y)/P(y|s)`` estimated by the engine (``pcmci.engine.propensity``).
 """
 from __future__ import annotations
@@ -107,12 +107,12 @@ class PCMCI(nn.Module):
         """Classification loss (CE, or BCE when multi-label) + optional atomic-action BCE and alignment terms.
 
         ``target`` is ``[B]`` class indices, or ``[B,C]`` multi-hot when ``multilabel``; ``steps[B,A]``;
-        ``weights[B]`` per-clip weights of the single-label CE (IVC's backdoor; mean 1 over the training split).
+        ``weights[B]`` per-clip weights of the single-label CE (the backdoor; mean 1 over the training split).
         """
         logits = out["logits"].float()
         if self.multilabel:
             loss = F.binary_cross_entropy_with_logits(logits, target.float())
-        elif weights is not None:  # IVC's backdoor: the clip's weight P(y)/P(y|s) (pcmci.engine.propensity)
+        elif weights is not None:  # the backdoor: the clip's weight P(y)/P(y|s) (pcmci.engine.propensity)
             loss = (weights.to(logits.dtype) * F.cross_entropy(logits, target, reduction="none")).mean()
         else:
             loss = F.cross_entropy(logits, target)
