@@ -118,11 +118,15 @@ class BackdoorConfig:
     ``reference_folds`` single-frame reference models (the baseline architecture, one frame per clip), each trained
     ``reference_epochs`` epochs on the other folds; ``max_weight`` clips each round's factor. ``reference_rounds``
     > 1 refits the references on the weighted data, which finds the next static cue once the first (a background)
-    no longer predicts the label (a badge): one weight factor per round.
+    no longer predicts the label (a badge): one weight factor per round. ``reference="clip"`` trains the references on
+    whole clips instead of single frames (``P(y|x)`` of an early-stopped, cross-fitted baseline, the "learned first
+    is the shortcut" premise of Just Train Twice / Learning from Failure): it reads cues one frame hides or one frame's
+    reference misses (a small moving badge), at the price of also down-weighting clips whose cause it learned.
     """
 
     reweight: bool | None = None
     weighting: Literal["loss", "sample"] = "loss"  # how the weights enter training: each clip's CE, or the epoch order
+    reference: Literal["frame", "clip"] = "frame"  # what the references see: one frame at a time, or the whole clip
     reference_folds: int = 2
     reference_epochs: int = 6
     reference_rounds: int = 1

@@ -91,23 +91,26 @@ def test_the_backdoor_keys_formerly_under_model_ivc_still_load(caplog: pytest.Lo
     assert caplog.text.count("config key 'model.ivc.reweight' is now 'backdoor.reweight'") == 1
 
 
-def test_reference_is_the_baseline_on_one_frame() -> None:
+def test_reference_is_the_baseline_on_one_frame_or_on_the_clip() -> None:
     from pcmci.config import load_config
 
     cfg = load_config("tiny")
     ref = reference_config(cfg)
     assert ref.model.stages == [] and ref.model.timesformer.frames == 1 and cfg.model.timesformer.frames == 8
+    clip = reference_config(load_config("tiny", ["backdoor.reference=clip"]))
+    assert clip.model.stages == [] and clip.model.timesformer.frames == 8
 
 
 @pytest.mark.slow
-def test_clip_weights_on_a_synthetic_set(synthetic_set: Path) -> None:
+@pytest.mark.parametrize("reference", ["frame", "clip"])
+def test_clip_weights_on_a_synthetic_set(reference: str, synthetic_set: Path) -> None:
     """End to end on the tiny set: one weight per clip, finite, mean 1 within each class."""
     from pcmci.config import load_config
     from pcmci.engine.propensity import clip_weights
     from pcmci.engine.runtime import make_dataset
 
     cfg = load_config("tiny", [f"data.manifest={synthetic_set}", "backdoor.reference_epochs=1",
-                               "optim.batch_size=6", "data.cache_frames=true"])
+                               "optim.batch_size=6", "data.cache_frames=true", f"backdoor.reference={reference}"])
     dataset = make_dataset(cfg, "train", train=True, labels=None)
     w = clip_weights(cfg, dataset, torch.device("cpu"), progress=False)
     targets = torch.tensor([r.target for r in dataset.records])

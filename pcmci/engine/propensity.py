@@ -20,6 +20,10 @@ visible in one frame; the activity's motion is not.
   that defines its class (the pan on the stove) is in every clip of the class, so it moves no clip's weight within
   the class — nothing teaches the model to ignore it, unlike removing what stands still.
 - ``backdoor.max_weight`` clips ``P(y)/P(y|s)`` before normalisation (the variance of importance weights).
+- ``backdoor.reference="clip"``: the references see whole clips (``s`` = the clip, the baseline architecture on all
+  its frames, early-stopped at ``reference_epochs``). Not a backdoor estimate by construction (the clip also shows
+  the cause): it relies on the baseline learning the context before the motion, and reads context a single frame's
+  reference cannot (a small, moving badge).
 """
 from __future__ import annotations
 
@@ -69,10 +73,12 @@ def propensity_weights(p_label: Tensor, targets: Tensor, max_weight: float, base
 
 
 def reference_config(cfg: Config) -> Config:
-    """The run's config for the single-frame reference: the baseline architecture on one frame."""
+    """The run's config for the reference: the baseline architecture, on one frame (``backdoor.reference="frame"``)
+    or on the clip's frames."""
     ref = copy.deepcopy(cfg)
     ref.model.stages = []
-    ref.model.timesformer.frames = 1
+    if cfg.backdoor.reference == "frame":
+        ref.model.timesformer.frames = 1
     ref.model.head.aux_weight = 0.0
     return ref
 
@@ -92,8 +98,8 @@ def _loader(dataset: VideoDataset, indices: list[int], batch: int, workers: int,
 
 def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], device: torch.device,
                      seed: int, progress: bool, weights: Tensor, batch: int) -> PCMCI:
-    """A single-frame baseline trained on ``indices`` with the loss weights ``weights[n]`` of the clips (AdamW at the
-    run's lr, cosine over the epochs)."""
+    """A reference baseline (:func:`reference_config`) trained on ``indices`` with the loss weights ``weights[n]``
+    of the clips (AdamW at the run's lr, cosine over the epochs)."""
     ref_cfg = reference_config(cfg)
     torch.manual_seed(seed)
     model = build_model(ref_cfg.model, dataset.labels.classes, dataset.labels.actions).to(device)
@@ -107,11 +113,13 @@ def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], dev
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
         batches = _loader(dataset, indices, batch, cfg.data.num_workers, True, seed + epoch)
-        for items in tqdm(batches, desc=f"single-frame reference, epoch {epoch + 1}/{epochs}", leave=False,
+        for items in tqdm(batches, desc=f"{cfg.backdoor.reference} reference, epoch {epoch + 1}/{epochs}", leave=False,
                           disable=not progress):
             if "video" not in items:
                 continue
-            frames = _one_frame(items["video"].to(device), generator)
+            frames = items["video"].to(device)
+            if cfg.backdoor.reference == "frame":
+                frames = _one_frame(frames, generator)
             per_clip = F.cross_entropy(model(frames)["logits"].float(), items["label"].to(device), reduction="none")
             loss = (weights[items["index"]].to(device, per_clip.dtype) * per_clip).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -125,7 +133,8 @@ def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], dev
 @torch.no_grad()
 def _label_probability(model: PCMCI, dataset: VideoDataset, indices: list[int], cfg: Config,
                        device: torch.device, batch: int) -> Tensor:
-    """``P(y_i|s_i)`` for ``indices``: the reference's class probabilities averaged over each clip's F frames."""
+    """``P(y_i|s_i)`` for ``indices``: the reference's class probabilities averaged over each clip's F frames (one
+    read of the clip with ``backdoor.reference="clip"``)."""
     dataset.set_epoch(0)
     out = torch.ones(len(indices), dtype=torch.float64)
     position = {index: row for row, index in enumerate(indices)}
@@ -134,8 +143,11 @@ def _label_probability(model: PCMCI, dataset: VideoDataset, indices: list[int], 
             continue
         video = items["video"].to(device)
         b, f = video.shape[:2]
-        probs = torch.softmax(model(video.reshape(b * f, 1, *video.shape[2:]))["logits"].float(), -1)
-        probs = probs.view(b, f, -1).mean(1)
+        if cfg.backdoor.reference == "frame":
+            probs = torch.softmax(model(video.reshape(b * f, 1, *video.shape[2:]))["logits"].float(), -1)
+            probs = probs.view(b, f, -1).mean(1)
+        else:
+            probs = torch.softmax(model(video)["logits"].float(), -1)
         label = items["label"].to(device)
         rows = [position[int(i)] for i in items["index"]]
         out[rows] = probs[torch.arange(b, device=device), label].double().cpu()
