@@ -276,7 +276,7 @@ def _weights_table(report: dict[str, Any]) -> list[str]:
     unweighted = ", ".join(f"{k} {first['unweighted'][k]:.3f}" for k in names)
     return [f"The backdoor weights: share of the {first['clips']} training clips whose confounder is their own "
             f"class's, weighted (unweighted: {unweighted}; independence 1/C = {first['independence']:.3f}), and the "
-            "weights' effective sample size. A confounder the single-frame references missed keeps its unweighted "
+            "weights' effective sample size. A confounder the references missed keeps its unweighted "
             "share.", "",
             "| variant | effective size | " + " | ".join(f"weighted {k}" for k in names) + " |",
             "|---|---:|" + "---:|" * len(names), *rows, ""]

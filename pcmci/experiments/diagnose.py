@@ -13,7 +13,7 @@
   learned one.
 - The backdoor weights (a checkpoint trained with ``backdoor.reweight`` on a synthetic set): the weighted share
   of training clips whose background / distractor / prop is their own class's, against the unweighted share and
-  ``1/C`` (independence), and the weights' effective sample size — which confounders the single-frame references
+  ``1/C`` (independence), and the weights' effective sample size — which confounders the references
   found and balanced.
 - IVC's mediator over the split: the entropy of ``P(m|V)`` (share of ``log L``; near 0 = every token picks one
   label) and the effective rank of ``M^`` (exp of the entropy of its singular values; near 1 = one mediator for
@@ -427,7 +427,7 @@ def balance_lines(bal: dict[str, Any] | None) -> list[str]:
             f"{bal['clips']} training clips, effective sample size {bal['effective_size']:.0f}. Share of clips whose "
             "confounder is their own class's:", "",
             "| confounder | unweighted | weighted | independence (1/C) |", "|---|---:|---:|---:|", *rows, "",
-            "A confounder the single-frame references found is near independence in the weighted data; one they "
+            "A confounder the references found is near independence in the weighted data; one they "
             "missed keeps its unweighted share.", ""]
 
 

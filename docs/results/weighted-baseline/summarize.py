@@ -1,0 +1,90 @@
+"""Print the tables of README.md from the committed ablation files (paired by seed: the seeds share the data).
+
+    .venv/bin/python -P docs/results/weighted-baseline/summarize.py
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+RESULTS = HERE.parent
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def values(report: dict, variant: str, key: str, split: str = "test_ood") -> np.ndarray:
+    entry = report["variants"][variant]
+    found = entry[split]["acc"] if key == "acc" else entry[key]
+    return np.array(found["values"][split] if isinstance(found.get("values"), dict) else found["values"])
+
+
+def cell(x: np.ndarray) -> str:
+    return f"{x.mean():.3f} ± {x.std():.3f}"
+
+
+def balance(report: dict, variant: str, seeds: int | None = None) -> str:
+    """Weighted own-class shares of background and distractor, and the effective size: mean over the first
+    ``seeds`` seeds (all by default)."""
+    w = report["variants"][variant].get("weights")
+    if not w:
+        return "– | – | –"
+    mean = [np.mean(x["values"][:seeds]) for x in (w["weighted"]["background"], w["weighted"]["distractor"],
+                                                    w["effective_size"])]
+    return f"{mean[0]:.3f} | {mean[1]:.3f} | {mean[2]:.0f}"
+
+
+def follows(report: dict, variant: str) -> str:
+    f = report["variants"][variant]["follows"]
+    return " / ".join(f"{f[k]['mean']:.2f}" for k in ("label", "background", "distractor"))
+
+
+def demo_table(report: dict) -> None:
+    print(f"Demo set, {report['seeds']} seeds ({report['seconds']:.0f} s):\n")
+    print("| variant | ID acc | OOD acc | still-object (OOD) | follows label / background / distractor | "
+          "weighted background | weighted distractor | effective size |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|")
+    for v in report["variants"]:
+        print(f"| {v} | {cell(values(report, v, 'acc', 'test_id'))} | {cell(values(report, v, 'acc'))} | "
+              f"{cell(values(report, v, 'still_object_acc'))} | {follows(report, v)} | {balance(report, v)} |")
+    print("\nPaired OOD differences (points, per seed):\n")
+    for a, b in (("reweight", "baseline"), ("full", "baseline"), ("full", "reweight")):
+        d = 100 * (values(report, a, "acc") - values(report, b, "acc"))
+        print(f"- {a} − {b}: {d.mean():+.1f} ± {d.std():.1f} ({', '.join(f'{x:+.1f}' for x in d)})")
+
+
+def reference_table() -> None:
+    """reference=clip against reference=frame, same seeds (0-2), same commands otherwise."""
+    demo = load(HERE / "demo5.json")
+    rows = [("demo", "reweight", demo, HERE / "refclip.json", "reweight"),
+            ("demo", "full", demo, HERE / "refclip.json", "full"),
+            ("famA", "reweight", load(RESULTS / "recipe-knobs" / "famA-weights.json"), HERE / "refclip-famA.json",
+             "reweight"),
+            ("famB", "reweight", load(RESULTS / "recipe-knobs" / "famB-weights.json"), HERE / "refclip-famB.json",
+             "reweight")]
+    print("\nReferences on whole clips (`backdoor.reference=clip`) against single frames, seeds 0-2:\n")
+    print("| set | variant | reference | OOD acc | still-object (OOD) | weighted background | weighted distractor | "
+          "effective size |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for name, variant, frame, clip_path, clip_variant in rows:
+        # the famA/famB frame rows are the weighted baseline of ../recipe-knobs (named "baseline" there: a patch)
+        frame_variant = variant if variant in frame["variants"] else "baseline"
+        for label, report, v in (("frame", frame, frame_variant), ("clip", None, clip_variant)):
+            if report is None:
+                if not clip_path.exists():
+                    continue
+                report = load(clip_path)
+            acc = values(report, v, "acc")[:3]
+            still = values(report, v, "still_object_acc")[:3] if report["variants"][v].get("still_object_acc") \
+                else None
+            print(f"| {name} | {variant} | {label} | {cell(acc)} | {cell(still) if still is not None else 'n/a'} | "
+                  f"{balance(report, v, 3)} |")
+
+
+if __name__ == "__main__":
+    demo_table(load(HERE / "demo5.json"))
+    reference_table()
