@@ -50,6 +50,8 @@ class TimeSformerConfig:
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
     motion_embed: bool = False  # add a zero-init patch embedding of each frame's forward difference (not in the paper)
+    style_mix: float = 0.0  # training: share of clips whose token statistics are mixed with another clip's (MixStyle)
+    style_mix_alpha: float = 0.1  # lam ~ Beta(alpha, alpha), the mixing weight of a clip's own statistics
     pretrained: str | None = None
 
 
@@ -419,6 +421,10 @@ def validate(cfg: Config) -> Config:
     if cfg.data.test_crops < 1 or cfg.data.test_views < 1 or cfg.data.test_views % cfg.data.test_crops:
         raise ConfigError(f"data.test_views={cfg.data.test_views} must be a positive multiple of "
                           f"data.test_crops={cfg.data.test_crops} (views = temporal clips x spatial crops)")
+    t = cfg.model.timesformer
+    if not 0.0 <= t.style_mix <= 1.0 or t.style_mix_alpha <= 0:
+        raise ConfigError(f"model.timesformer.style_mix={t.style_mix} must be in [0, 1] and "
+                          f"model.timesformer.style_mix_alpha={t.style_mix_alpha} positive")
     if not 0.0 < cfg.data.train_crop_scale <= 1.0:
         raise ConfigError(f"data.train_crop_scale={cfg.data.train_crop_scale} must be in (0, 1] (1 = no crop jitter)")
     if cfg.model.timesformer.img_size % cfg.model.timesformer.patch_size:

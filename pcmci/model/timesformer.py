@@ -4,6 +4,9 @@ Each block attends over time (the F tokens of one patch position), then over spa
 frame plus the class token), then applies the MLP. Patch tokens are averaged per frame, projected to the
 joint dim D and given a temporal position embedding.
 
+``style_mix`` (not in the paper, training only) mixes each clip's patch-token statistics with another clip's
+(``pcmci.model.style_mix``), a sampled intervention on the context those statistics carry.
+
 ``motion_embed`` (not in the paper) adds a second patch embedding of each frame's forward difference,
 ``x_t = E(f_t) + E_d(f_{t+1} - f_t)`` (``E_d(0)`` for the last frame), zero at init: the network starts as the
 paper's TimeSformer and every frame's patch token can read its local motion from the first layer (the RGB-difference
@@ -19,6 +22,7 @@ from torch import Tensor, nn
 
 from ..config import TimeSformerConfig
 from .convert import load_timesformer_weights
+from .style_mix import StyleMix
 
 IMAGENET_HALF = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)  # as timm's ViT and HF's TimeSformer
@@ -79,6 +83,7 @@ class TimeSformer(nn.Module):
             self.motion_embed = PatchEmbed(cfg.img_size, cfg.patch_size, 3, cfg.width)
             nn.init.zeros_(self.motion_embed.proj.weight)
             nn.init.zeros_(self.motion_embed.proj.bias)
+        self.style_mix = StyleMix(cfg.style_mix, cfg.style_mix_alpha)  # identity at evaluation and when p = 0
         patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + patches, cfg.width))
@@ -105,7 +110,10 @@ class TimeSformer(nn.Module):
                 f"TimeSformer expects frames [B,{self.frames},3,{self.img_size},{self.img_size}], "
                 f"got {list(frames.shape)}"
             )
-        x = self.patch_embed((frames.flatten(0, 1) - self.mean) / self.std) + self.pos_embed[:, 1:]
+        x = self.patch_embed((frames.flatten(0, 1) - self.mean) / self.std)
+        if self.style_mix.p > 0:  # the statistics of the RGB patch tokens over the whole clip, before positions
+            x = self.style_mix(x.reshape(b, -1, self.width)).view_as(x)
+        x = x + self.pos_embed[:, 1:]
         if self.motion_embed is not None:
             step = torch.cat([frames[:, 1:] - frames[:, :-1], torch.zeros_like(frames[:, :1])], 1)
             x = x + self.motion_embed(step.flatten(0, 1) / self.std)
