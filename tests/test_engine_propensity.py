@@ -99,6 +99,7 @@ def test_reference_is_the_baseline_on_one_frame_or_on_the_clip() -> None:
     assert ref.model.stages == [] and ref.model.timesformer.frames == 1 and cfg.model.timesformer.frames == 8
     clip = reference_config(load_config("tiny", ["backdoor.reference=clip"]))
     assert clip.model.stages == [] and clip.model.timesformer.frames == 8
+    assert reference_config(load_config("tiny", ["model.timesformer.style_mix=0.5"])).model.timesformer.style_mix == 0
 
 
 @pytest.mark.slow

@@ -77,6 +77,7 @@ def reference_config(cfg: Config) -> Config:
     or on the clip's frames."""
     ref = copy.deepcopy(cfg)
     ref.model.stages = []
+    ref.model.timesformer.style_mix = 0.0  # the reference must read the context, not be made blind to it
     if cfg.backdoor.reference == "frame":
         ref.model.timesformer.frames = 1
     ref.model.head.aux_weight = 0.0
