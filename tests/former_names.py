@@ -34,10 +34,17 @@ def with_former_names(state: dict[str, Tensor], variant: str) -> dict[str, Tenso
 
 
 def with_former_config_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """A saved config (``to_dict``) as the code before the ``backdoor`` section wrote it: its fields under
-    ``model.ivc``, where ``reweight`` was a bool that took effect only with the IVC stage."""
+    """A saved config (``to_dict``) as the code before the ``backdoor`` section wrote it: the fields that moved under
+    ``model.ivc``, where ``reweight`` was a bool that took effect only with the IVC stage; the section's newer
+    fields absent (at their defaults)."""
+    from pcmci.config import MOVED_KEYS, BackdoorConfig
+
     former = copy.deepcopy(config)
     backdoor = former.pop("backdoor")
-    reweight = backdoor.pop("reweight")
-    former["model"]["ivc"].update(backdoor, reweight=True if reweight is None else reweight)
+    for key in MOVED_KEYS:
+        name = key.rsplit(".", 1)[1]
+        former["model"]["ivc"][name] = backdoor.pop(name)
+    if former["model"]["ivc"]["reweight"] is None:
+        former["model"]["ivc"]["reweight"] = True
+    assert all(value == getattr(BackdoorConfig(), name) for name, value in backdoor.items()), backdoor
     return former
