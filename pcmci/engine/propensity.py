@@ -49,7 +49,8 @@ def stratified_folds(targets: list[int], folds: int, seed: int) -> list[int]:
     differ in size by at most one and every class with at least ``folds`` clips is in every fold."""
     if len(targets) < folds:
         raise ConfigError(f"backdoor.reference_folds={folds} needs at least {folds} training clips to cross-fit "
-                          f"the backdoor weights, the split has {len(targets)}; lower it or set backdoor.reweight=false")
+                          f"the backdoor weights, the split has {len(targets)}; lower it or set "
+                          "backdoor.reweight=false")
     generator = torch.Generator().manual_seed(seed * 7919 + 17)
     order = sorted(torch.randperm(len(targets), generator=generator).tolist(), key=lambda i: targets[i])
     fold = [0] * len(targets)

@@ -3,9 +3,9 @@
 Variants: the no-intervention baseline, the weighted baseline ``reweight`` (no stage, trained on the backdoor weights
 that come with IVC by default: the row the stages must beat), each stage alone, each pair (in the paper's order),
 the full model and the reversed order; then switches inside a stage, named: ``ivc-noreweight`` (IVC's front-door
-without the training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the head only through ``P(m|V)``, IVC's
-former default), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean frame and
-temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` +
+without the training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the head only through
+``P(m|V)``, IVC's former default), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean
+frame and temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` +
 ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std of accuracy and mAP per split, and on synthetic
 sets the counterfactual flip rate, the still-object accuracy (the classes told apart only by a still tool) and what
 the models follow (label or a confounder's class, :func:`~pcmci.experiments.diagnose.follows`) on the last split,

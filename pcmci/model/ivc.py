@@ -32,10 +32,12 @@ hierarchical relation encoder isomorphic to ICI's, and NWGM approximates the sum
    (``docs/results/intervention-ceiling/``).
 Optional alignment loss ``lambda mean_k ||G^V_k - G^{M->V}_k||_F^2 / N^2``.
 
-Training (``backdoor.reweight``, on with this stage by default): the confounder C reaches Y through how the data were collected, so the encoder that
-feeds this stage is trained on the backdoor-adjusted risk ``sum_c P(c) P(Y|X,c)``, estimated by weighting each
-clip with ``P(y)/P(y|s)``, ``s`` what single frames show (``pcmci.engine.propensity``). It changes what the encoder
-learns, not the inference graph.
+Training (``backdoor.reweight``, on with this stage by default): the confounder C reaches Y through how the data
+were collected, so the encoder that feeds this stage is trained on the backdoor-adjusted risk
+``sum_c P(c) P(Y|X,c)``, estimated by weighting each clip with ``P(y)/P(y|s)``, ``s`` what single frames show
+(``pcmci.engine.propensity``). It changes what the encoder learns, not the inference graph. The same weights train
+any variant with ``backdoor.reweight=true``; on the demo set they carry all of the full model's gain
+(``docs/results/weighted-baseline/``).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """How the backdoor weights of the weighted baseline's runs spread over the 720 training clips (``weights.txt``).
 
-    .venv/bin/python -P docs/results/weighted-baseline/weights.py runs/ablate-reweight5 > docs/results/weighted-baseline/weights.txt
+    .venv/bin/python -P docs/results/weighted-baseline/weights.py runs/ablate-reweight5 \
+        > docs/results/weighted-baseline/weights.txt
 
 Reads ``clip_weights`` from each ``reweight-seed*/checkpoint.pt`` of the ablation folder (written by the command
 in README.md; indexed like the manifest's training rows), and each clip's background id from ``runs/easy/meta.json``.
@@ -22,7 +23,8 @@ def main(folder: Path) -> None:
         train = [by_path[row["path"]] for row in csv.DictReader(f) if row["split"] == "train"]
     own = torch.tensor([v["background"] == v["label"] for v in train])
     print(f"{folder}: {len(train)} training clips, {int((~own).sum())} with another class's background")
-    print("| seed | weight < 1 | 1 to 5 | >= 5 | clips >= 5 whose background is another class's | weight mass on them |")
+    print("| seed | weight < 1 | 1 to 5 | >= 5 | clips >= 5 whose background is another class's "
+          "| weight mass on them |")
     print("|---|---:|---:|---:|---:|---:|")
     for ckpt in sorted(folder.glob("reweight-seed*/checkpoint.pt")):
         w = torch.load(ckpt, map_location="cpu", weights_only=False)["clip_weights"]
