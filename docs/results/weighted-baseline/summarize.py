@@ -38,9 +38,10 @@ def balance(report: dict, variant: str, seeds: int | None = None) -> str:
     return f"{mean[0]:.3f} | {mean[1]:.3f} | {mean[2]:.0f}"
 
 
-def follows(report: dict, variant: str) -> str:
+def follows(report: dict, variant: str, seeds: int | None = None) -> str:
+    """Shares of the all-different OOD clips named by their label, background, distractor (first ``seeds`` seeds)."""
     f = report["variants"][variant]["follows"]
-    return " / ".join(f"{f[k]['mean']:.2f}" for k in ("label", "background", "distractor"))
+    return " / ".join(f"{np.mean(f[k]['values'][:seeds]):.2f}" for k in ("label", "background", "distractor"))
 
 
 def demo_table(report: dict) -> None:
@@ -85,6 +86,23 @@ def reference_table() -> None:
                   f"{balance(report, v, 3)} |")
 
 
+def more_data_table() -> None:
+    """The demo scene with three times the training clips (``more-data.json``) against the demo set, seeds 0-2."""
+    more, demo = load(HERE / "more-data.json"), load(HERE / "demo5.json")
+    print("\nThree times the training clips (2160, same scene, same confounding, same test splits), seeds 0-2:\n")
+    print("| variant | training clips | ID acc | OOD acc | still-object (OOD) | follows label / background / distractor |")
+    print("|---|---:|---:|---:|---:|---|")
+    for v in more["variants"]:
+        for n, report in ((720, demo), (2160, more)):
+            print(f"| {v} | {n} | {cell(values(report, v, 'acc', 'test_id')[:3])} | {cell(values(report, v, 'acc')[:3])} | "
+                  f"{cell(values(report, v, 'still_object_acc')[:3])} | {follows(report, v, 3)} |")
+    base = values(more, "baseline", "acc")
+    for v in [v for v in more["variants"] if v != "baseline"]:
+        d = 100 * (values(more, v, "acc") - base)
+        print(f"\n- {v} − baseline at 2160 clips: {d.mean():+.1f} ± {d.std():.1f} ({', '.join(f'{x:+.1f}' for x in d)})")
+
+
 if __name__ == "__main__":
     demo_table(load(HERE / "demo5.json"))
     reference_table()
+    more_data_table()
