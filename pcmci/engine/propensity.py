@@ -115,8 +115,8 @@ def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], dev
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
         batches = _loader(dataset, indices, batch, cfg.data.num_workers, True, seed + epoch)
-        for items in tqdm(batches, desc=f"{cfg.backdoor.reference} reference, epoch {epoch + 1}/{epochs}", leave=False,
-                          disable=not progress):
+        desc = f"{cfg.backdoor.reference} reference, epoch {epoch + 1}/{epochs}"
+        for items in tqdm(batches, desc=desc, leave=False, disable=not progress):
             if "video" not in items:
                 continue
             frames = items["video"].to(device)

@@ -1,17 +1,18 @@
 """``pcmci ablate``: the paper's variants on one dataset, each trained for N seeds with the same hyperparameters.
 
-Variants: the no-intervention baseline, the weighted baseline ``reweight`` (no stage, trained on the backdoor weights
-that come with IVC by default: the row the stages must beat), each stage alone, each pair (in the paper's order),
-the full model and the reversed order; then switches inside a stage, named: ``ivc-noreweight`` (IVC's front-door
-without the training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the head only through
-``P(m|V)``, IVC's former default), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's mean
-frame and temporal-mean token removed, no weights — what main did before it was replaced). Every run is ``pcmci train`` +
-``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std of accuracy and mAP per split, and on synthetic
-sets the counterfactual flip rate, the still-object accuracy (the classes told apart only by a still tool) and what
-the models follow (label or a confounder's class, :func:`~pcmci.experiments.diagnose.follows`) on the last split,
-and the balance of the backdoor weights (``ablation.json``, ``ablation.md``, ``ablation_acc.png``,
-``ablation_map.png``). Each finished run is kept in its folder and reused when the ablation is run again with the
-same config, seed and training code (:func:`source_digest`); ``--jobs N`` trains N runs at a time.
+Variants: the no-intervention baseline, the weighted baseline ``reweight`` (no stage, trained on the backdoor
+weights that come with IVC by default: the row the stages must beat), each stage alone, each pair (in the paper's
+order), the full model and the reversed order; then switches inside a stage, named: ``ivc-noreweight`` (IVC's
+front-door without the training-time backdoor weights), ``ivc-mediator-only`` (the clip reaches the head only
+through ``P(m|V)``, IVC's former default), ``ivc-static`` and ``full-static`` (the still-pixel shortcut: the clip's
+mean frame and temporal-mean token removed, no weights — what main did before it was replaced), run only when named.
+Every run is ``pcmci train`` + ``pcmci eval`` on ``data.eval_splits``; the report holds mean ± std of accuracy and
+mAP per split, and on synthetic sets the counterfactual flip rate, the still-object accuracy (the classes told apart
+only by a still tool) and what the models follow (label or a confounder's class,
+:func:`~pcmci.experiments.diagnose.follows`) on the last split, and the balance of the backdoor weights
+(``ablation.json``, ``ablation.md``, ``ablation_acc.png``, ``ablation_map.png``). Each finished run is kept in its
+folder and reused when the ablation is run again with the same config, seed and training code
+(:func:`source_digest`); ``--jobs N`` trains N runs at a time.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ SWITCHES: dict[str, list[str]] = {  # config choices of a variant beyond its sta
     "ivc-noreweight": ["backdoor.reweight=false"], "ivc-mediator-only": ["model.ivc.mediator_only=true"],
     "ivc-static": _STATIC, "full-static": _STATIC,
 }
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in SWITCHES or v == "reweight"]
+ON_REQUEST = ("ivc-noreweight", "ivc-mediator-only", "ivc-static", "full-static")  # switches inside a stage
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ON_REQUEST]
 METRICS = ("acc", "map")
 SCORES = ("flip_rate", "still_object_acc")  # counterfactual scores on the last split (synthetic sets)
 EXTRAS = (*SCORES, "follows", "weights")  # what a run records beyond the metrics (None where it does not apply)

@@ -90,16 +90,19 @@ def more_data_table() -> None:
     """The demo scene with three times the training clips (``more-data.json``) against the demo set, seeds 0-2."""
     more, demo = load(HERE / "more-data.json"), load(HERE / "demo5.json")
     print("\nThree times the training clips (2160, same scene, same confounding, same test splits), seeds 0-2:\n")
-    print("| variant | training clips | ID acc | OOD acc | still-object (OOD) | follows label / background / distractor |")
+    print("| variant | training clips | ID acc | OOD acc | still-object (OOD) | "
+          "follows label / background / distractor |")
     print("|---|---:|---:|---:|---:|---|")
     for v in more["variants"]:
         for n, report in ((720, demo), (2160, more)):
-            print(f"| {v} | {n} | {cell(values(report, v, 'acc', 'test_id')[:3])} | {cell(values(report, v, 'acc')[:3])} | "
+            accuracies = (cell(values(report, v, "acc", split)[:3]) for split in ("test_id", "test_ood"))
+            print(f"| {v} | {n} | {' | '.join(accuracies)} | "
                   f"{cell(values(report, v, 'still_object_acc')[:3])} | {follows(report, v, 3)} |")
     base = values(more, "baseline", "acc")
     for v in [v for v in more["variants"] if v != "baseline"]:
         d = 100 * (values(more, v, "acc") - base)
-        print(f"\n- {v} − baseline at 2160 clips: {d.mean():+.1f} ± {d.std():.1f} ({', '.join(f'{x:+.1f}' for x in d)})")
+        per_seed = ", ".join(f"{x:+.1f}" for x in d)
+        print(f"\n- {v} − baseline at 2160 clips: {d.mean():+.1f} ± {d.std():.1f} ({per_seed})")
 
 
 if __name__ == "__main__":
