@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from pcmci.config import Config, reweights
+from pcmci.config import Config, ConfigError, reweights
+from pcmci.experiments import ablate
 from pcmci.experiments.ablate import (DEFAULT_VARIANTS, SWITCHES, VARIANTS, markdown, source_digest, summarise,
                                       summarise_follows, summarise_weights, variant_config)
 from pcmci.cli import main
@@ -139,3 +145,91 @@ def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_pa
     assert (out / "ivc-seed1" / "checkpoint.pt").stat().st_mtime_ns == stamp
     assert json.loads((out / "ablation.json").read_text())["variants"] == report["variants"]
     assert main(["--quiet", "ablate", "tiny", "--variants", "nope", "--out", str(out)]) == 1
+
+
+def test_an_interrupted_run_resumes_and_another_keys_checkpoint_is_dropped(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run file is stamped with its key before training: a checkpoint under the same key and no results is an
+    interrupted run (resumed), a finished one is reused, and another key's checkpoint is never resumed."""
+    calls: list[tuple[bool, bool, dict]] = []
+
+    def fake_train(cfg: Config, resume: bool = False) -> Path:
+        checkpoint = Path(cfg.run.out_dir) / "checkpoint.pt"
+        calls.append((resume, checkpoint.is_file(), json.loads((checkpoint.parent / "ablation_run.json").read_text())))
+        checkpoint.write_bytes(b"weights")
+        return checkpoint
+
+    monkeypatch.setattr(ablate, "train", fake_train)
+    monkeypatch.setattr(ablate, "evaluate", lambda checkpoint, splits, **_: {s: {"acc": 0.5, "map": 0.25}
+                                                                             for s in splits})
+    monkeypatch.setattr(ablate, "synthetic_pairs", lambda *_, **__: None)
+    monkeypatch.setattr(ablate, "source_digest", lambda: "code")
+    saved = tmp_path / "baseline-seed0" / "ablation_run.json"
+
+    def run() -> dict:
+        return ablate.run_one("tiny", ["optim.epochs=2"], "baseline", 0, tmp_path, "cpu", False)
+
+    def stamp(**key_changes: object) -> None:
+        record = json.loads(saved.read_text())
+        saved.write_text(json.dumps({"key": {**record["key"], **key_changes}}))
+
+    first = run()
+    assert [c[:2] for c in calls] == [(False, False)] and "results" not in calls[0][2]  # stamped, not yet done
+    assert first["results"]["test_ood"] == {"acc": 0.5, "map": 0.25} and first["key"] == calls[0][2]["key"]
+    stamp()  # killed after a checkpoint, before the results
+    assert run()["results"] == first["results"] and calls[-1][:2] == (True, True)
+    run()  # finished: reused
+    assert len(calls) == 2
+    stamp(seed=1)  # a checkpoint of another key
+    run()
+    assert calls[-1][:2] == (False, False) and calls[-1][2]["key"] == first["key"]
+
+
+_ORPHAN = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from pcmci.experiments.ablate import _worker_init
+
+if __name__ == "__main__":
+    initargs = (1, 30, os.getpid(), 0.1) if sys.argv[1] == "watched" else (1, 30)
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=initargs)
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 60)
+    time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a reaper counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.parametrize("mode", ["watched", "unwatched"])
+def test_ablation_workers_end_with_their_parent(tmp_path: Path, mode: str) -> None:
+    """A killed ablation leaves no worker training on; without the watch (the control) the worker outlives it."""
+    script = tmp_path / "pool.py"
+    script.write_text(_ORPHAN)
+    parent = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + (10 if mode == "watched" else 3)  # the watch polls every 0.1 s
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert _alive(worker) == (mode == "unwatched")
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_a_second_ablation_into_the_same_folder_is_refused(tmp_path: Path) -> None:
+    with ablate.out_lock(tmp_path):
+        with pytest.raises(ConfigError, match=rf"in use by another pcmci ablate \(pid {os.getpid()}\)"):
+            ablate.run_ablation("tiny", [], 1, tmp_path, ["baseline"])
+    with ablate.out_lock(tmp_path):  # released with the block
+        pass

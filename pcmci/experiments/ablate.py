@@ -12,16 +12,22 @@ only by a still tool) and what the models follow (label or a confounder's class,
 :func:`~pcmci.experiments.diagnose.follows`) on the last split, and the balance of the backdoor weights
 (``ablation.json``, ``ablation.md``, ``ablation_acc.png``, ``ablation_map.png``). Each finished run is kept in its
 folder and reused when the ablation is run again with the same config, seed and training code
-(:func:`source_digest`); ``--jobs N`` trains N runs at a time.
+(:func:`source_digest`); a run interrupted mid-training (Ctrl-C, a killed job) is resumed from its last epoch's
+checkpoint by the next ablation with the same key. ``--jobs N`` trains N runs at a time, in worker processes that
+end with the ablation (killed or not, none trains on as an orphan); two ablations cannot write to one folder at once.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -117,9 +123,10 @@ def variant_config(source: str, overrides: list[str], stages: list[str], seed: i
 def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, device: str,
             progress: bool) -> dict[str, Any]:
     """Train + evaluate one (variant, seed); the result is kept in ``out/<name>-seed<k>/ablation_run.json`` and
-    reused by a later ablation with the same config, stages, seed and training code (an interrupted ablation loses
-    no run). The counterfactual scores are computed from the checkpoint each time (seconds), so a reused run reports
-    what today's diagnostics measure."""
+    reused by a later ablation with the same config, stages, seed and training code. The file is stamped with that
+    key before training starts, so a later ablation with the same key resumes an interrupted run from its
+    checkpoint (and one with another key starts it over). The counterfactual scores are computed from the checkpoint
+    each time (seconds), so a reused run reports what today's diagnostics measure."""
     run_dir = out / f"{name}-seed{seed}"
     cfg = variant_config(source, overrides, VARIANTS[name], seed, run_dir, SWITCHES.get(name))
     cfg.run.device = device if device != "auto" else cfg.run.device
@@ -129,22 +136,67 @@ def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, 
     saved, checkpoint = run_dir / "ablation_run.json", run_dir / "checkpoint.pt"
     splits = cfg.data.eval_splits
     done = json.loads(saved.read_text()) if saved.is_file() else {}
-    if done.get("key") == key and checkpoint.is_file():
+    same_run = done.get("key") == key and checkpoint.is_file()
+    if same_run and "results" in done:
         log.info("ablation: reusing %s (stages=%s), seed %d from %s", name, VARIANTS[name], seed, saved)
     else:
-        log.info("ablation: %s (stages=%s), seed %d", name, VARIANTS[name], seed)
-        checkpoint = train(cfg)
+        if same_run:
+            log.info("ablation: resuming %s (stages=%s), seed %d from %s", name, VARIANTS[name], seed, checkpoint)
+        else:
+            log.info("ablation: %s (stages=%s), seed %d", name, VARIANTS[name], seed)
+            checkpoint.unlink(missing_ok=True)  # another key's checkpoint: never resumed under this key's stamp
+            _write_json(saved, {"key": key})
+        checkpoint = train(cfg, resume=same_run)
         results = evaluate(checkpoint, splits, device=cfg.run.device, progress=progress)
         done = {"key": key, "results": {s: {m: float(results[s][m]) for m in METRICS} for s in splits}}
-        tmp = saved.with_suffix(".tmp")
-        tmp.write_text(json.dumps(done, indent=2))
-        tmp.replace(saved)
+        _write_json(saved, done)
     pairs = synthetic_pairs(cfg, splits[-1], limit=240)
     scores = dict.fromkeys(EXTRAS) if pairs is None else counterfactual_scores(checkpoint, pairs, cfg.run.device)
     return {**done, **scores}
 
 
-def _worker_init(threads: int, level: int) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + rename)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+@contextlib.contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.ablate.lock`` (an exclusive ``flock``, released by the OS when the holder dies) for the block; a
+    second ablation into ``out`` stops with one line instead of training into the same run folders."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".ablate.lock").open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise ConfigError(f"{out} is in use by another pcmci ablate (pid {holder}); wait for it to finish or "
+                              "pass another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _exit_with_parent(parent: int, interval: float) -> None:
+    """End this worker once ``parent`` is gone (it is re-parented then): a killed ablation leaves no orphan
+    training on; the interrupted run's last checkpoint is resumed by the next ablation."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _worker_init(threads: int, level: int, parent: int | None = None, interval: float = 1.0) -> None:
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent, interval), daemon=True).start()
     torch.set_num_threads(threads)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -163,18 +215,20 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
     splits = variant_config(source, overrides, [], 0, out).data.eval_splits
     todo = [(name, seed) for name in names for seed in range(seeds)]
-    if jobs == 1:
-        done = [run_one(source, overrides, name, seed, out, device, progress) for name, seed in todo]
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(threads, logging.getLogger().getEffectiveLevel())) as pool:
-            futures = [pool.submit(run_one, source, overrides, name, seed, out, device, False) for name, seed in todo]
-            done = [f.result() for f in tqdm(futures, desc="ablation runs", disable=not progress)]
+    with out_lock(out):
+        if jobs == 1:
+            done = [run_one(source, overrides, name, seed, out, device, progress) for name, seed in todo]
+        else:
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            initargs = (threads, logging.getLogger().getEffectiveLevel(), os.getpid())
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                     initargs=initargs) as pool:
+                futures = [pool.submit(run_one, source, overrides, name, seed, out, device, False)
+                           for name, seed in todo]
+                done = [f.result() for f in tqdm(futures, desc="ablation runs", disable=not progress)]
     runs = {name: {split: {m: [] for m in METRICS} for split in splits} for name in names}
     scores: dict[str, dict[str, list[Any]]] = {name: {s: [] for s in EXTRAS} for name in names}
     for (name, _), result in zip(todo, done):
