@@ -105,7 +105,38 @@ def more_data_table() -> None:
         print(f"\n- {v} − baseline at 2160 clips: {d.mean():+.1f} ± {d.std():.1f} ({per_seed})")
 
 
+def more_data_followups() -> None:
+    """Three times the clips: a third of the epochs (``more-data-10ep.json``), and which stage costs — each trained
+    on the backdoor weights (``more-data-stages.json``, ``more-data-ivc-norelation.json``) — paired by seed with the
+    30-epoch runs of ``more-data.json``."""
+    more = load(HERE / "more-data.json")
+    short = load(HERE / "more-data-10ep.json")
+    print("\nThree times the training clips for a third of the epochs (10; the demo's compute), seeds 0-2:\n")
+    print("| variant | ID acc | OOD acc | still-object (OOD) | OOD vs 30 epochs (paired, points) |")
+    print("|---|---:|---:|---:|---:|")
+    for v in short["variants"]:
+        d = 100 * (values(short, v, "acc") - values(more, v, "acc"))
+        print(f"| {v} | {cell(values(short, v, 'acc', 'test_id'))} | {cell(values(short, v, 'acc'))} | "
+              f"{cell(values(short, v, 'still_object_acc'))} | {d.mean():+.1f} ± {d.std():.1f} |")
+    rows = [("reweight (no stage)", more, "reweight"), ("full (ich, ici, ivc)", more, "full")]
+    for name, path, variant in (("ich + ici", "more-data-stages.json", "ich+ici"),
+                                ("ivc", "more-data-stages.json", "ivc"),
+                                ("ivc without its relation encoder", "more-data-ivc-norelation.json", "ivc")):
+        if (HERE / path).exists() and variant in load(HERE / path)["variants"]:
+            rows.append((name, load(HERE / path), variant))
+    print("\nWhich stage costs at 2160 clips (30 epochs, every row on the backdoor weights), seeds 0-2:\n")
+    print("| stages | ID acc | OOD acc | still-object (OOD) | follows label / background / distractor | "
+          "OOD − reweight (paired, points) |")
+    print("|---|---:|---:|---:|---|---:|")
+    reweight = values(more, "reweight", "acc")
+    for name, report, v in rows:
+        d = 100 * (values(report, v, "acc") - reweight)
+        print(f"| {name} | {cell(values(report, v, 'acc', 'test_id'))} | {cell(values(report, v, 'acc'))} | "
+              f"{cell(values(report, v, 'still_object_acc'))} | {follows(report, v)} | {d.mean():+.1f} ± {d.std():.1f} |")
+
+
 if __name__ == "__main__":
     demo_table(load(HERE / "demo5.json"))
     reference_table()
     more_data_table()
+    more_data_followups()
