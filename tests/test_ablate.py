@@ -185,17 +185,18 @@ def test_an_interrupted_run_resumes_and_another_keys_checkpoint_is_dropped(tmp_p
     assert calls[-1][:2] == (False, False) and calls[-1][2]["key"] == first["key"]
 
 
-_ORPHAN = """
-import multiprocessing, os, sys, time
+_ORPHANS = """
+import multiprocessing, os, time
 from concurrent.futures import ProcessPoolExecutor
 from pcmci.experiments.ablate import _worker_init
 
 if __name__ == "__main__":
-    initargs = (1, 30, os.getpid(), 0.1) if sys.argv[1] == "watched" else (1, 30)
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                               initargs=initargs)
-    print(pool.submit(os.getpid).result(), flush=True)
-    pool.submit(time.sleep, 60)
+    fork = multiprocessing.get_context("fork")  # the watch does not depend on the start method; fork starts fast
+    watched = ProcessPoolExecutor(1, mp_context=fork, initializer=_worker_init, initargs=(1, 30, os.getpid(), 0.1))
+    unwatched = ProcessPoolExecutor(1, mp_context=fork, initializer=_worker_init, initargs=(1, 30))
+    print(watched.submit(os.getpid).result(), unwatched.submit(os.getpid).result(), flush=True)
+    watched.submit(time.sleep, 60)
+    unwatched.submit(time.sleep, 60)
     time.sleep(60)
 """
 
@@ -208,23 +209,24 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("mode", ["watched", "unwatched"])
-def test_ablation_workers_end_with_their_parent(tmp_path: Path, mode: str) -> None:
-    """A killed ablation leaves no worker training on; without the watch (the control) the worker outlives it."""
-    script = tmp_path / "pool.py"
-    script.write_text(_ORPHAN)
-    parent = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True)
-    worker = int(parent.stdout.readline())
+def test_ablation_workers_end_with_their_parent(tmp_path: Path) -> None:
+    """A killed ablation leaves no worker training on; a worker without the watch (the control) outlives it."""
+    script = tmp_path / "pools.py"
+    script.write_text(_ORPHANS)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    watched, unwatched = map(int, parent.stdout.readline().split())
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + (10 if mode == "watched" else 3)  # the watch polls every 0.1 s
-    while _alive(worker) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10
+    while _alive(watched) and time.monotonic() < deadline:
         time.sleep(0.1)
+    time.sleep(1.0)  # ten of the watch's polling intervals
     try:
-        assert _alive(worker) == (mode == "unwatched")
+        assert not _alive(watched) and _alive(unwatched)
     finally:
-        if _alive(worker):
-            os.kill(worker, signal.SIGKILL)
+        for pid in (watched, unwatched):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_second_ablation_into_the_same_folder_is_refused(tmp_path: Path) -> None:
