@@ -62,10 +62,11 @@ def _portable(err: BaseException) -> BaseException:
     return err
 
 
-def _exit_with(parent: int) -> None:
-    """In the worker: end it once ``parent`` is gone, even in the middle of a hung call (else it would run on)."""
+def exit_with_parent(parent: int, interval: float = ORPHAN_POLL) -> None:
+    """In a worker process (run it in a daemon thread): end the process once ``parent`` is gone, checked every
+    ``interval`` seconds, even in the middle of a hung call or a training run (else it would run on)."""
     while os.getppid() == parent:
-        time.sleep(ORPHAN_POLL)
+        time.sleep(interval)
     os._exit(1)
 
 
@@ -81,7 +82,7 @@ class DecodeWorker:
                 parent.close()
                 faulthandler.disable()  # a crash is reported by the parent, in one line
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which then closes the pipe
-                threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+                threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
                 _serve(child)
             except BaseException:
                 code = 1

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from .. import kernels
 from ..config import STAGE_NAMES, Config, ConfigError, load_config
+from ..data.watchdog import exit_with_parent
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_grouped_bars
 from ..engine.train import train
@@ -186,17 +187,11 @@ def out_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _exit_with_parent(parent: int, interval: float) -> None:
-    """End this worker once ``parent`` is gone (it is re-parented then): a killed ablation leaves no orphan
-    training on; the interrupted run's last checkpoint is resumed by the next ablation."""
-    while os.getppid() == parent:
-        time.sleep(interval)
-    os._exit(1)
-
-
 def _worker_init(threads: int, level: int, parent: int | None = None, interval: float = 1.0) -> None:
+    """A worker's set-up: threads, logging and, given the ablation's pid, an end with it (a killed ablation leaves
+    no orphan training on; the interrupted run's last checkpoint is resumed by the next ablation)."""
     if parent is not None:
-        threading.Thread(target=_exit_with_parent, args=(parent, interval), daemon=True).start()
+        threading.Thread(target=exit_with_parent, args=(parent, interval), daemon=True).start()
     torch.set_num_threads(threads)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
