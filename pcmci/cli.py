@@ -11,14 +11,13 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import get_args
 
 from .config import DatasetName
 from .errors import ConfigError, PcmciError
 
-Subparsers = argparse._SubParsersAction
 # ValueError stays expected until the layers outside pcmci.errors (the model and the train / evaluate / predict
 # entry points) raise the project's types for input they refuse, e.g. missing pretrained weights.
 EXPECTED_ERRORS = (PcmciError, OSError, ValueError)
@@ -70,8 +69,7 @@ def _demo(args: argparse.Namespace) -> None:
           f"baseline OOD acc {report['baseline']['ood']['acc']:.4f})")
 
 
-def _add_demo(sub: Subparsers) -> None:
-    p = sub.add_parser("demo", help="synthesize data, train full model + baseline, evaluate ID/OOD, write a report")
+def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds; >1 reports mean ± std")
     p.add_argument("--epochs", type=int, help="training epochs per model (default: the tiny preset's, 30)")
@@ -96,7 +94,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int | None:
     from .config import load_config
-    from .engine.distributed import is_main_process, launched_by_torchrun
+    from .engine.ranks import is_main_process, launched_by_torchrun
     from .engine.train import refuse_existing_run, train
 
     cfg = load_config(args.config, args.overrides)
@@ -110,8 +108,7 @@ def _train(args: argparse.Namespace) -> int | None:
     return None
 
 
-def _add_train(sub: Subparsers) -> None:
-    p = sub.add_parser("train", help="train a model: pcmci train CONFIG [key=value ...]")
+def _add_train(p: argparse.ArgumentParser) -> None:
     _add_config(p)
     p.add_argument("--resume", action="store_true", help="continue from run.out_dir/checkpoint.pt")
     p.add_argument("--overwrite", action="store_true", help="start over in a run.out_dir that holds a checkpoint")
@@ -129,8 +126,7 @@ def _ablate(args: argparse.Namespace) -> None:
     print(f"report: {args.out}/ablation.md, {args.out}/ablation.json, {args.out}/ablation_acc.png")
 
 
-def _add_ablate(sub: Subparsers) -> None:
-    p = sub.add_parser("ablate", help="train + evaluate the paper's stage variants over seeds: table, JSON, bar chart")
+def _add_ablate(p: argparse.ArgumentParser) -> None:
     _add_config(p, "data.manifest=... (shared by every variant)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default: 3)")
     p.add_argument("--variants", nargs="+",
@@ -162,8 +158,7 @@ def _diagnose(args: argparse.Namespace) -> None:
     print(f"report: {out}/diagnose.md, {out}/diagnose.json ({report['videos']} videos)")
 
 
-def _add_diagnose(sub: Subparsers) -> None:
-    p = sub.add_parser("diagnose", help="static-bias probes, counterfactual flip rate, stage heatmaps of a checkpoint")
+def _add_diagnose(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", help="a training checkpoint (optional with --hallucination)")
     p.add_argument("--hallucination", metavar="WEIGHTS",
                    help="also probe a VLM's co-occurrence hallucination: masking test + ICH's proxy (weights file or "
@@ -183,15 +178,14 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported: {', '.join(str(p) for p in export_checkpoint(args.checkpoint, args.out))}")
 
 
-def _add_export(sub: Subparsers) -> None:
-    p = sub.add_parser("export", help="checkpoint -> DIR/model.safetensors + config.json + labels.json")
+def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="output folder (PCMCI.from_pretrained(DIR) loads it)")
     p.set_defaults(func=_export)
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .engine.distributed import is_main_process
+    from .engine.ranks import is_main_process
     from .engine.evaluate import evaluate, per_class_markdown
 
     results = evaluate(args.checkpoint, args.splits, args.out, args.manifest, args.device, progress=not args.quiet)
@@ -204,8 +198,7 @@ def _eval(args: argparse.Namespace) -> None:
             print(per_class_markdown(metrics, split))
 
 
-def _add_eval(sub: Subparsers) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint: accuracy, mAP, per-class table, confusion matrix")
+def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--splits", nargs="+", help="split names (default: the config's data.eval_splits)")
     p.add_argument("--manifest", help="evaluate on another manifest with the same classes")
@@ -226,8 +219,7 @@ def _predict(args: argparse.Namespace) -> None:
         print("\n".join(f"{prob:.4f}  {label}" for label, prob in top))
 
 
-def _add_predict(sub: Subparsers) -> None:
-    p = sub.add_parser("predict", help="top-k labels for one video")
+def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("video")
     p.add_argument("--topk", type=int, default=5)
@@ -248,10 +240,9 @@ def _synth(args: argparse.Namespace) -> None:
           + ", ".join(f"{split} {share:.1%}" for split, share in shares.items()))
 
 
-def _add_synth(sub: Subparsers) -> None:
+def _add_synth(p: argparse.ArgumentParser) -> None:
     from .data.synthetic import CODECS
 
-    p = sub.add_parser("synth", help="write the synthetic confounded activity dataset (videos + manifest)")
     p.add_argument("--out", default="data/synthetic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--confound", type=float, default=0.9)
@@ -284,10 +275,9 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 1 if report["failed"] else 0
 
 
-def _add_data(sub: Subparsers) -> None:
+def _add_data(p: argparse.ArgumentParser) -> None:
     from .data.prepare import CODECS as PREPARE_CODECS
 
-    p = sub.add_parser("data", help="dataset tools: pcmci data inspect|prepare --dataset NAME --root DIR")
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("inspect", help="counts per split/class, missing and undecodable files, stats, sample grid")
     r = tools.add_parser("prepare", help="re-encode every video for random access (keyframe every --gop frames, "
@@ -327,8 +317,7 @@ def _profile(args: argparse.Namespace) -> None:
     print("report: " + ", ".join(str(p) for p in paths.values()))
 
 
-def _add_profile(sub: Subparsers) -> None:
-    p = sub.add_parser("profile", help="params, FLOPs (fvcore, cross-checked), latency, memory -> profile.md/.json")
+def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="preset name or YAML file (default: tiny; or use --preset)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.stages=[ich,ivc]")
     p.add_argument("--preset", help="preset name (tiny, paper, breakfast, coin, charades)")
@@ -360,8 +349,7 @@ def _weights_check(args: argparse.Namespace) -> None:
     require_weights(cfg.model)
 
 
-def _add_weights(sub: Subparsers) -> None:
-    p = sub.add_parser("weights", help="pretrained weights: pcmci weights check CONFIG [key=value ...]")
+def _add_weights(p: argparse.ArgumentParser) -> None:
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("check", help="resolve every weight file of a config: source, shape check, parameters")
     _add_config(q, "model.timesformer.pretrained=DIR")
@@ -376,18 +364,16 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"wrote {out}; train with model.timesformer.pretrained={out} {shape}")
 
 
-def _add_convert(sub: Subparsers) -> None:
-    p = sub.add_parser("convert", help="foreign weights -> a pcmci file: pcmci convert timesformer SRC --out FILE")
+def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["timesformer"])
     p.add_argument("src", help="HF TimeSformer model directory (config.json + model.safetensors/pytorch_model.bin)")
     p.add_argument("--out", required=True, help="file to write (for model.timesformer.pretrained)")
     p.set_defaults(func=_convert)
 
 
-def _add_kernels(sub: Subparsers) -> None:
+def _add_kernels(p: argparse.ArgumentParser) -> None:
     from .kernels.report import add_arguments, run
 
-    p = sub.add_parser("kernels", help="kernel tools: pcmci kernels report (AOT compile for sm_80/89/90, no GPU)")
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("report", help="registers, spills, shared memory, occupancy, roofline per launch")
     add_arguments(q)
@@ -415,10 +401,9 @@ def _bench_train(args: argparse.Namespace) -> None:
     print(f"report: {paths['markdown']}, {paths['json']}", file=sys.stderr)
 
 
-def _add_bench(sub: Subparsers) -> None:
+def _add_bench(p: argparse.ArgumentParser) -> None:
     from .engine.bench import DTYPES, INPUTS
 
-    p = sub.add_parser("bench", help="benchmarks: pcmci bench train CONFIG (clips/s, step times, memory, MFU)")
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("train", help="real training steps per variant (eager, compiled, +triton): clips/s, MFU")
     _add_config(q, "optim.batch_size=16")
@@ -445,10 +430,9 @@ def _vlm_pretrain(args: argparse.Namespace) -> None:
           f"{record['zero_shot_accuracy']['broken']:.3f} without; record: {args.out}/vlm.json")
 
 
-def _add_vlm(sub: Subparsers) -> None:
+def _add_vlm(p: argparse.ArgumentParser) -> None:
     from .engine.vlm import VLMSettings
 
-    p = sub.add_parser("vlm", help="the project's own VLM: pcmci vlm pretrain (planted co-occurrence)")
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("pretrain", help="train the tiny CLIP on frame-caption pairs with a planted co-occurrence "
                                           "-> safetensors + vlm.json (model.clip.pretrained loads it)")
@@ -461,20 +445,45 @@ def _add_vlm(sub: Subparsers) -> None:
     q.set_defaults(func=_vlm_pretrain)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# name -> (one-line help, the function that adds its arguments and handler)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "demo": ("synthesize data, train full model + baseline, evaluate ID/OOD, write a report", _add_demo),
+    "train": ("train a model: pcmci train CONFIG [key=value ...]", _add_train),
+    "ablate": ("train + evaluate the paper's stage variants over seeds: table, JSON, bar chart", _add_ablate),
+    "diagnose": ("static-bias probes, counterfactual flip rate, stage heatmaps of a checkpoint", _add_diagnose),
+    "export": ("checkpoint -> DIR/model.safetensors + config.json + labels.json", _add_export),
+    "eval": ("evaluate a checkpoint: accuracy, mAP, per-class table, confusion matrix", _add_eval),
+    "predict": ("top-k labels for one video", _add_predict),
+    "synth": ("write the synthetic confounded activity dataset (videos + manifest)", _add_synth),
+    "profile": ("params, FLOPs (fvcore, cross-checked), latency, memory -> profile.md/.json", _add_profile),
+    "data": ("dataset tools: pcmci data inspect|prepare --dataset NAME --root DIR", _add_data),
+    "weights": ("pretrained weights: pcmci weights check CONFIG [key=value ...]", _add_weights),
+    "convert": ("foreign weights -> a pcmci file: pcmci convert timesformer SRC --out FILE", _add_convert),
+    "kernels": ("kernel tools: pcmci kernels report (AOT compile for sm_80/89/90, no GPU)", _add_kernels),
+    "bench": ("benchmarks: pcmci bench train CONFIG (clips/s, step times, memory, MFU)", _add_bench),
+    "vlm": ("the project's own VLM: pcmci vlm pretrain (planted co-occurrence)", _add_vlm),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line. ``only``: build that command's arguments alone; the others keep their name and help, and
+    their modules (torch, triton, fvcore, open_clip) are not imported, so ``pcmci --help`` and ``pcmci synth``
+    start in a fraction of a second (``main`` does this). None builds every command."""
     parser = argparse.ArgumentParser(prog="pcmci", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_ablate, _add_diagnose, _add_export, _add_eval, _add_predict, _add_synth,
-                _add_profile, _add_data, _add_weights, _add_convert, _add_kernels, _add_bench, _add_vlm):
-        add(sub)
+    for name, (text, add) in COMMANDS.items():
+        command = sub.add_parser(name, help=text)
+        if only is None or name == only:
+            add(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .engine.distributed import is_main_process
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(next((a for a in argv if not a.startswith("-")), "")).parse_args(argv)
+    from .engine.ranks import is_main_process
 
     logging.basicConfig(level=logging.INFO if is_main_process() and not args.quiet else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -5,6 +5,8 @@ import argparse
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import get_args
 
@@ -118,3 +120,16 @@ def test_every_command_has_a_handler_and_help(capsys) -> None:
         with pytest.raises(SystemExit) as done:
             main([name, "--help"])
         assert done.value.code == 0 and "usage: pcmci " + name in capsys.readouterr().out
+
+
+def test_help_imports_no_command_module_and_profiling_warns_nothing() -> None:
+    """``pcmci --help`` builds no command's arguments, so it imports none of torch, triton, fvcore, open_clip (it
+    took 9 s and printed fvcore's torch.jit.script deprecation before); importing the profiler, which every
+    profiling command does, raises no FutureWarning. A fresh interpreter, since this one has them all loaded."""
+    heavy = ("torch", "triton", "fvcore", "open_clip")
+    code = ("import sys, warnings\nfrom pcmci.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+            "warnings.simplefilter('error', FutureWarning)\nimport pcmci.profiling\n")
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "[]" and "usage: pcmci" in done.stdout

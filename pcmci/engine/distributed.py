@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .ranks import launched_by_torchrun
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -29,14 +31,6 @@ class Dist:
         """Rank 0: the only process that logs, writes metrics, TensorBoard events and checkpoints."""
         return self.rank == 0
 
-
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a ``torchrun`` launch, or the only process: the one that logs progress and prints results."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def setup(device: torch.device) -> Dist:
