@@ -185,8 +185,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .engine.ranks import is_main_process
     from .engine.evaluate import evaluate, per_class_markdown
+    from .engine.ranks import is_main_process
 
     results = evaluate(args.checkpoint, args.splits, args.out, args.manifest, args.device, progress=not args.quiet)
     if not is_main_process():  # under torchrun every rank holds the gathered results; one prints them
