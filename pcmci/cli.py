@@ -233,7 +233,8 @@ def _synth(args: argparse.Namespace) -> None:
     from .data.synthetic import synthesize
 
     path = synthesize(args.out, seed=args.seed, n_train=args.train, n_test=args.test, confound=args.confound,
-                      codec=args.codec, size=args.size, progress=not args.quiet, scene=scene_from(args))
+                      codec=args.codec, size=args.size, progress=not args.quiet, scene=scene_from(args),
+                      overwrite=args.overwrite)
     print(f"manifest: {path}")
     shares = json.loads((path.parent / "meta.json").read_text())["support"]
     print("videos with no confounder of their own class (positivity): "
@@ -250,6 +251,8 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", type=int, default=720, help="training videos")
     p.add_argument("--test", type=int, default=240, help="test videos in all: half test_id, half test_ood")
     p.add_argument("--size", type=int, default=64, help="frame size in pixels")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the set in an --out that holds one (its listed videos are removed first)")
     _add_scene(p)
     p.set_defaults(func=_synth)
 

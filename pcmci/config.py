@@ -433,6 +433,9 @@ def validate(cfg: Config) -> Config:
                        ("optim.epochs", cfg.optim.epochs), ("model.dictionaries.clips", cfg.model.dictionaries.clips)):
         if value < 1:
             raise ConfigError(f"config key {key!r} = {value}; it must be at least 1")
+    for key, value in (("data.num_workers", cfg.data.num_workers), ("data.decode_timeout", cfg.data.decode_timeout)):
+        if value < 0:
+            raise ConfigError(f"config key {key!r} = {value}; it must be at least 0")
     b = cfg.backdoor
     if b.reference_rounds < 1:
         raise ConfigError(f"backdoor.reference_rounds={b.reference_rounds} must be at least 1")

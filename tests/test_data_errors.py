@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pcmci.cli import main
+from pcmci.data.datasets import read_manifest
 from pcmci.data.synthetic import encode_video
 
 
@@ -87,3 +88,25 @@ def test_inspect_writes_only_under_out(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["grid.png", "report.json"]
     assert json.loads((tmp_path / "report/report.json").read_text())["undecodable"] == []
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("key", ["classes", "actions"])
+def test_a_label_listed_twice_names_file_and_label(tmp_path, capsys, key):
+    """A repeated class would be a model output no video can have (its row of the eval table: NaN)."""
+    labels = {"classes": ["a", "b"], "actions": ["x", "y"]}
+    labels[key] = [*labels[key], labels[key][0]]
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    (tmp_path / "manifest.csv").write_text("path,label\nv.webm,a\n")
+    err = _error(capsys, ["--quiet", "data", "inspect", "--dataset", "manifest", "--root", str(tmp_path)])
+    kind = "class 'a'" if key == "classes" else "action 'x'"
+    assert err == f"pcmci: error: {tmp_path / 'labels.json'}: {kind} is listed twice in '{key}'"
+
+
+def test_a_manifest_with_a_utf8_bom_reads_like_one_without(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark; the header's first name must still be ``path``."""
+    text = "path,label,split\nv.webm,a,train\nw.webm,b,test\n"
+    (tmp_path / "plain.csv").write_text(text, encoding="utf-8")
+    (tmp_path / "bom.csv").write_text(text, encoding="utf-8-sig")
+    plain, bom = read_manifest(tmp_path / "plain.csv"), read_manifest(tmp_path / "bom.csv")
+    assert [(r.path.name, r.label, r.split) for r in bom] == [(r.path.name, r.label, r.split) for r in plain]
+    assert [r.label for r in bom] == ["a", "b"]

@@ -219,3 +219,13 @@ def test_every_dataset_format_prepares_and_reads_back(tmp_path, capsys):
         assert report["failed"] == sum(not r.path.is_file() for r in before.records)
         capsys.readouterr()
 
+
+
+def test_prepare_refuses_to_write_over_its_sources(source, capsys):
+    """``--out`` = the source tree would re-encode ``clips/long.mp4`` in place (same name for the mp4 codec) and
+    rewrite the manifest: refused in one line, nothing touched."""
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    code = main(["--quiet", "data", "prepare", "--dataset", "manifest", "--root", str(source), "--out", str(source)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f"pcmci: error: --out {source} would write over source video ")
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before

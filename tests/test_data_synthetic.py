@@ -263,3 +263,25 @@ def test_a_set_without_order_pairs_labels_renders_and_rerenders_consistently(tmp
         wrong = render_counterfactual(seven, video, video["background"], video["distractor"])
         mismatched.append(wrong.shape != decoded.shape or np.abs(wrong.astype(float) - decoded).mean() > 4.0)
     assert not mismatched[0] and all(mismatched[1:])  # "make cereal" is class 0 either way; the rest differ
+
+
+def test_an_existing_set_is_kept_unless_overwritten_and_bad_sizes_stop_before_writing(tmp_path) -> None:
+    """A second synth into the same folder would replace the manifest and leave the first set's extra videos
+    beside it; it is refused, and ``overwrite`` removes exactly the earlier set's listed videos (a user's own file
+    in videos/ stays). Sizes and counts out of range fail before anything is written."""
+    out = tmp_path / "set"
+    first = synthesize(out, n_train=4, n_test=2, codec="mjpeg", size=16, frames_per_action=1, progress=False)
+    mine = out / "videos" / "mine.txt"
+    mine.write_text("keep")
+    manifest = first.read_bytes()
+    with pytest.raises(FileExistsError, match="manifest.csv exists; .* --overwrite"):
+        synthesize(out, n_train=2, n_test=2, codec="mjpeg", size=16, frames_per_action=1, progress=False)
+    assert first.read_bytes() == manifest
+    synthesize(out, n_train=2, n_test=2, codec="mjpeg", size=16, frames_per_action=1, progress=False, overwrite=True)
+    listed = {row.split(",")[0] for row in first.read_text().splitlines()[1:]}
+    on_disk = {f"videos/{p.name}" for p in (out / "videos").iterdir()}
+    assert on_disk == listed | {"videos/mine.txt"} and len(listed) == 4
+    for kwargs, cause in (({"size": 10_000}, "size must be an even number in"), ({"n_train": -3}, "must be >= 0")):
+        with pytest.raises(ValueError, match=cause):
+            synthesize(tmp_path / "never", progress=False, **kwargs)
+    assert not (tmp_path / "never").exists()

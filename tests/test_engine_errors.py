@@ -33,6 +33,9 @@ def test_config_sanity_errors_name_the_keys() -> None:
         load_config("tiny", ["model.stages=[ich,ici]", "model.ivc.align_weight=0.1"])
     with pytest.raises(ConfigError, match="'optim.accum_steps' = 0; it must be at least 1"):
         load_config("tiny", ["optim.accum_steps=0"])
+    for key in ("data.num_workers", "data.decode_timeout"):  # torch's own error / every video "timed out"
+        with pytest.raises(ConfigError, match=f"'{key}' = -1(.0)?; it must be at least 0"):
+            load_config("tiny", [f"{key}=-1"])
 
 
 def test_training_refuses_targets_of_the_other_kind(synthetic_set: Path, tmp_path: Path) -> None:

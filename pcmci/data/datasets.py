@@ -58,7 +58,7 @@ def read_manifest(path: str | Path, labels: LabelSet | None = None) -> list[Mani
 
 
 def _read_rows(path: Path, labels: LabelSet | None) -> list[ManifestRow]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a leading BOM (Excel's "CSV UTF-8") is dropped
         reader = csv.DictReader(f)
         header = [name.strip() for name in reader.fieldnames or []]
         missing = [name for name in ("path", "label") if name not in header]

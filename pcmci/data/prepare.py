@@ -270,6 +270,15 @@ def output_paths(videos: VideoSet, base: Path, codec: str) -> dict[Path, Path]:
             for src, rel in relative.items()}
 
 
+def refuse_overwriting_sources(out: Path, base: Path, mapping: dict[Path, Path]) -> None:
+    """A ``ConfigError`` when ``out`` is the source tree (its manifest and annotations would be rewritten) or any
+    output path is its own source (re-encoding in place loses the original for good)."""
+    clash = next((src for src, rel in mapping.items() if (out / rel).resolve() == src.resolve()), None)
+    if out.resolve() == base.resolve() or clash is not None:
+        what = f"source video {clash}" if clash is not None else f"the dataset's own folder {base}"
+        raise ConfigError(f"--out {out} would write over {what}; prepare into a new folder")
+
+
 def _copy_charades(data: DataConfig, out: Path, suffix: str) -> str:
     """Charades' annotation files copied into ``out`` (its adapter then reads the prepared tree); the overrides."""
     folder = Path(data.annotations) if data.annotations else Path(data.root)
@@ -311,6 +320,7 @@ def prepare_dataset(data: DataConfig, out: str | Path, settings: PrepareSettings
     out = Path(out)
     videos = read_video_set(data)
     mapping = output_paths(videos, _base(data), settings.codec)
+    refuse_overwriting_sources(out, _base(data), mapping)
     out.mkdir(parents=True, exist_ok=True)
     entries: dict[Path, dict[str, Any]] = {}
     bar = tqdm(total=len(mapping), desc="preparing", unit="video", disable=not progress)

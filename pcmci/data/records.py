@@ -60,7 +60,12 @@ class LabelSet:
         data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
             raise DataError(f"{path}: expected a JSON object with a non-empty 'classes' list")
-        return cls([str(c) for c in data["classes"]], [str(a) for a in data.get("actions", [])])
+        labels = cls([str(c) for c in data["classes"]], [str(a) for a in data.get("actions", [])])
+        for kind, key, names in (("class", "classes", labels.classes), ("action", "actions", labels.actions)):
+            twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+            if twice is not None:  # the second entry would be a label no video can have, scored as NaN
+                raise DataError(f"{path}: {kind} {twice!r} is listed twice in {key!r}")
+        return labels
 
     @property
     def texts(self) -> list[str]:

@@ -71,6 +71,7 @@ DISTRACTORS = {
     "lime triangle": (150, 230, 40), "orange bar": (250, 140, 20),
 }
 CODECS = {"vp9": ("libvpx-vp9", "webm"), "h264": ("libx264", "mp4"), "mjpeg": ("mjpeg", "avi")}
+MAX_SIZE = 512  # frame side in pixels: a 40-frame clip is drawn as float64 [T, S, S, 3] arrays in memory
 _ENCODER_OPTIONS = {
     "vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "24", "b:v": "0"},
     "h264": {"preset": "ultrafast", "crf": "20"},
@@ -434,6 +435,21 @@ def render_counterfactual(meta: dict, video: dict, background: int, distractor: 
                    prop=own if prop is None else prop)
 
 
+def _remove_earlier_set(out: Path) -> None:
+    """The videos an earlier synthetic set in ``out`` listed in its ``meta.json`` (no other file is touched)."""
+    meta = out / "meta.json"
+    if not meta.is_file():
+        return
+    try:
+        listed = [video["path"] for video in json.loads(meta.read_text())["videos"]]
+    except (ValueError, KeyError, TypeError):
+        return
+    videos = (out / "videos").resolve()
+    for rel in listed:
+        if (out / rel).resolve().parent == videos:  # only what the generator writes: out/videos/<name>
+            (out / rel).unlink(missing_ok=True)
+
+
 def synthesize(
     out: str | Path,
     seed: int = 0,
@@ -446,6 +462,7 @@ def synthesize(
     fps: int = 8,
     progress: bool = True,
     scene: Scene = Scene(),
+    overwrite: bool = False,
 ) -> Path:
     """Write the dataset under ``out`` and return ``out/manifest.csv``.
 
@@ -453,15 +470,25 @@ def synthesize(
     ``test_ood`` (the rest of n_test, confounders uniform). Classes are balanced (label = i mod C). ``scene``
     sets camera motion, lighting, the distractor's motion and the still-object pairs (see :class:`Scene`).
     Also writes ``labels.json`` (classes, actions) and ``meta.json`` (settings, :func:`support` per split and,
-    per video, the background and distractor ids). Deterministic from ``seed``.
+    per video, the background and distractor ids). Deterministic from ``seed``. An ``out`` that already holds a
+    ``manifest.csv`` is refused unless ``overwrite``, which first removes the files an earlier synthetic set there
+    listed in its ``meta.json`` (a smaller new set would otherwise leave stale videos beside its manifest).
     """
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; valid codecs: {', '.join(CODECS)}")
     if not 0.0 <= confound <= 1.0:
         raise ValueError(f"confound must be in [0, 1], got {confound}")
-    if size < 16 or size % 2:
-        raise ValueError(f"size must be an even number >= 16 (yuv420p), got {size}")
+    if size < 16 or size % 2 or size > MAX_SIZE:
+        raise ValueError(f"size must be an even number in [16, {MAX_SIZE}] (yuv420p; frames are drawn in float64 "
+                         f"in memory), got {size}")
+    if n_train < 0 or n_test < 0:
+        raise ValueError(f"the numbers of training and test videos must be >= 0, got {n_train} and {n_test}")
     out = Path(out)
+    if (out / "manifest.csv").exists():
+        if not overwrite:
+            raise FileExistsError(f"{out / 'manifest.csv'} exists; synthesize into a new folder, or overwrite it "
+                                  "(pcmci synth --overwrite)")
+        _remove_earlier_set(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     table = scene.classes()
     classes = list(table)

@@ -43,7 +43,8 @@ def _dataset(data: Path, confound: float, n_train: int, n_test: int, scene: Scen
         if all(saved.get(k) == v for k, v in wanted.items()):
             log.info("reusing synthetic data in %s", data)
             return data / "manifest.csv"
-    return synthesize(data, seed=0, n_train=n_train, n_test=n_test, confound=confound, progress=progress, scene=scene)
+    return synthesize(data, seed=0, n_train=n_train, n_test=n_test, confound=confound, progress=progress, scene=scene,
+                      overwrite=True)  # the demo's own folder: a set of other settings is replaced
 
 
 def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None = None, confound: float = 0.9,
