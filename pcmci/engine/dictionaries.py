@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data.datasets import VideoDataset, collate_videos
+from ..errors import DataError
 from ..model import PCMCI
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,14 @@ def fit_dictionaries(cfg: Config, model: PCMCI, dataset: VideoDataset, device: t
     dataset.set_epoch(epoch)
     loader = DataLoader(Subset(dataset, chosen), batch_size=cfg.optim.batch_size * world,
                         num_workers=cfg.data.num_workers, collate_fn=collate_videos)
-    batches = [b["video"].to(device) for b in tqdm(loader, desc=f"dictionaries (epoch {epoch})",
-                                                  disable=not cfg.run.progress, leave=False) if "video" in b]
+    batches, bad = [], []
+    for b in tqdm(loader, desc=f"dictionaries (epoch {epoch})", disable=not cfg.run.progress, leave=False):
+        bad += b.get("bad", [])
+        if "video" in b:
+            batches.append(b["video"].to(device))
+    if not batches:
+        raise DataError(f"all {len(chosen)} training clips drawn for the confounder dictionaries were skipped as "
+                        f"undecodable (data.skip_bad_videos=true), e.g. {bad[0] if bad else '?'}; check the "
+                        f"training split's videos (pcmci data inspect)")
     used = model.build_dictionaries(batches, seed=cfg.run.seed + epoch)
     log.info("epoch %d: fitted confounder dictionaries on %d clips (%s feature vectors)", epoch, len(chosen), used)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, check_dataset, from_dict, reweights, to_dict
 from ..data.datasets import VideoDataset
 from ..data.loader import make_loader
+from ..errors import DataError
 from ..model import PCMCI, build_model
 from ..model.weights import require_weights
 from . import distributed
@@ -130,6 +131,10 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
                 distributed.broadcast_buffers(run.model)
             stats = train_one_epoch(run, epoch)
             run.sink.epoch(stats.summary(epoch, ctx.world), run.step, stats.skipped)
+            if not stats.seen:  # no step taken: a checkpoint now would be an untrained model that looks trained
+                raise DataError(f"epoch {epoch}: all {len(stats.skipped)} training videos were skipped as undecodable "
+                                f"(data.skip_bad_videos=true), e.g. {stats.skipped[0] if stats.skipped else '?'}; "
+                                "check the training split's videos (pcmci data inspect)")
             if ctx.main:
                 save_checkpoint(run.checkpoint_path, checkpoint_state(run, epoch))
     return run.checkpoint_path
