@@ -110,3 +110,13 @@ def test_a_manifest_with_a_utf8_bom_reads_like_one_without(tmp_path):
     plain, bom = read_manifest(tmp_path / "plain.csv"), read_manifest(tmp_path / "bom.csv")
     assert [(r.path.name, r.label, r.split) for r in bom] == [(r.path.name, r.label, r.split) for r in plain]
     assert [r.label for r in bom] == ["a", "b"]
+
+
+def test_a_folder_given_as_manifest_and_a_grid_that_is_no_image_name_the_fix(synthetic_set, tmp_path, capsys):
+    folder = synthetic_set.parent
+    err = _error(capsys, ["--quiet", "train", "tiny", f"data.manifest={folder}", f"run.out_dir={tmp_path / 'run'}"])
+    assert err == f"pcmci: error: {folder}: a folder, not a manifest file; did you mean {synthetic_set}?"
+    err = _error(capsys, ["--quiet", "data", "inspect", "--dataset", "manifest", "--root", str(folder),
+                          "--grid", str(tmp_path / "grid.txt")])
+    assert err == f"pcmci: error: --grid {tmp_path / 'grid.txt'}: the sample grid is an image; name a .png, .jpg or .webp file"
+    assert not (tmp_path / "grid.txt").exists()

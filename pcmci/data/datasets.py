@@ -47,6 +47,9 @@ def read_manifest(path: str | Path, labels: LabelSet | None = None) -> list[Mani
     non-empty, every step one of them. Errors raise ``ValueError`` naming the file and line.
     """
     path = Path(path)
+    if path.is_dir():
+        hint = f"; did you mean {path / 'manifest.csv'}?" if (path / "manifest.csv").is_file() else ""
+        raise FileNotFoundError(f"{path}: a folder, not a manifest file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such manifest")
     try:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from pcmci.data.datasets import VideoSet, read_video_set
 from pcmci.data.decode import VideoDecodeError, VideoInfo, decode_frames, guarded, probe
 from pcmci.data.sampling import segment_indices
+from pcmci.errors import ConfigError
 
 if TYPE_CHECKING:
     from pcmci.config import DataConfig
@@ -111,6 +112,8 @@ def inspect_into(data: DataConfig, split: str | None, out: Path | None, grid: st
     ``grid=None`` puts the grid at ``out/grid.png`` (none without ``out``); ``grid=""`` draws none.
     """
     path = Path(grid) if grid else out / "grid.png" if out is not None and grid is None else None
+    if path is not None and path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise ConfigError(f"--grid {path}: the sample grid is an image; name a .png, .jpg or .webp file")
     report = inspect_dataset(data, split, path, progress=progress)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
