@@ -12,6 +12,9 @@ from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
 
 from pcmci.config import ClipConfig, load_config
+from pcmci.engine.evaluate import evaluate
+from pcmci.engine.train import train
+from pcmci.errors import WeightsError
 from pcmci.model.clip import FrozenCLIP, locate_weights
 from pcmci.model.weights import require_weights
 
@@ -81,8 +84,30 @@ def test_missing_weights_list_every_place_looked(tiny_tag, tmp_path: Path) -> No
     assert found.path is None
     assert (f"looked in HF cache {tmp_path}: pcmci-test/tiny-clip/open_clip_model.safetensors or "
             "open_clip_pytorch_model.bin") in found.source
-    assert "looked for the file" in locate_weights("pcmci-tiny-clip", str(tmp_path / "none.pt")).source
+    with pytest.raises(WeightsError, match=f"model.clip.pretrained={tmp_path / 'none.pt'}: no such file"):
+        locate_weights("pcmci-tiny-clip", str(tmp_path / "none.pt"))  # a file asked for by name: no random init
     cfg = load_config("tiny", ["model.clip.pretrained=cached", f"model.clip.cache_dir={tmp_path}",
                                "model.allow_random_init=false"]).model
     with pytest.raises(ValueError, match=f"looked in HF cache {tmp_path}: pcmci-test/tiny-clip/open_clip_model"):
         require_weights(cfg)
+
+
+@pytest.mark.parametrize("content, cause", [(b"", "SafetensorError"), (bytes(range(100)), "SafetensorError")])
+def test_an_unreadable_weights_file_is_named(tmp_path: Path, content: bytes, cause: str) -> None:
+    path = tmp_path / "clip.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=f"model.clip.pretrained={path}: {path} cannot be loaded .*{cause}"):
+        FrozenCLIP(ClipConfig(pretrained=str(path)))
+
+
+def test_a_checkpoint_evaluates_without_the_clip_file_it_was_trained_from(source, synthetic_set, tmp_path) -> None:
+    """The checkpoint holds CLIP's tensors, so the file named at training time need not exist where it is read."""
+    path = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    cfg = load_config("tiny", [f"data.manifest={synthetic_set}", f"run.out_dir={tmp_path / 'run'}", "optim.epochs=1",
+                               "run.progress=false", "model.stages=[]", f"model.clip.pretrained={path}"])
+    checkpoint = train(cfg)
+    before = evaluate(checkpoint, ["test_ood"], tmp_path / "before", progress=False)["test_ood"]
+    path.unlink()
+    after = evaluate(checkpoint, ["test_ood"], tmp_path / "after", progress=False)["test_ood"]
+    assert after["confusion"] == before["confusion"] and after["map"] == before["map"]

@@ -130,3 +130,13 @@ def test_a_checkpoint_holding_pickled_objects_is_refused_naming_them(tmp_path: P
     torch.save({"model": {"cls_token": torch.zeros(1, 1, 32)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "c.pth")
     with pytest.raises(ValueError, match="Unsupported global: GLOBAL argparse.Namespace"):
         read_weights(tmp_path / "c.pth")
+
+
+@pytest.mark.parametrize("content, cause", [(b"", "EOFError: empty"), (b"hello, not a torch file\n", "KeyError"),
+                                            (b"PK\x03\x04" + bytes(60), "RuntimeError: PytorchStreamReader")])
+def test_an_unreadable_torch_file_is_named(tmp_path: Path, content: bytes, cause: str) -> None:
+    """Empty, text and truncated-zip ``.pt`` files: one ``ValueError`` naming the file, not torch's own exception."""
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{path} is not a readable torch file \\({cause}"):
+        read_weights(path)

@@ -15,6 +15,7 @@ from ..config import Config, from_dict
 from ..data.loader import make_loader
 from ..data.records import LabelSet
 from ..model import PCMCI, build_model
+from ..model.clip import names_a_file
 from . import distributed
 from .checkpoint import load_checkpoint
 from .metrics import confusion_matrix, mean_average_precision, per_class_ap, topk_accuracy
@@ -29,6 +30,9 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[PCMCI, Con
     """Rebuild the trained model (config, labels and dictionaries come from the checkpoint)."""
     state = load_checkpoint(checkpoint)
     cfg = from_dict(state["config"])
+    clip = cfg.model.clip
+    if clip.pretrained and names_a_file(clip.pretrained) and not Path(clip.pretrained).expanduser().is_file():
+        clip.pretrained = None  # the checkpoint holds CLIP's tensors: the file trained from need not be on this machine
     model = build_model(cfg.model, state["labels"]["classes"], state["labels"]["actions"])
     model.load_state_dict(state["model"])
     dtype = torch.float64 if cfg.run.dtype == "float64" and device.type == "cpu" else torch.float32

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,11 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.constants import HF_HUB_CACHE
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from ..config import ClipConfig
+from ..errors import WeightsError
 
 log = logging.getLogger(__name__)
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
@@ -59,6 +62,11 @@ def _tag_lookups(cfg: dict[str, str], cache_dir: str | None) -> list[tuple[str, 
     return found
 
 
+def names_a_file(pretrained: str) -> bool:
+    """Whether ``model.clip.pretrained`` asks for a local file (a weights suffix or a path separator), not a tag."""
+    return Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pretrained
+
+
 def locate_weights(name: str, pretrained: str | None, cache_dir: str | None = None) -> ClipWeights:
     """Resolve ``pretrained`` (a local file, or an open_clip tag looked up in the local caches only)."""
     if not pretrained:
@@ -71,8 +79,8 @@ def locate_weights(name: str, pretrained: str | None, cache_dir: str | None = No
     path = Path(pretrained).expanduser()
     if path.is_file():
         return ClipWeights(str(path), f"local file {path}")
-    if path.suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in pretrained:
-        return ClipWeights(None, f"looked for the file {path}: not there")
+    if names_a_file(pretrained):
+        raise WeightsError(f"model.clip.pretrained={pretrained}: no such file {path}")
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
         known = open_clip.list_pretrained_tags_by_model(name)
@@ -114,8 +122,13 @@ class FrozenCLIP(nn.Module):
             log.warning("CLIP %s: %s; using RANDOM CLIP weights (set model.clip.pretrained to a local file or a "
                         "cached open_clip tag for real weights)", cfg.name, weights.source)
         with _quiet_root_logger():
-            self.model = open_clip.create_model(cfg.name, pretrained=weights.path, pretrained_text=False,
-                                                force_quick_gelu=weights.quick_gelu)
+            try:
+                self.model = open_clip.create_model(cfg.name, pretrained=weights.path, pretrained_text=False,
+                                                    force_quick_gelu=weights.quick_gelu)
+            except (SafetensorError, EOFError, KeyError, pickle.UnpicklingError, RuntimeError) as exc:
+                cause = (str(exc).strip().splitlines() or [""])[0] or "empty"
+                raise WeightsError(f"model.clip.pretrained={cfg.pretrained}: {weights.path} cannot be loaded into "
+                                   f"{cfg.name} ({type(exc).__name__}: {cause})") from exc
             self.tokenizer = open_clip.get_tokenizer(cfg.name)
         self.prompt = cfg.prompt
         self.image_size = int(self.model.visual.image_size[0])

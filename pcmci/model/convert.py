@@ -80,7 +80,12 @@ def read_weights(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         lines = str(exc).strip().splitlines() or [""]
         cause = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+        if "Unsupported global" not in cause:  # not a pickle at all (text, random bytes)
+            raise ValueError(f"{file} is not a readable torch file: {cause}") from exc
         raise ValueError(f"{file} holds more than tensors and plain containers, which are not loaded: {cause}") from exc
+    except (EOFError, RuntimeError, KeyError) as exc:  # empty, truncated zip, text that starts like a pickle
+        cause = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{file} is not a readable torch file ({type(exc).__name__}: {cause or 'empty'})") from exc
 
 
 def hf_config(path: str | Path) -> dict[str, Any] | None:
