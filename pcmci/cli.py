@@ -175,12 +175,13 @@ def _add_diagnose(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .engine.export import export_checkpoint
 
-    print(f"exported: {', '.join(str(p) for p in export_checkpoint(args.checkpoint, args.out))}")
+    print(f"exported: {', '.join(str(p) for p in export_checkpoint(args.checkpoint, args.out, args.overwrite))}")
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="output folder (PCMCI.from_pretrained(DIR) loads it)")
+    p.add_argument("--overwrite", action="store_true", help="replace the export in an --out that holds one")
     p.set_defaults(func=_export)
 
 

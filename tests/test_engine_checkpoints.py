@@ -67,6 +67,11 @@ def test_export_then_from_pretrained_gives_identical_outputs(tiny_run: Path, tmp
     frames = torch.rand(2, 8, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(loaded(frames)["logits"], trained(frames)["logits"])
+    weights = (tmp_path / "export" / "model.safetensors").read_bytes()
+    argv = ["--quiet", "export", str(tiny_run / "checkpoint.pt"), "--out", str(tmp_path / "export")]
+    assert main(argv) == 1 and "holds an export already (model.safetensors, config.json" in capsys.readouterr().err
+    assert (tmp_path / "export" / "model.safetensors").read_bytes() == weights
+    assert main([*argv, "--overwrite"]) == 0
     with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
         (tmp_path / "export" / "model.safetensors").unlink()
         PCMCI.from_pretrained(tmp_path / "export")

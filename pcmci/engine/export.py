@@ -15,12 +15,17 @@ from ..config import to_dict
 from .evaluate import load_model
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> list[Path]:
-    """Write ``out/{model.safetensors, config.json, labels.json}`` from ``checkpoint``; returns the paths."""
-    model, cfg = load_model(checkpoint, torch.device("cpu"))
+def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write ``out/{model.safetensors, config.json, labels.json}`` from ``checkpoint``; returns the paths. An
+    ``out`` that holds any of them already (an earlier export) is refused unless ``overwrite``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / "model.safetensors", out / "config.json", out / "labels.json"]
+    held = [p.name for p in paths if p.exists()]
+    if held and not overwrite:
+        raise FileExistsError(f"{out} holds an export already ({', '.join(held)}); export into a new folder, or "
+                              "overwrite it (pcmci export --overwrite)")
+    model, cfg = load_model(checkpoint, torch.device("cpu"))
+    out.mkdir(parents=True, exist_ok=True)
     save_model(model, str(paths[0]), metadata={"format": "pt", "producer": "pcmci export"})
     paths[1].write_text(json.dumps(to_dict(cfg), indent=2))
     paths[2].write_text(json.dumps({"classes": model.classes, "actions": model.actions}, indent=2))
