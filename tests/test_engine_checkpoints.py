@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import json
 from pathlib import Path
 
@@ -101,3 +102,42 @@ def test_an_unwritable_out_dir_is_one_clear_error(synthetic_set: Path, tmp_path:
     assert main(["train", "tiny", *tiny_run_overrides(synthetic_set, blocker / "run")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("pcmci: error: run.out_dir=") and "\n" not in err
+
+
+def _without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("no-labels", lambda s: _without(s, "labels"), "lacks 'labels'"),
+    ("no-classes", lambda s: {**s, "labels": {"classes": [], "actions": []}}, "'labels' is not {'classes'"),
+    ("labels-list", lambda s: {**s, "labels": ["a"]}, "'labels' is not {'classes'"),
+    ("config-str", lambda s: {**s, "config": "hello"}, "'config' is not a dict"),
+    ("model-str", lambda s: {**s, "model": "x"}, "'model' is not a dict of tensors"),
+    ("model-empty", lambda s: {**s, "model": {}}, "its weights do not fit the model .*Missing key"),
+    ("class-dropped", lambda s: {**s, "labels": {**s["labels"], "classes": s["labels"]["classes"][1:]}},
+     "its weights do not fit the model .*size mismatch"),
+    ("epoch-str", lambda s: {**s, "epoch": "x"}, "'epoch' is not an integer"),
+])
+def test_a_checkpoint_with_bad_contents_is_refused_in_one_line(tiny_run: Path, tmp_path: Path, capsys, name,
+                                                               change, message) -> None:
+    """A file that unpickles but whose entries are not what ``pcmci train`` writes: one line naming the file and the
+    entry, from eval (and so from predict, diagnose, export, which load through the same function)."""
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    path = tmp_path / f"{name}.pt"
+    torch.save(change(state), path)
+    assert main(["--quiet", "eval", str(path), "--out", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"pcmci: error: checkpoint {path}")
+    assert re.search(message, err), err
+
+
+def test_resume_from_a_checkpoint_that_cannot_restore_the_run_says_so(tiny_run: Path, tmp_path: Path, capsys,
+                                                                      synthetic_set: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "optimizer": {}}, out / "checkpoint.pt")
+    code = main(["--quiet", "train", "tiny", *tiny_run_overrides(synthetic_set, out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f"pcmci: error: --resume: {out / 'checkpoint.pt'} cannot restore this run")

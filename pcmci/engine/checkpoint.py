@@ -57,6 +57,22 @@ def _cause(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _contents_problem(state: dict[str, Any]) -> str | None:
+    """What is wrong with the types of a checkpoint's entries (None: nothing), before any of them is used."""
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        return "'model' is not a dict of tensors"
+    if not isinstance(state["config"], dict):
+        return "'config' is not a dict"
+    if not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool):
+        return "'epoch' is not an integer"
+    if "labels" in state:
+        labels = state["labels"]
+        names = (labels.get("classes"), labels.get("actions")) if isinstance(labels, dict) else (None, None)
+        if not all(isinstance(n, list) and all(isinstance(x, str) for x in n) for n in names) or not names[0]:
+            return "'labels' is not {'classes': [names, ...], 'actions': [names, ...]}"
+    return None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by ``save_checkpoint``; clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
@@ -76,4 +92,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in ("model", "config", "epoch"):
         if key not in state:
             raise CheckpointError(f"checkpoint {path} lacks {key!r}; was it written by pcmci train?")
+    problem = _contents_problem(state)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}; was it written by pcmci train?")
     return state

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..config import Config, from_dict
 from ..data.loader import make_loader
 from ..data.records import LabelSet
+from ..errors import CheckpointError
 from ..model import PCMCI, build_model
 from ..model.clip import names_a_file
 from . import distributed
@@ -33,8 +34,14 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[PCMCI, Con
     clip = cfg.model.clip
     if clip.pretrained and names_a_file(clip.pretrained) and not Path(clip.pretrained).expanduser().is_file():
         clip.pretrained = None  # the checkpoint holds CLIP's tensors: the file trained from need not be on this machine
+    if "labels" not in state:
+        raise CheckpointError(f"checkpoint {checkpoint} lacks 'labels'; was it written by pcmci train?")
     model = build_model(cfg.model, state["labels"]["classes"], state["labels"]["actions"])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # missing / unexpected keys, shapes: weights that are not this config's model
+        raise CheckpointError(f"checkpoint {checkpoint}: its weights do not fit the model its config and labels "
+                              f"build ({' '.join(str(exc).split())[:300]})") from exc
     dtype = torch.float64 if cfg.run.dtype == "float64" and device.type == "cpu" else torch.float32
     return model.to(device, dtype).eval(), cfg
 

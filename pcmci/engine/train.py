@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, check_dataset, from_dict, reweights, to_dict
 from ..data.datasets import VideoDataset
 from ..data.loader import make_loader
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 from ..model import PCMCI, build_model
 from ..model.weights import require_weights
 from . import distributed
@@ -163,10 +163,14 @@ def build_run(cfg: Config, ctx: distributed.Dist, resume: bool) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start_epoch = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"], device)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            restore_rng(state["rng"], device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a checkpoint that is not this run's
+            cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise CheckpointError(f"--resume: {out / 'checkpoint.pt'} cannot restore this run ({cause})") from exc
         start_epoch = state["epoch"] + 1
         log.info("resuming %s from epoch %d", out / "checkpoint.pt", start_epoch)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
