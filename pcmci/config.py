@@ -374,6 +374,8 @@ def _set(obj: Any, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = obj
     for i, name in enumerate(parts):
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"unknown config key {dotted!r}: {'.'.join(parts[:i])} is a value, not a section")
         names = {f.name: f for f in dataclasses.fields(node)}
         if name not in names:
             where = ".".join(parts[:i]) or "top level"
@@ -433,9 +435,14 @@ def validate(cfg: Config) -> Config:
                        ("optim.epochs", cfg.optim.epochs), ("model.dictionaries.clips", cfg.model.dictionaries.clips)):
         if value < 1:
             raise ConfigError(f"config key {key!r} = {value}; it must be at least 1")
-    for key, value in (("data.num_workers", cfg.data.num_workers), ("data.decode_timeout", cfg.data.decode_timeout)):
-        if value < 0:
+    o = cfg.optim
+    for key, value in (("data.num_workers", cfg.data.num_workers), ("data.decode_timeout", cfg.data.decode_timeout),
+                       ("optim.weight_decay", o.weight_decay), ("optim.warmup_epochs", o.warmup_epochs),
+                       ("optim.grad_clip", o.grad_clip), ("optim.flood", o.flood)):
+        if not value >= 0:  # NaN fails too
             raise ConfigError(f"config key {key!r} = {value}; it must be at least 0")
+    if not 0 < o.lr < float("inf"):
+        raise ConfigError(f"config key 'optim.lr' = {o.lr}; it must be a positive number")
     b = cfg.backdoor
     if b.reference_rounds < 1:
         raise ConfigError(f"backdoor.reference_rounds={b.reference_rounds} must be at least 1")
@@ -464,12 +471,22 @@ def check_dataset(cfg: Config, classes: int, actions: int, multilabel: bool) -> 
                           "IVC needs at least 2")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's complaint in one line, with its line and column (1-based) when it has them."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(getattr(exc, "problem", None) or exc).split())
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """``'optim.lr=1e-4'`` -> ``('optim.lr', 1e-4)``; values are parsed as YAML scalars or lists."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
 
 
 def apply(cfg: Config, values: dict[str, Any], prefix: str = "") -> Config:
@@ -492,10 +509,19 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"config {str(source)!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        cfg = preset(data.pop("preset", "tiny"))
+        base = data.pop("preset", "tiny")
+        if not isinstance(base, str):
+            raise ConfigError(f"config file {path}: 'preset' must be a preset name ({', '.join(PRESETS)}), "
+                              f"got {base!r}")
+        cfg = preset(base)
         apply(cfg, data)
     for item in overrides or []:
         key, value = parse_override(item)

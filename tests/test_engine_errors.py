@@ -36,6 +36,26 @@ def test_config_sanity_errors_name_the_keys() -> None:
     for key in ("data.num_workers", "data.decode_timeout"):  # torch's own error / every video "timed out"
         with pytest.raises(ConfigError, match=f"'{key}' = -1(.0)?; it must be at least 0"):
             load_config("tiny", [f"{key}=-1"])
+    for value in ("-1", "0", "nan", "inf"):  # torch's optimiser would say "Invalid learning rate" without the key
+        with pytest.raises(ConfigError, match="'optim.lr' = .*; it must be a positive number"):
+            load_config("tiny", [f"optim.lr={value}"])
+    with pytest.raises(ConfigError, match="override 'model.stages=\\[ich': the value is not valid YAML \\(line 1"):
+        load_config("tiny", ["model.stages=[ich"])
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lr.x': optim.lr is a value, not a section"):
+        load_config("tiny", ["optim.lr.x=3"])
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"preset: tiny\noptim:\n  lr: [1e-3\n", "not valid YAML \\(line 4, column 1: expected ',' or ']'"),
+    (b"optim:\n\tlr: 1\n", "not valid YAML \\(line 2, column 1: found character '\\\\t'"),
+    (b"\xff\xfe", "not a UTF-8 text file"),
+    (b"preset: [tiny]\n", "'preset' must be a preset name"),
+])
+def test_a_bad_config_file_is_named_with_the_cause(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"config file {path}: {message}"):
+        load_config(str(path))
 
 
 def test_training_refuses_targets_of_the_other_kind(synthetic_set: Path, tmp_path: Path) -> None:
