@@ -9,6 +9,7 @@ from conftest import tiny_run_overrides
 
 from pcmci.cli import main
 from pcmci.config import ConfigError, check_dataset, load_config
+from pcmci.engine.runtime import resolve_device
 from pcmci.engine.train import train
 from pcmci.errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError, DataError, PcmciError,
                           VideoDecodeError, WeightsError)
@@ -113,3 +114,13 @@ def test_out_of_memory_names_the_batch_size_and_suggests_accumulation(
     cfg = load_config("tiny", tiny_run_overrides(synthetic_set, tmp_path, "optim.accum_steps=2"))
     with pytest.raises(RuntimeError, match=r"optim.batch_size=6 .* raise optim.accum_steps .* stays 12"):
         train(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_it_is_a_one_line_error(capsys: pytest.CaptureFixture) -> None:
+    """Profiling moved the model to a device nobody checked: torch's "Found no NVIDIA driver", named as a bug."""
+    with pytest.raises(ConfigError, match="device 'cuda' asked for, but CUDA is not available"):
+        resolve_device("cuda")
+    assert main(["--quiet", "profile", "tiny", "--device", "cuda", "--out", "/nonexistent/never"]) == 1
+    assert capsys.readouterr().err == ("pcmci: error: device 'cuda' asked for, but CUDA is not available on this "
+                                       "machine (use cpu or auto)\n")

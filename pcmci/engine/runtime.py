@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.datasets import VideoDataset, build_dataset
 from ..data.records import LabelSet
 
@@ -17,7 +17,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"run.device={name!r} but CUDA is not available on this machine")
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available on this machine (use cpu or auto)")
     return torch.device(name)
 
 

@@ -17,6 +17,7 @@ from fvcore.nn import parameter_count
 from torch import nn
 
 from ..config import Config, ConfigError, to_dict
+from ..engine.runtime import resolve_device
 from ..model import PCMCI, build_model
 from . import analytic
 from .flops import FvcoreCount, fvcore_count, torch_count
@@ -211,7 +212,7 @@ def run_profile(cfg: Config, options: ProfileOptions, out_dir: str | Path, name:
 
 
 def latency_report(model: PCMCI, cfg: Config, options: ProfileOptions) -> dict[str, Any]:
-    device = torch.device(options.device)
+    device = resolve_device(options.device)
     model.to(device)
     tcfg = cfg.model.timesformer
     frames = torch.rand(options.batch, tcfg.frames, 3, tcfg.img_size, tcfg.img_size, device=device)
