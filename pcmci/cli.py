@@ -202,7 +202,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--splits", nargs="+", help="split names (default: the config's data.eval_splits)")
-    p.add_argument("--manifest", help="evaluate on another manifest with the same classes")
+    p.add_argument("--manifest", help="evaluate on another manifest (rows matched to the checkpoint's classes by name)")
     p.add_argument("--out", help="output folder (default: the checkpoint's folder)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")

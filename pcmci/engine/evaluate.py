@@ -157,9 +157,9 @@ def evaluate(checkpoint: str | Path, splits: list[str] | None = None, out_dir: s
     # a manifest's rows name their classes: read them against the checkpoint's label set, so a manifest without
     # labels.json (classes then come sorted from its rows), with another order or with a class missing evaluates
     # the same videos the same way; an adapter's datasets (Breakfast, COIN, Charades) fix their own label set
-    labels = LabelSet(model.classes, model.actions) if cfg.data.dataset == "manifest" else None
+    label_set = LabelSet(model.classes, model.actions) if cfg.data.dataset == "manifest" else None
     for split in splits or cfg.data.eval_splits:
-        dataset = make_dataset(cfg, split, train=False, labels=labels)
+        dataset = make_dataset(cfg, split, train=False, labels=label_set)
         check_labels(model.classes, dataset.labels.classes,
                      f"the {split!r} split of {cfg.data.manifest or cfg.data.root or cfg.data.dataset}")
         loader = make_loader(dataset, batch_size or cfg.optim.batch_size, dev, num_workers=cfg.data.num_workers)
