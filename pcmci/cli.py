@@ -100,6 +100,8 @@ def _train(args: argparse.Namespace) -> int | None:
     cfg = load_config(args.config, args.overrides)
     cfg.run.progress = cfg.run.progress and not args.quiet
     refuse_existing_run(cfg, args.resume, args.overwrite)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and not launched_by_torchrun():
         return _launch_torchrun(args)
     checkpoint = train(cfg, resume=args.resume)
@@ -144,6 +146,9 @@ def _diagnose(args: argparse.Namespace) -> None:
 
     if args.checkpoint is None and args.hallucination is None:
         raise ConfigError("pcmci diagnose needs a CHECKPOINT, or --hallucination WEIGHTS for a VLM alone")
+    if args.limit < 1 or args.hallucination_clips < 1:
+        raise ConfigError(f"--limit and --hallucination-clips must be >= 1, got {args.limit} and "
+                          f"{args.hallucination_clips}")
     if args.hallucination is not None:
         out = Path(args.out or "runs/hallucination")
         out = out / "hallucination" if args.checkpoint is not None else out
@@ -497,6 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"pcmci: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("pcmci: interrupted", file=sys.stderr)  # no traceback: the user asked for it
+        return 130
     except Exception as exc:
         if args.debug:
             raise

@@ -133,3 +133,30 @@ def test_help_imports_no_command_module_and_profiling_warns_nothing() -> None:
     done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "[]" and "usage: pcmci" in done.stdout
+
+
+def test_counts_out_of_range_stop_before_any_work_and_ctrl_c_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    """Found by a bug hunt: ``demo --epochs 0`` trained 30 epochs, ``--epochs -1`` deleted the earlier run's
+    checkpoints before failing, ``--seeds 0`` wrote a NaN report; duplicate ablation variants were trained and
+    counted twice; ``vlm pretrain --epochs 0`` divided by zero; ``--nproc 0`` ran one process; Ctrl-C printed a
+    traceback. Each is now one line before anything is written."""
+    cases = [
+        (["demo", "--out", str(tmp_path / "demo"), "--epochs", "0"], "--seeds and --epochs must be >= 1, got 1 and 0"),
+        (["demo", "--out", str(tmp_path / "demo"), "--seeds", "0"], "--seeds and --epochs must be >= 1, got 0 and"),
+        (["ablate", "tiny", "--variants", "baseline", "baseline", "--out", str(tmp_path / "abl")],
+         "--variants lists a variant twice: ['baseline', 'baseline']"),
+        (["vlm", "pretrain", "--out", str(tmp_path / "vlm"), "--epochs", "0"], "--clips and --epochs must be >= 1"),
+        (["diagnose", str(tmp_path / "none.pt"), "--limit", "0"], "--limit and --hallucination-clips must be >= 1"),
+        (["train", "tiny", f"run.out_dir={tmp_path / 'run'}", "--nproc", "0"], "--nproc must be >= 1, got 0"),
+    ]
+    for argv, message in cases:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 1 and err.startswith(f"pcmci: error: {message}") and len(err.splitlines()) == 1, (argv, err)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+    def interrupted(args: argparse.Namespace) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pcmci.cli._synth", interrupted)
+    code, _, err = run_cli(capsys, "synth", "--out", str(tmp_path / "syn"))
+    assert code == 130 and err == "pcmci: interrupted\n"

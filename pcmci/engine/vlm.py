@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from ..config import ClipConfig
+from ..config import ClipConfig, ConfigError
 from ..data.captions import caption_pairs
 from ..data.synthetic import Scene
 from ..model.clip import FrozenCLIP
@@ -128,6 +128,8 @@ def sha256(path: Path) -> str:
 
 def pretrain_vlm(out: str | Path, settings: VLMSettings = VLMSettings(), progress: bool = True) -> dict:
     """Pretrain, write ``out/pcmci-tiny-vlm.safetensors`` + ``out/vlm.json`` (+ the loss curve plot); -> the record."""
+    if settings.clips < 1 or settings.epochs < 1:
+        raise ConfigError(f"--clips and --epochs must be >= 1, got {settings.clips} and {settings.epochs}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -206,6 +206,8 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     names = variants or DEFAULT_VARIANTS
+    if len(set(names)) != len(names):  # each run would be trained (twice, at once with --jobs) and counted twice
+        raise ConfigError(f"--variants lists a variant twice: {names}")
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")

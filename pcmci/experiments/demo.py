@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import STAGE_NAMES, preset
+from ..config import STAGE_NAMES, ConfigError, preset
 from ..data.synthetic import DEMO_SCENE, GENERATOR, Scene, support, synthesize
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_grouped_bars, plot_training_curves
@@ -51,10 +51,12 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None =
              n_train: int = 720, n_test: int = 240, scene: Scene = DEMO_SCENE, device: str = "auto",
              progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns the report dict (also written to ``out/report.json``)."""
+    if seeds < 1 or (epochs is not None and epochs < 1):  # before anything in ``out`` is touched
+        raise ConfigError(f"--seeds and --epochs must be >= 1, got {seeds} and {epochs}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
-    epochs = epochs or preset("tiny").optim.epochs
+    epochs = epochs if epochs is not None else preset("tiny").optim.epochs
     manifest = _dataset(out / "data", confound, n_train, n_test, scene, progress)
     oracle_manifest = _dataset(out / "data-unconfounded", 0.0, n_train, n_test, scene, progress)
     meta = json.loads((manifest.parent / "meta.json").read_text())
