@@ -59,6 +59,12 @@ def _classes(dataset: VideoDataset) -> list[int] | None:
     return None if dataset.multilabel else [int(r.target) for r in dataset.records]
 
 
+def all_skipped(what: str, skipped: list[str]) -> DataError:
+    """The error for a pass over training clips that decoded none (``what``: "all N ... were")."""
+    return DataError(f"{what} skipped as undecodable (data.skip_bad_videos=true), e.g. "
+                     f"{skipped[0] if skipped else '?'}; check the training split's videos (pcmci data inspect)")
+
+
 @torch.no_grad()
 def fit_dictionaries(cfg: Config, model: PCMCI, dataset: VideoDataset, device: torch.device, epoch: int,
                      world: int = 1) -> None:
@@ -79,8 +85,6 @@ def fit_dictionaries(cfg: Config, model: PCMCI, dataset: VideoDataset, device: t
         if "video" in b:
             batches.append(b["video"].to(device))
     if not batches:
-        raise DataError(f"all {len(chosen)} training clips drawn for the confounder dictionaries were skipped as "
-                        f"undecodable (data.skip_bad_videos=true), e.g. {bad[0] if bad else '?'}; check the "
-                        f"training split's videos (pcmci data inspect)")
+        raise all_skipped(f"all {len(chosen)} training clips drawn for the confounder dictionaries were", bad)
     used = model.build_dictionaries(batches, seed=cfg.run.seed + epoch)
     log.info("epoch %d: fitted confounder dictionaries on %d clips (%s feature vectors)", epoch, len(chosen), used)

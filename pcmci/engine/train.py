@@ -31,13 +31,13 @@ from tqdm import tqdm
 from ..config import Config, ConfigError, check_dataset, from_dict, reweights, to_dict
 from ..data.datasets import VideoDataset
 from ..data.loader import make_loader
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError
 from ..model import PCMCI, build_model
 from ..model.weights import require_weights
 from . import distributed
 from .checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from .compile import FallbackCompiled
-from .dictionaries import fit_dictionaries, refit_epochs
+from .dictionaries import all_skipped, fit_dictionaries, refit_epochs
 from .propensity import clip_weights
 from .run_state import config_changes, restore_rng, rng_state, use_compile
 from .runtime import load_labels, make_dataset, resolve_device, seed_everything
@@ -132,9 +132,7 @@ def _train(cfg: Config, ctx: distributed.Dist, resume: bool) -> Path:
             stats = train_one_epoch(run, epoch)
             run.sink.epoch(stats.summary(epoch, ctx.world), run.step, stats.skipped)
             if not stats.seen:  # no step taken: a checkpoint now would be an untrained model that looks trained
-                raise DataError(f"epoch {epoch}: all {len(stats.skipped)} training videos were skipped as undecodable "
-                                f"(data.skip_bad_videos=true), e.g. {stats.skipped[0] if stats.skipped else '?'}; "
-                                "check the training split's videos (pcmci data inspect)")
+                raise all_skipped(f"epoch {epoch}: all {len(stats.skipped)} training videos were", stats.skipped)
             if ctx.main:
                 save_checkpoint(run.checkpoint_path, checkpoint_state(run, epoch))
     return run.checkpoint_path
