@@ -123,7 +123,7 @@ def _ablate(args: argparse.Namespace) -> None:
     from .experiments.ablate import run_ablation
 
     run_ablation(args.config, args.overrides, args.seeds, args.out, args.variants, args.device, not args.quiet,
-                 args.jobs)
+                 args.jobs, args.overwrite)
     print((Path(args.out) / "ablation.md").read_text())
     print(f"report: {args.out}/ablation.md, {args.out}/ablation.json, {args.out}/ablation_acc.png")
 
@@ -136,6 +136,8 @@ def _add_ablate(p: argparse.ArgumentParser) -> None:
                         "ivc-noreweight ivc-mediator-only ivc-static full-static (named switches)")
     p.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process (default: 1)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace runs of another configuration (config, overrides) found in --out")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_ablate)
 

@@ -235,3 +235,31 @@ def test_a_second_ablation_into_the_same_folder_is_refused(tmp_path: Path) -> No
             ablate.run_ablation("tiny", [], 1, tmp_path, ["baseline"])
     with ablate.out_lock(tmp_path):  # released with the block
         pass
+
+
+def test_runs_of_another_configuration_are_refused_not_deleted(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ablation into an --out that holds another configuration's runs stops before training and names them (it
+    would delete their checkpoints); a run of the same configuration by older code is retrained; --overwrite
+    replaces."""
+    trained: list[list[str]] = []
+
+    def fake_run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, *_: object) -> dict:
+        trained.append(overrides)
+        run_dir = out / f"{name}-seed{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoint.pt").write_bytes(b"weights")
+        (run_dir / "ablation_run.json").write_text(json.dumps({"key": ablate.run_key(source, overrides, name, seed)}))
+        return {"results": {s: {"acc": 0.5, "map": 0.5} for s in ("test_id", "test_ood")}}
+
+    monkeypatch.setattr(ablate, "run_one", fake_run_one)
+    monkeypatch.setattr(ablate, "write_report", lambda *_: None)
+    monkeypatch.setattr(ablate, "source_digest", lambda: "old code")
+    ablate.run_ablation("tiny", ["optim.lr=0.001"], 1, tmp_path, ["baseline"], progress=False)
+    monkeypatch.setattr(ablate, "source_digest", lambda: "new code")
+    ablate.run_ablation("tiny", ["optim.lr=0.001"], 1, tmp_path, ["baseline"], progress=False)  # same config
+    with pytest.raises(ConfigError, match=r"baseline-seed0 \(overrides: \['optim.lr=0.001'\]\).*--overwrite"):
+        ablate.run_ablation("tiny", ["optim.lr=0.002"], 1, tmp_path, ["baseline"], progress=False)
+    assert trained == [["optim.lr=0.001"]] * 2 and (tmp_path / "baseline-seed0" / "checkpoint.pt").is_file()
+    ablate.run_ablation("tiny", ["optim.lr=0.002"], 1, tmp_path, ["baseline"], progress=False, overwrite=True)
+    assert trained[-1] == ["optim.lr=0.002"]

@@ -121,6 +121,32 @@ def variant_config(source: str, overrides: list[str], stages: list[str], seed: i
                                 f"run.out_dir={out_dir}"])
 
 
+def run_key(source: str, overrides: list[str], name: str, seed: int) -> dict[str, Any]:
+    """What a finished run is reused under: its config, stages, switches, seed and the training code's digest."""
+    return {"config": source, "overrides": overrides, "stages": VARIANTS[name], "switches": SWITCHES.get(name, []),
+            "seed": seed, "source": source_digest()}
+
+
+def other_configs(source: str, overrides: list[str], todo: list[tuple[str, int]], out: Path) -> list[str]:
+    """The run folders in ``out`` that hold a run of another configuration than this ablation's (config, overrides,
+    stages or switches differ; a run of the same configuration by older training code is simply retrained): an
+    ablation would delete their checkpoints and results."""
+    found = []
+    for name, seed in todo:
+        saved = out / f"{name}-seed{seed}" / "ablation_run.json"
+        try:
+            theirs = json.loads(saved.read_text()).get("key", {}) if saved.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            theirs = {}
+        if theirs is None:
+            continue
+        ours = run_key(source, overrides, name, seed)
+        changed = sorted(k for k in ours if k != "source" and theirs.get(k) != ours[k])
+        if changed:
+            found.append(f"{saved.parent} ({', '.join(f'{k}: {theirs.get(k)!r}' for k in changed)})")
+    return found
+
+
 def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, device: str,
             progress: bool) -> dict[str, Any]:
     """Train + evaluate one (variant, seed); the result is kept in ``out/<name>-seed<k>/ablation_run.json`` and
@@ -132,8 +158,7 @@ def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, 
     cfg = variant_config(source, overrides, VARIANTS[name], seed, run_dir, SWITCHES.get(name))
     cfg.run.device = device if device != "auto" else cfg.run.device
     cfg.run.progress = cfg.run.progress and progress
-    key = {"config": source, "overrides": overrides, "stages": VARIANTS[name], "switches": SWITCHES.get(name, []),
-           "seed": seed, "source": source_digest()}
+    key = run_key(source, overrides, name, seed)
     saved, checkpoint = run_dir / "ablation_run.json", run_dir / "checkpoint.pt"
     splits = cfg.data.eval_splits
     done = json.loads(saved.read_text()) if saved.is_file() else {}
@@ -198,9 +223,11 @@ def _worker_init(threads: int, level: int, parent: int | None = None, interval: 
 
 
 def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path, variants: list[str] | None = None,
-                 device: str = "auto", progress: bool = True, jobs: int = 1) -> dict[str, Any]:
+                 device: str = "auto", progress: bool = True, jobs: int = 1,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Train and evaluate every variant for ``seeds`` seeds, ``jobs`` runs at a time (each in its own process,
-    with ``cpu_count / jobs`` threads); returns the report (also written under ``out``)."""
+    with ``cpu_count / jobs`` threads); returns the report (also written under ``out``). Runs of another
+    configuration in ``out`` are refused unless ``overwrite`` (they would be deleted)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
@@ -216,6 +243,10 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
     splits = variant_config(source, overrides, [], 0, out).data.eval_splits
     todo = [(name, seed) for name in names for seed in range(seeds)]
     with out_lock(out):
+        others = [] if overwrite else other_configs(source, overrides, todo, out)
+        if others:
+            raise ConfigError(f"{out} holds runs of another configuration, which this ablation would delete: "
+                              f"{'; '.join(others)}; pass another --out, or --overwrite to replace them")
         if jobs == 1:
             done = [run_one(source, overrides, name, seed, out, device, progress) for name, seed in todo]
         else:
