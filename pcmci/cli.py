@@ -435,7 +435,7 @@ def _vlm_pretrain(args: argparse.Namespace) -> None:
     from .engine.vlm import VLMSettings, pretrain_vlm
 
     settings = VLMSettings(seed=args.seed, clips=args.clips, cooccur=args.cooccur, epochs=args.epochs)
-    record = pretrain_vlm(args.out, settings, progress=not args.quiet)
+    record = pretrain_vlm(args.out, settings, progress=not args.quiet, overwrite=args.overwrite)
     print(f"weights: {args.out}/{record['weights']} (sha256 {record['sha256']}); zero-shot accuracy "
           f"{record['zero_shot_accuracy']['cooccurring']:.3f} with the co-occurrence, "
           f"{record['zero_shot_accuracy']['broken']:.3f} without; record: {args.out}/vlm.json")
@@ -453,6 +453,7 @@ def _add_vlm(p: argparse.ArgumentParser) -> None:
     q.add_argument("--cooccur", type=float, default=VLMSettings.cooccur,
                    help="P(the activity's own prop is in view and named in the caption)")
     q.add_argument("--epochs", type=int, default=VLMSettings.epochs)
+    q.add_argument("--overwrite", action="store_true", help="replace the weights in an --out that holds them")
     q.set_defaults(func=_vlm_pretrain)
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from pcmci.config import ClipConfig
+from pcmci.config import ClipConfig, ConfigError
 from pcmci.data.captions import caption_pairs
 from pcmci.data.synthetic import Scene
 from pcmci.engine.vlm import MODEL, VLMSettings, pretrain_vlm, zero_shot
@@ -37,6 +37,15 @@ def test_pretraining_is_reproducible_from_its_seed(pretrained, tmp_path):
     out, record = pretrained
     again = pretrain_vlm(tmp_path, SMALL, progress=False)
     assert again["sha256"] == record["sha256"]
+
+
+def test_weights_in_out_are_refused_before_any_work_unless_overwrite(pretrained, monkeypatch):
+    out, record = pretrained
+    before = (out / record["weights"]).read_bytes()
+    monkeypatch.setattr("pcmci.engine.vlm.caption_pairs", lambda *_, **__: pytest.fail("work started"))
+    with pytest.raises(ConfigError, match=r"pcmci-tiny-vlm.safetensors exists; pass --overwrite"):
+        pretrain_vlm(out, SMALL, progress=False)
+    assert (out / record["weights"]).read_bytes() == before
 
 
 def test_the_weights_load_through_model_clip_pretrained_and_untrained_rows_are_zero(pretrained):

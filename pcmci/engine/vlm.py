@@ -33,6 +33,7 @@ from ..model.clip import FrozenCLIP
 
 log = logging.getLogger(__name__)
 MODEL = "pcmci-tiny-clip"
+WEIGHTS = "pcmci-tiny-vlm.safetensors"  # the file pretrain_vlm writes in its --out
 
 
 @dataclass(frozen=True)
@@ -126,11 +127,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def pretrain_vlm(out: str | Path, settings: VLMSettings = VLMSettings(), progress: bool = True) -> dict:
-    """Pretrain, write ``out/pcmci-tiny-vlm.safetensors`` + ``out/vlm.json`` (+ the loss curve plot); -> the record."""
+def pretrain_vlm(out: str | Path, settings: VLMSettings = VLMSettings(), progress: bool = True,
+                 overwrite: bool = False) -> dict:
+    """Pretrain, write ``out/pcmci-tiny-vlm.safetensors`` + ``out/vlm.json`` (+ the loss curve plot); -> the record.
+    Weights already in ``out`` are refused before any work unless ``overwrite``."""
     if settings.clips < 1 or settings.epochs < 1:
         raise ConfigError(f"--clips and --epochs must be >= 1, got {settings.clips} and {settings.epochs}")
     out = Path(out)
+    if (out / WEIGHTS).exists() and not overwrite:
+        raise ConfigError(f"{out / WEIGHTS} exists; pass --overwrite to replace it, or another --out")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     scene = Scene(still_pairs=settings.still_pairs)
@@ -140,7 +145,7 @@ def pretrain_vlm(out: str | Path, settings: VLMSettings = VLMSettings(), progres
     tokens = open_clip.get_tokenizer(MODEL)(data.captions)
     curve = _train(model, _normalise(to_clip_input(data.frames)), tokens, settings, progress)
     state, rows = _state_to_write(model, tokens)
-    weights = out / "pcmci-tiny-vlm.safetensors"
+    weights = out / WEIGHTS
     save_file(state, str(weights))
     clip = FrozenCLIP(ClipConfig(name=MODEL, pretrained=str(weights)))
     held = {name: caption_pairs(settings.seed + 1, settings.eval_clips, rate, 1, scene)
