@@ -13,7 +13,7 @@ import json
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,13 +199,15 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, folder: Callable[[str], str] = str) -> None:
+    """The ``kernels report`` options; ``folder`` checks ``--out`` (the caller's check of an output folder)."""
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), choices=list(aot.ARCH_LIMITS))
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--shapes", default="paper", choices=list(SHAPES))
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
-    parser.add_argument("--out", help="also write kernels-report.md and kernels-report.json into this folder")
+    parser.add_argument("--out", type=folder,
+                        help="also write kernels-report.md and kernels-report.json into this folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,18 @@ from .errors import ConfigError, PcmciError
 # ValueError stays expected until the layers outside pcmci.errors (the model and the train / evaluate / predict
 # entry points) raise the project's types for input they refuse, e.g. missing pretrained weights.
 EXPECTED_ERRORS = (PcmciError, OSError, ValueError)
+
+
+def out_folder(value: str) -> str:
+    """An ``--out`` folder checked before any work: the first part of it that exists must be a writable folder
+    (a file there, or a read-only folder, would fail only when the results are written)."""
+    path = Path(value)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{value}: {existing} is not writable")
+    return value
 
 
 def _add_config(p: argparse.ArgumentParser, example: str = "optim.lr=1e-4 model.stages=[ich,ivc]") -> None:
@@ -70,7 +83,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--out", type=out_folder, default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds; >1 reports mean ± std")
     p.add_argument("--epochs", type=int, help="training epochs per model (default: the tiny preset's, 30)")
     p.add_argument("--confound", type=float, default=0.9, help="confounder/label correlation in train and ID test")
@@ -134,7 +147,7 @@ def _add_ablate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", nargs="+",
                    help="subset of: baseline reweight ich ici ivc ich+ici ich+ivc ici+ivc full reversed (default), "
                         "ivc-noreweight ivc-mediator-only ivc-static full-static (named switches)")
-    p.add_argument("--out", default="runs/ablate", help="output folder (default: runs/ablate)")
+    p.add_argument("--out", type=out_folder, default="runs/ablate", help="output folder (default: runs/ablate)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at a time, each in its own process (default: 1)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace runs of another configuration (config, overrides) found in --out")
@@ -174,7 +187,7 @@ def _add_diagnose(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="split to probe (default: the config's last eval split)")
     p.add_argument("--video", help="also draw the ICH / ICI / IVC maps for this video")
     p.add_argument("--limit", type=int, default=200, help="at most this many videos (default: 200)")
-    p.add_argument("--out", help="output folder (default: CHECKPOINT_DIR/diagnose)")
+    p.add_argument("--out", type=out_folder, help="output folder (default: CHECKPOINT_DIR/diagnose)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_diagnose)
 
@@ -187,7 +200,8 @@ def _export(args: argparse.Namespace) -> None:
 
 def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="output folder (PCMCI.from_pretrained(DIR) loads it)")
+    p.add_argument("--out", type=out_folder, required=True,
+                   help="output folder (PCMCI.from_pretrained(DIR) loads it)")
     p.add_argument("--overwrite", action="store_true", help="replace the export in an --out that holds one")
     p.set_defaults(func=_export)
 
@@ -210,7 +224,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--splits", nargs="+", help="split names (default: the config's data.eval_splits)")
     p.add_argument("--manifest", help="evaluate on another manifest (rows matched to the checkpoint's classes by name)")
-    p.add_argument("--out", help="output folder (default: the checkpoint's folder)")
+    p.add_argument("--out", type=out_folder, help="output folder (default: the checkpoint's folder)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=_eval)
@@ -252,7 +266,7 @@ def _synth(args: argparse.Namespace) -> None:
 def _add_synth(p: argparse.ArgumentParser) -> None:
     from .data.synthetic import CODECS
 
-    p.add_argument("--out", default="data/synthetic")
+    p.add_argument("--out", type=out_folder, default="data/synthetic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--confound", type=float, default=0.9)
     p.add_argument("--codec", choices=list(CODECS), default="vp9")
@@ -301,10 +315,12 @@ def _add_data(p: argparse.ArgumentParser) -> None:
         t.add_argument("--annotations", default="", help="COIN.json / the Charades CSV folder (default: under ROOT)")
         t.add_argument("--json", action="store_true", help="print the report as one JSON object")
     q.add_argument("--split", help="only this split (default: all)")
-    q.add_argument("--out", help="write report.json and the sample grid (grid.png) into this folder")
+    q.add_argument("--out", type=out_folder,
+                   help="write report.json and the sample grid (grid.png) into this folder")
     q.add_argument("--grid", help="sample-frame grid PNG (default: OUT/grid.png with --out, else none; '' for none)")
     q.set_defaults(func=_data_inspect)
-    r.add_argument("--out", required=True, help="output folder: the videos, manifest.csv, labels.json, prepare.json")
+    r.add_argument("--out", type=out_folder, required=True,
+                   help="output folder: the videos, manifest.csv, labels.json, prepare.json")
     r.add_argument("--short-side", type=int, default=256, help="scale the shorter side down to this (default: 256)")
     r.add_argument("--gop", type=int, default=8, help="a keyframe at least every GOP frames (default: 8)")
     r.add_argument("--codec", choices=list(PREPARE_CODECS), default="h264", help="(default: h264, NVDEC and PyAV)")
@@ -342,7 +358,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-train", dest="train", action="store_false", help="skip the training-step timing")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also time a torch.compile'd training step (default: on CUDA only)")
-    p.add_argument("--out", default="runs/profile", help="output folder (default: runs/profile)")
+    p.add_argument("--out", type=out_folder, default="runs/profile", help="output folder (default: runs/profile)")
     p.set_defaults(func=_profile)
 
 
@@ -387,7 +403,7 @@ def _add_kernels(p: argparse.ArgumentParser) -> None:
 
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("report", help="registers, spills, shared memory, occupancy, roofline per launch")
-    add_arguments(q)
+    add_arguments(q, folder=out_folder)
     q.set_defaults(func=run)
 
 
@@ -427,7 +443,8 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     q.add_argument("--dtype", choices=list(DTYPES), help="bf16 autocast (CUDA) or fp32 (default: bf16 on CUDA)")
     q.add_argument("--peak-tflops", type=float, help="dense peak of this device in TFLOP/s, for MFU")
     q.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
-    q.add_argument("--out", default="bench/results", help="folder for bench-train-NAME.md/.json (default: bench/results)")
+    q.add_argument("--out", type=out_folder, default="bench/results",
+                   help="folder for bench-train-NAME.md/.json (default: bench/results)")
     q.set_defaults(func=_bench_train)
 
 
@@ -447,7 +464,7 @@ def _add_vlm(p: argparse.ArgumentParser) -> None:
     tools = p.add_subparsers(dest="tool", required=True)
     q = tools.add_parser("pretrain", help="train the tiny CLIP on frame-caption pairs with a planted co-occurrence "
                                           "-> safetensors + vlm.json (model.clip.pretrained loads it)")
-    q.add_argument("--out", default="runs/vlm", help="output folder (default: runs/vlm)")
+    q.add_argument("--out", type=out_folder, default="runs/vlm", help="output folder (default: runs/vlm)")
     q.add_argument("--seed", type=int, default=VLMSettings.seed)
     q.add_argument("--clips", type=int, default=VLMSettings.clips, help="synthetic clips (4 frames each)")
     q.add_argument("--cooccur", type=float, default=VLMSettings.cooccur,

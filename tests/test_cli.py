@@ -160,3 +160,23 @@ def test_counts_out_of_range_stop_before_any_work_and_ctrl_c_is_one_line(tmp_pat
     monkeypatch.setattr("pcmci.cli._synth", interrupted)
     code, _, err = run_cli(capsys, "synth", "--out", str(tmp_path / "syn"))
     assert code == 130 and err == "pcmci: interrupted\n"
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo"], ["ablate", "tiny"], ["diagnose", "c.pt"], ["export", "c.pt"], ["eval", "c.pt"], ["synth"],
+    ["data", "inspect", "--dataset", "manifest", "--root", "."], ["data", "prepare", "--dataset", "manifest",
+                                                                    "--root", "."],
+    ["profile"], ["bench", "train", "tiny"], ["vlm", "pretrain"], ["kernels", "report"],
+], ids=lambda argv: " ".join(argv[:2]))
+def test_an_out_folder_that_cannot_be_one_is_refused_before_any_work(argv: list[str], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """A file where --out (or a folder above it) should be: one argparse line naming it, exit 2 before the command
+    runs (it used to fail with a raw OSError after training, profiling or compiling)."""
+    taken = tmp_path / "results.txt"
+    taken.write_text("not a folder")
+    for out in (taken, taken / "sub" / "run"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--quiet", *argv, "--out", str(out)])
+        assert exit_.value.code == 2
+        assert f"argument --out: {out}: {taken} is a file, not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "not a folder"
