@@ -73,6 +73,8 @@ def test_missing_file(tmp_path):
         decode_frames(path, [0])
     assert err.value.path == str(path) and err.value.cause == "file not found"
     assert str(path) in str(err.value)
+    with pytest.raises(VideoDecodeError, match="a folder, not a video file"):
+        decode_frames(tmp_path, [0])
 
 
 def test_zero_length_file(tmp_path):

@@ -105,6 +105,8 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "none.pt")
+    with pytest.raises(FileNotFoundError, match="checkpoint is a folder, not a file"):
+        load_checkpoint(tmp_path)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="unreadable or corrupt"):
         load_checkpoint(tmp_path / "bad.pt")

@@ -48,7 +48,7 @@ def _open(source: Source) -> av.container.InputContainer:
     if not isinstance(source, bytes):
         file = Path(source)
         if not file.is_file():
-            raise VideoDecodeError(source, "file not found")
+            raise VideoDecodeError(source, "a folder, not a video file" if file.is_dir() else "file not found")
         if file.stat().st_size == 0:
             raise VideoDecodeError(source, "empty file")
     elif not source:

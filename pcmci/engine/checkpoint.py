@@ -77,7 +77,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint written by ``save_checkpoint``; clear errors for missing, corrupt or unsafe files."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint is a folder, not a file: {path}" if path.is_dir()
+                                      else f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
