@@ -1,14 +1,16 @@
 import csv
+import hashlib
 import json
 import math
 from collections import Counter
 
+import av
 import numpy as np
 import pytest
 
 from pcmci.data.datasets import LabelSet, read_manifest
 from pcmci.data.decode import decode_frames, probe
-from pcmci.data.synthetic import ACTIVITIES, synthesize
+from pcmci.data.synthetic import ACTIVITIES, render_counterfactual, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,21 @@ def test_deterministic_from_seed(small, tmp_path):
         b, _ = decode_frames(again.parent / video["path"], list(range(n)))
         np.testing.assert_array_equal(a, b)
     other = synthesize(tmp_path / "c", seed=4, n_train=12, n_test=9, progress=False)
-    assert json.loads((other.parent / "meta.json").read_text())["videos"] != meta_a["videos"]
+    meta_c = json.loads((other.parent / "meta.json").read_text())
+    assert meta_c["videos"] != meta_a["videos"] and meta_c["rendered_sha256"] != meta_a["rendered_sha256"]
+
+
+def test_meta_records_the_rendered_pixels_and_the_libraries(small):
+    """Each video's digest is that of its frames re-rendered from meta.json alone (the counterfactual renderer with
+    the video's own ids, hashed here with hashlib); the set's digest is over the videos' in order."""
+    meta = json.loads((small.parent / "meta.json").read_text())
+    for video in meta["videos"]:
+        frames = render_counterfactual(meta, video, video["background"], video["distractor"])
+        assert frames.dtype == np.uint8 and frames.shape[0] == video["num_frames"]
+        assert video["rendered_sha256"] == hashlib.sha256(repr(frames.shape).encode() + frames.tobytes()).hexdigest()
+    joined = "".join(v["rendered_sha256"] for v in meta["videos"]).encode()
+    assert meta["rendered_sha256"] == hashlib.sha256(joined).hexdigest()
+    assert meta["versions"]["numpy"] == np.__version__ and meta["versions"]["av"] == av.__version__
 
 
 @pytest.mark.parametrize("confound", [0.8, 0.0])

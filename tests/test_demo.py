@@ -25,6 +25,8 @@ def test_demo_writes_report_json_markdown_and_plots(tmp_path, capsys) -> None:
     assert set(report["setup"]["support"]) == {"train", "test_id", "test_ood"} and "Positivity: " in md
     meta = json.loads((out / "data-unconfounded" / "meta.json").read_text())
     assert meta["confound"] == 0.0 and meta["n_train"] == 12
+    confounded = json.loads((out / "data" / "meta.json").read_text())
+    assert report["setup"]["rendered_sha256"] == confounded["rendered_sha256"] != meta["rendered_sha256"]
     # the demo's scene: a moving camera and one still-object pair, 5 classes (no order-only pairs)
     assert meta["scene"]["camera"] > 0 and report["setup"]["still_object_classes"] == ["fry egg", "boil egg"]
     assert list(meta["activities"]) == ["make cereal", "fry egg", "make juice", "make sandwich", "boil egg"]

@@ -29,6 +29,7 @@ A :class:`Scene` makes the set hard for shortcuts that remove what stands still 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from fractions import Fraction
 from dataclasses import asdict, dataclass
@@ -450,6 +451,12 @@ def _remove_earlier_set(out: Path) -> None:
             (out / rel).unlink(missing_ok=True)
 
 
+def rendered_digest(frames: np.ndarray) -> str:
+    """SHA-256 of a clip's rendered frames (uint8 ``[T, H, W, 3]``, C order), shape included."""
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    return hashlib.sha256(repr(frames.shape).encode() + frames.tobytes()).hexdigest()
+
+
 def synthesize(
     out: str | Path,
     seed: int = 0,
@@ -505,7 +512,8 @@ def synthesize(
                 rows.append([rel, classes[label], split, ";".join(table[classes[label]])])
                 videos.append(
                     {"path": rel, "split": split, "index": i, "label": label, "background": style,
-                     "distractor": distractor, "num_frames": len(frames)} | ({} if prop is None else {"prop": prop})
+                     "distractor": distractor, "num_frames": len(frames), "rendered_sha256": rendered_digest(frames)}
+                    | ({} if prop is None else {"prop": prop})
                 )
                 bar.update()
     with (out / "manifest.csv").open("w", newline="") as f:
@@ -518,6 +526,11 @@ def synthesize(
         "distractors": list(DISTRACTORS)[: len(classes)],
         **({"props": list(PROPS)[: len(classes)]} if scene.props else {}),
         "support": support(videos),
+        # The pixels drawn before encoding, and what drew and encoded them: two syntheses with the same digest drew the
+        # same scene; their decoded frames then differ only if the codec libraries differ (lossy encoding).
+        "rendered_sha256": hashlib.sha256("".join(v["rendered_sha256"] for v in videos).encode()).hexdigest(),
+        "versions": {"numpy": np.__version__, "av": av.__version__,
+                     "libavcodec": ".".join(map(str, av.library_versions["libavcodec"]))},
         "videos": videos,
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")

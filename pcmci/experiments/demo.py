@@ -104,6 +104,7 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None =
         "seeds": seeds, "epochs": epochs, "confound": confound, "preset": "tiny", "manifest": str(manifest),
         "scene": dataclasses.asdict(scene), "still_object_classes": list(meta.get("tools", {})),
         "support": support(meta["videos"]),
+        "rendered_sha256": meta.get("rendered_sha256"), "data_versions": meta.get("versions"),
         "device": str(resolve_device(device)),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
         "torch": torch.__version__, "seconds": round(time.perf_counter() - tic, 1),
