@@ -130,6 +130,9 @@ def test_ablate_command_writes_table_json_and_charts(synthetic_set: Path, tmp_pa
         assert len(flips) == 2 and all(0.0 <= f <= 1.0 for f in flips)
         assert variant["still_object_acc"] is None  # the fixture set has no still-object pair
     assert report["variants"]["baseline"]["weights"] is None and report["variants"]["ivc"]["weights"]["clips"] == 24
+    meta = json.loads((synthetic_set.parent / "meta.json").read_text())
+    assert report["environment"]["data_rendered_sha256"] == meta["rendered_sha256"]
+    assert report["environment"]["threads_per_run"] == max(1, (os.cpu_count() or 1) // 2)
     md = (out / "ablation.md").read_text()
     assert ("| variant | stages | test_id acc | test_id mAP | test_ood acc | test_ood mAP | test_ood flip rate | "
             "test_ood still-object acc |") in md

@@ -120,3 +120,9 @@ def test_a_folder_given_as_manifest_and_a_grid_that_is_no_image_name_the_fix(syn
                           "--grid", str(tmp_path / "grid.txt")])
     assert err == f"pcmci: error: --grid {tmp_path / 'grid.txt'}: the sample grid is an image; name a .png, .jpg or .webp file"
     assert not (tmp_path / "grid.txt").exists()
+    (tmp_path / "file.png").write_bytes(b"")
+    for grid in (tmp_path / "file.png" / "grid.png", tmp_path / "dir.png"):  # checked before the videos are probed
+        (tmp_path / "dir.png").mkdir(exist_ok=True)
+        err = _error(capsys, ["--quiet", "data", "inspect", "--dataset", "manifest", "--root", str(folder),
+                              "--grid", str(grid)])
+        assert err == f"pcmci: error: --grid {grid}: a folder, or under a file; name an image file in a folder"

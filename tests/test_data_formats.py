@@ -1,5 +1,6 @@
 """Breakfast, COIN and Charades fixture trees in their public formats, read by the adapters and `data inspect`."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,9 @@ import torch
 from pcmci.cli import main
 from pcmci.config import DataConfig
 from pcmci.data.datasets import build_dataset
-from pcmci.data.formats import BREAKFAST_ACTIONS, action_text, read_breakfast, read_charades, read_coin
+from pcmci.data.formats import (BREAKFAST_ACTIONS, CHARADES_FILES, action_text, read_breakfast, read_charades,
+                                read_coin)
+from pcmci.errors import ConfigError, DataError
 from pcmci.data.synthetic import encode_video
 
 
@@ -147,6 +150,75 @@ def test_charades_bad_action(tmp_path, charades):
     (tmp_path / "Charades_v1_train.csv").write_text("id,actions\nX,c999 0 1\n")
     with pytest.raises(ValueError, match=r"Charades_v1_train.csv:2: bad action 'c999 0 1'"):
         read_charades(tmp_path)
+
+
+@pytest.mark.parametrize("reader, template, message", [
+    (read_coin, "{nope}.mp4", r"unknown field\(s\) \{nope\}; allowed: \{id\}, \{recipe_type\}"),
+    (read_coin, "{}.mp4", r"unknown field\(s\) \{\}"),
+    (read_coin, "{0}.mp4", r"unknown field\(s\) \{0\}"),
+    (read_coin, "{id.upper}.mp4", r"unknown field\(s\) \{id.upper\}"),
+    (read_coin, "videos/{id.mp4", r"expected '\}' before end of string"),
+    (read_coin, "{recipe_type:q}.mp4", r"Unknown format code 'q'"),
+    (read_coin, "/abs/{id}.mp4", r"must be relative to data.root"),
+    (read_charades, "{nope}.mp4", r"unknown field\(s\) \{nope\}; allowed: \{id\}$"),
+    (read_breakfast, "{nope}/{person}_{activity}.avi", r"unknown field\(s\) \{nope\}"),
+    (read_breakfast, "{person}/{camera}/{person}_x.avi", r"must contain \{activity\}"),
+    (read_breakfast, "{person!r}/{camera}/{person}_{activity}.avi", r"fields take no format spec or conversion"),
+])
+def test_a_bad_video_template_is_named(reader, template, message, breakfast, coin, charades):
+    """Found by a bug hunt: each of these crashed with KeyError / IndexError / NotImplementedError, named nothing,
+    or (``{id.upper}``) filled paths with a method's repr."""
+    root = {read_coin: coin, read_charades: charades, read_breakfast: breakfast}[reader]
+    with pytest.raises(ConfigError, match=rf"data.video_template {re.escape(repr(template))}: {message}"):
+        reader(root, template)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"recipe_type": 1, "class": ["a"], "subset": "training"}, r"'class' must be a non-empty string"),
+    ({"recipe_type": 1, "class": "a", "subset": ["training"]}, r"subset \['training'\] not in"),
+    ({"recipe_type": 1, "class": None, "subset": "training"}, r"'class' must be a non-empty string"),
+    ({"recipe_type": 1.7, "class": "a", "subset": "training"}, r"expected an integer id, got 1.7"),
+    ({"recipe_type": True, "class": "a", "subset": "training"}, r"expected an integer id, got True"),
+    ({"recipe_type": 1, "class": "a", "subset": "training", "annotation": [{"id": "3", "label": 7}]},
+     r"'label' must be a non-empty string, got 7"),
+])
+def test_coin_fields_of_the_wrong_type_are_named(tmp_path, entry, message):
+    (tmp_path / "COIN.json").write_text(json.dumps({"database": {"v": entry}}))
+    with pytest.raises(DataError, match=rf"COIN.json: video 'v'.*{message}"):
+        read_coin(tmp_path)
+
+
+def test_coin_and_charades_refuse_one_name_for_two_ids(tmp_path, charades):
+    database = {"a": {"recipe_type": 1, "class": "T", "subset": "training"},
+                "b": {"recipe_type": 2, "class": "T", "subset": "testing"}}
+    (tmp_path / "COIN.json").write_text(json.dumps({"database": database}))
+    with pytest.raises(DataError, match="class 'T' belongs to two different ids"):
+        read_coin(tmp_path)
+    for name in CHARADES_FILES[1:]:
+        (tmp_path / name).write_text((charades / name).read_text())
+    for classes, twice in (("c000 A\nc001 B\nc001 C\n", "'c001'"), ("c000 A\nc001 B\nc002 A\n", "'A'")):
+        (tmp_path / CHARADES_FILES[0]).write_text(classes)
+        with pytest.raises(DataError, match=rf"Charades_v1_classes.txt:3: {twice} is listed twice"):
+            read_charades(tmp_path)
+
+
+def test_charades_short_rows_bom_and_non_utf8_are_named(tmp_path, charades):
+    for name in CHARADES_FILES:
+        (tmp_path / name).write_text((charades / name).read_text())
+    train = tmp_path / "Charades_v1_train.csv"
+    train.write_text("id,subject,actions\nAAAA1,S1\n")
+    with pytest.raises(DataError, match=r"Charades_v1_train.csv:2: expected 3 fields"):
+        read_charades(tmp_path)
+    train.write_text("\ufeffid,actions\nAAA11,c000 0 1\n", encoding="utf-8")  # Excel's BOM
+    assert read_charades(tmp_path).records[0].target == [0]
+    train.write_bytes(b"\xff\xfeid,actions\n")
+    with pytest.raises(DataError, match=r"Charades_v1_train.csv: not a UTF-8 text file"):
+        read_charades(tmp_path)
+    labels = tmp_path / "P05/cam01/P05_milk.avi.labels"
+    video(labels.with_suffix(""), "mjpeg")
+    labels.write_bytes(b"\xff\xfe1-9 SIL\n")
+    with pytest.raises(DataError, match=r"P05_milk.avi.labels: not a UTF-8 text file"):
+        read_breakfast(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["breakfast", "coin"])

@@ -229,3 +229,43 @@ def test_prepare_refuses_to_write_over_its_sources(source, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.startswith(f"pcmci: error: --out {source} would write over source video ")
     assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+
+
+def test_prepare_refuses_an_out_holding_someone_elses_manifest(source, tmp_path, capsys):
+    """Found by a bug hunt: a manifest.csv / labels.json in --out that no prepare wrote was replaced (rc 0)."""
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "manifest.csv").write_text("path,label\nmine.mp4,a\n")
+    (out / "labels.json").write_text('{"classes": ["a"]}')
+    code = main(["--quiet", "data", "prepare", "--dataset", "manifest", "--root", str(source), "--out", str(out)])
+    assert code == 1 and capsys.readouterr().err == (
+        f"pcmci: error: --out {out} holds manifest.csv, labels.json, not written by pcmci data prepare (no "
+        "prepare.json); prepare into a new folder\n")
+    assert (out / "manifest.csv").read_text() == "path,label\nmine.mp4,a\n" and sorted(os.listdir(out)) == [
+        "labels.json", "manifest.csv"]
+
+
+@pytest.mark.parametrize("fps", [float("inf"), float("nan"), 1e-300, 0.0, -1.0, 1e6])
+def test_fps_outside_a_usable_range_is_refused(fps):
+    with pytest.raises(prepare.ConfigError, match=r"fps between 0.001 and 1000.0"):
+        prepare.PrepareSettings(fps=fps)
+
+
+def test_a_symlink_loop_is_a_counted_failure(source, tmp_path):
+    (source / "loopA").symlink_to(source / "loopB")
+    (source / "loopB").symlink_to(source / "loopA")
+    manifest = source / "manifest.csv"
+    manifest.write_text(manifest.read_text() + "loopA,stir,test,\n")
+    code, report = _prepare(source, tmp_path / "out", "--short-side", "32")
+    assert code == 1 and report["failed"] == 2 and str(source / "loopA") in report["failures"]
+
+
+def test_manifest_steps_are_kept_without_labels_json(tmp_path):
+    """Found by a bug hunt: without labels.json (or one without actions) every step was dropped in silence."""
+    (tmp_path / "manifest.csv").write_text("path,label,split,steps\na.mp4,x,train,rise;fall\nb.mp4,y,train,grow\n")
+    videos = read_manifest_set(tmp_path / "manifest.csv")
+    assert videos.labels.classes == ["x", "y"] and videos.labels.actions == ["fall", "grow", "rise"]
+    assert [[videos.labels.actions[s] for s in r.steps] for r in videos.records] == [["rise", "fall"], ["grow"]]
+    (tmp_path / "labels.json").write_text('{"classes": ["y", "x"]}')
+    videos = read_manifest_set(tmp_path / "manifest.csv")
+    assert videos.labels.classes == ["y", "x"] and videos.labels.actions == ["fall", "grow", "rise"]

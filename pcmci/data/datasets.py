@@ -92,14 +92,16 @@ def _read_rows(path: Path, labels: LabelSet | None) -> list[ManifestRow]:
 
 
 def read_manifest_set(manifest: str | Path, labels: LabelSet | None = None) -> VideoSet:
-    """A manifest as a ``VideoSet``; labels from ``labels``, else ``labels.json`` beside it, else the rows."""
+    """A manifest as a ``VideoSet``; labels from ``labels``, else ``labels.json`` beside it, else the rows (classes
+    and, where ``labels.json`` lists none, steps: sorted names)."""
     manifest = Path(manifest)
     if labels is None:
         label_file = manifest.parent / "labels.json"
-        if label_file.is_file():
-            labels = LabelSet.load(label_file)
-        else:
-            labels = LabelSet(sorted({row.label for row in read_manifest(manifest)}))
+        labels = LabelSet.load(label_file) if label_file.is_file() else None
+        if labels is None or not labels.actions:
+            rows = read_manifest(manifest, labels)
+            labels = LabelSet(labels.classes if labels else sorted({row.label for row in rows}),
+                              sorted({step for row in rows for step in row.steps}))
     classes = {name: i for i, name in enumerate(labels.classes)}
     actions = {name: i for i, name in enumerate(labels.actions)}
     records = [

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import re
+import string
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from pcmci.data.records import LabelSet, VideoRecord, VideoSet, read_json
-from pcmci.errors import DataError
+from pcmci.data.records import LabelSet, VideoRecord, VideoSet, read_json, read_text, repeated
+from pcmci.errors import ConfigError, DataError
 
 BREAKFAST_TEMPLATE = "{person}/{camera}/{person}_{activity}.avi"
 BREAKFAST_ACTIVITIES = {
@@ -45,6 +46,54 @@ def action_text(name: str) -> str:
     return re.sub(r"(?<=[a-z])([A-Z])", r" \1", name.replace("2", " to ").replace("_", " ")).lower()
 
 
+def check_template(template: str, allowed: tuple[str, ...], required: tuple[str, ...] = (),
+                   plain: bool = False) -> str:
+    """``template`` if it is a relative path template whose ``{fields}`` are among ``allowed`` and include
+    ``required`` (``plain``: no format spec or conversion either, for templates matched against paths); a
+    ``ConfigError`` naming ``data.video_template`` otherwise."""
+    problem = f"data.video_template {template!r}"
+    try:
+        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as err:
+        raise ConfigError(f"{problem}: {err}") from None
+    unknown = [f"{{{name}}}" for name, _, _ in parsed if name not in allowed]
+    if unknown:
+        raise ConfigError(f"{problem}: unknown field(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(f'{{{a}}}' for a in allowed)}")
+    missing = [f"{{{name}}}" for name in required if name not in {n for n, _, _ in parsed}]
+    if missing:
+        raise ConfigError(f"{problem}: must contain {', '.join(missing)}")
+    if plain and any(spec or conversion for _, spec, conversion in parsed):
+        raise ConfigError(f"{problem}: fields take no format spec or conversion here (plain {{name}} only)")
+    if Path(template).is_absolute():
+        raise ConfigError(f"{problem}: must be relative to data.root")
+    return template
+
+
+def _fill(template: str, **fields: Any) -> str:
+    """``template`` with its fields filled; a format spec that does not fit a value is named as the template's."""
+    try:
+        return template.format(**fields)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"data.video_template {template!r}: {err}") from None
+
+
+def _whole(value: Any) -> int:
+    """An integer id from JSON: an int or a string of digits (COIN writes both); anything else is a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str)
+                                                                       and not value.strip().isdigit()):
+        raise ValueError(f"expected an integer id, got {value!r}")
+    return int(value)
+
+
+def _name(value: Any, key: str) -> str:
+    """A non-empty string field of an annotation entry; anything else is a ValueError naming ``key``."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
 def _template_regex(template: str, fields: dict[str, str]) -> re.Pattern[str]:
     """Regex of a path template; a field used twice must match the same text."""
     parts, seen = [], set()
@@ -68,7 +117,7 @@ def _read_segments(path: Path) -> list[int]:
     """Action indices of a ``.labels`` file (lines ``55-233 pour_cereals``), in order of first appearance."""
     index = {name: i for i, name in enumerate(BREAKFAST_ACTIONS)}
     found: list[int] = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         match = re.fullmatch(r"\s*(\d+)-(\d+)\s+(\S+)\s*", line)
@@ -90,7 +139,8 @@ def read_breakfast(root: Path, video_template: str | None = None, annotations: s
     """
     if annotations:
         raise DataError("data.annotations is not used by breakfast (the .labels files sit beside the videos)")
-    template = video_template or BREAKFAST_TEMPLATE
+    template = check_template(video_template or BREAKFAST_TEMPLATE, ("person", "camera", "activity"),
+                              required=("person", "activity"), plain=True)
     fields = {"person": r"P\d+", "camera": r"[^/]+", "activity": "|".join(BREAKFAST_ACTIVITIES)}
     pattern, wildcard = _template_regex(template, fields), re.sub(r"\{\w+\}", "*", template)
     candidates = set(root.glob(wildcard))
@@ -131,25 +181,29 @@ def read_coin(root: Path, video_template: str | None = None, annotations: str | 
     steps: dict[int, str] = {}
     for vid, entry in database.items():
         try:
-            named = [(tasks, int(entry["recipe_type"]), entry["class"])]
-            named += [(steps, int(s["id"]), s["label"]) for s in entry.get("annotation", [])]
-        except (KeyError, TypeError, ValueError) as err:
+            named = [(tasks, _whole(entry["recipe_type"]), _name(entry["class"], "class"))]
+            named += [(steps, _whole(s["id"]), _name(s["label"], "label")) for s in entry.get("annotation") or []]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise DataError(f"{path}: video {vid!r}: malformed entry ({err!r})") from err
         for table, key, name in named:
             if table.setdefault(key, name) != name:
                 raise DataError(f"{path}: video {vid!r}: id {key} is both {table[key]!r} and {name!r}")
+    for kind, table in (("class", tasks), ("step label", steps)):
+        twice = repeated([table[k] for k in sorted(table)])
+        if twice is not None:  # two ids, one text: the model could not tell them apart
+            raise DataError(f"{path}: {kind} {twice!r} belongs to two different ids")
     class_index = {key: i for i, key in enumerate(sorted(tasks))}
     step_index = {key: i for i, key in enumerate(sorted(steps))}
-    template = video_template or COIN_TEMPLATE
+    template = check_template(video_template or COIN_TEMPLATE, ("id", "recipe_type", "class", "subset"))
     records = []
     for vid, entry in sorted(database.items()):
-        if entry.get("subset") not in COIN_SUBSETS:
-            raise DataError(f"{path}: video {vid!r}: subset {entry.get('subset')!r} not in {list(COIN_SUBSETS)}")
-        recipe = int(entry["recipe_type"])
-        video = root / template.format(**{"id": vid, "recipe_type": recipe, "class": entry["class"],
-                                          "subset": entry["subset"]})
-        present = sorted({step_index[int(s["id"])] for s in entry.get("annotation", [])})
-        records.append(VideoRecord(video, class_index[recipe], present, COIN_SUBSETS[entry["subset"]]))
+        subset = entry.get("subset")
+        if not isinstance(subset, str) or subset not in COIN_SUBSETS:
+            raise DataError(f"{path}: video {vid!r}: subset {subset!r} not in {list(COIN_SUBSETS)}")
+        recipe = _whole(entry["recipe_type"])
+        video = root / _fill(template, id=vid, recipe_type=recipe, **{"class": entry["class"]}, subset=subset)
+        present = sorted({step_index[_whole(s["id"])] for s in entry.get("annotation") or []})
+        records.append(VideoRecord(video, class_index[recipe], present, COIN_SUBSETS[subset]))
     labels = LabelSet([tasks[k] for k in sorted(tasks)], [steps[k] for k in sorted(steps)])
     return VideoSet(labels, records, str(path))
 
@@ -165,32 +219,48 @@ def read_charades(root: Path, video_template: str | None = None, annotations: st
     if not class_file.is_file():
         raise FileNotFoundError(f"Charades classes not found: {class_file}")
     codes, classes = {}, []
-    for number, line in enumerate(class_file.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(class_file).splitlines(), 1):
         if line.strip():
             code, _, name = line.strip().partition(" ")
             if not re.fullmatch(r"c\d{3}", code) or not name:
                 raise DataError(f"{class_file}:{number}: expected 'cNNN class name', got {line!r}")
+            if code in codes or name.strip() in classes:
+                raise DataError(f"{class_file}:{number}: {code if code in codes else name.strip()!r} is listed twice")
             codes[code] = len(classes)
             classes.append(name.strip())
-    template = video_template or CHARADES_TEMPLATE
+    template = check_template(video_template or CHARADES_TEMPLATE, ("id",))
     records = []
     for split in ("train", "test"):
         table = folder / f"Charades_v1_{split}.csv"
         if not table.is_file():
             raise FileNotFoundError(f"Charades annotations not found: {table}")
-        with table.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if not {"id", "actions"} <= set(reader.fieldnames or []):
-                raise DataError(f"{table}:1: missing the 'id' and 'actions' columns")
-            for row in reader:
-                target = set()
-                for action in filter(None, (a.strip() for a in row["actions"].split(";"))):
-                    code = action.split()[0]
-                    if code not in codes or len(action.split()) != 3:
-                        raise DataError(f"{table}:{reader.line_num}: bad action {action!r}")
-                    target.add(codes[code])
-                records.append(VideoRecord(root / template.format(id=row["id"]), sorted(target), [], split))
+        try:
+            records += _charades_rows(table, split, codes, root, template)
+        except UnicodeDecodeError as err:
+            raise DataError(f"{table}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+        except csv.Error as err:
+            raise DataError(f"{table}: not a readable CSV file: {err}") from None
     return VideoSet(LabelSet(classes), records, str(folder), multilabel=True)
+
+
+def _charades_rows(table: Path, split: str, codes: dict[str, int], root: Path, template: str) -> list[VideoRecord]:
+    """The videos of one Charades CSV (``id``, ``actions`` columns; a leading BOM dropped)."""
+    records = []
+    with table.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not {"id", "actions"} <= set(reader.fieldnames or []):
+            raise DataError(f"{table}:1: missing the 'id' and 'actions' columns")
+        for row in reader:
+            if None in row or None in row.values():
+                raise DataError(f"{table}:{reader.line_num}: expected {len(reader.fieldnames or [])} fields")
+            target = set()
+            for action in filter(None, (a.strip() for a in row["actions"].split(";"))):
+                code = action.split()[0]
+                if code not in codes or len(action.split()) != 3:
+                    raise DataError(f"{table}:{reader.line_num}: bad action {action!r}")
+                target.add(codes[code])
+            records.append(VideoRecord(root / _fill(template, id=row["id"]), sorted(target), [], split))
+    return records
 
 
 READERS: dict[str, Callable[[Path, str | None, str | None], VideoSet]] = {

@@ -114,6 +114,8 @@ def inspect_into(data: DataConfig, split: str | None, out: Path | None, grid: st
     path = Path(grid) if grid else out / "grid.png" if out is not None and grid is None else None
     if path is not None and path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise ConfigError(f"--grid {path}: the sample grid is an image; name a .png, .jpg or .webp file")
+    if path is not None and (path.is_dir() or any(p.exists() and not p.is_dir() for p in path.parents)):
+        raise ConfigError(f"--grid {path}: a folder, or under a file; name an image file in a folder")
     report = inspect_dataset(data, split, path, progress=progress)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,9 @@ CODECS = {"h264": ("libx264", "mp4", ".mp4"), "vp9": ("libvpx-vp9", "webm", ".we
 RECORDS = ".prepare"  # OUT/.prepare/<relative path>.json: what each finished file was made from
 
 
+MIN_FPS, MAX_FPS = 0.001, 1000.0  # --fps range: a finite rate the encoder's 1/1001 time base can hold
+
+
 @dataclass(frozen=True)
 class PrepareSettings:
     """What every output is made with (all but ``threads`` go into the resume record: a change re-encodes)."""
@@ -63,9 +66,9 @@ class PrepareSettings:
     def __post_init__(self) -> None:
         if self.codec not in CODECS:
             raise ConfigError(f"unknown codec {self.codec!r}; valid codecs: {', '.join(CODECS)}")
-        if self.short_side < 16 or self.gop < 1 or (self.fps is not None and self.fps <= 0):
-            raise ConfigError(f"need short_side >= 16, gop >= 1 and fps > 0, got {self.short_side}, {self.gop}, "
-                              f"{self.fps}")
+        if self.short_side < 16 or self.gop < 1 or (self.fps is not None and not MIN_FPS <= self.fps <= MAX_FPS):
+            raise ConfigError(f"need short_side >= 16, gop >= 1 and fps between {MIN_FPS} and {MAX_FPS}, got "
+                              f"{self.short_side}, {self.gop}, {self.fps}")
 
     @classmethod
     def for_jobs(cls, jobs: int, **settings: Any) -> PrepareSettings:
@@ -261,22 +264,35 @@ def output_paths(videos: VideoSet, base: Path, codec: str) -> dict[Path, Path]:
     relative: dict[Path, Path] = {}
     for src in sorted({r.path for r in videos.records}):
         try:
-            relative[src] = src.resolve().relative_to(base.resolve())
+            relative[src] = _resolved(src).relative_to(_resolved(base))
         except ValueError:
-            folder = hashlib.sha1(str(src.parent.resolve()).encode()).hexdigest()[:10]
+            folder = hashlib.sha1(str(_resolved(src.parent)).encode()).hexdigest()[:10]
             relative[src] = Path("external") / folder / src.name
     plain = Counter(rel.with_suffix(suffix) for rel in relative.values())
     return {src: rel.with_suffix(suffix) if plain[rel.with_suffix(suffix)] == 1 else rel.with_name(rel.name + suffix)
             for src, rel in relative.items()}
 
 
+def _resolved(path: Path) -> Path:
+    """``path`` resolved; a symlink loop stays as it is (its video then fails to open and is counted as failed)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return path.absolute()
+
+
 def refuse_overwriting_sources(out: Path, base: Path, mapping: dict[Path, Path]) -> None:
-    """A ``ConfigError`` when ``out`` is the source tree (its manifest and annotations would be rewritten) or any
-    output path is its own source (re-encoding in place loses the original for good)."""
-    clash = next((src for src, rel in mapping.items() if (out / rel).resolve() == src.resolve()), None)
-    if out.resolve() == base.resolve() or clash is not None:
+    """A ``ConfigError`` when ``out`` is the source tree (its manifest and annotations would be rewritten), any
+    output path is its own source (re-encoding in place loses the original for good), or ``out`` holds a manifest,
+    labels or annotation file that no earlier ``pcmci data prepare`` wrote (no ``prepare.json`` beside it)."""
+    clash = next((src for src, rel in mapping.items() if _resolved(out / rel) == _resolved(src)), None)
+    if _resolved(out) == _resolved(base) or clash is not None:
         what = f"source video {clash}" if clash is not None else f"the dataset's own folder {base}"
         raise ConfigError(f"--out {out} would write over {what}; prepare into a new folder")
+    theirs = [name for name in ("manifest.csv", "labels.json", *CHARADES_FILES) if (out / name).exists()]
+    if theirs and not (out / "prepare.json").is_file():
+        raise ConfigError(f"--out {out} holds {', '.join(theirs)}, not written by pcmci data prepare (no "
+                          "prepare.json); prepare into a new folder")
 
 
 def _copy_charades(data: DataConfig, out: Path, suffix: str) -> str:

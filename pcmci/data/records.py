@@ -29,6 +29,19 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
 
 
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text in ``path`` (a leading BOM dropped); ``DataError`` naming the file if it is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+
+
+def repeated(names: list[str]) -> str | None:
+    """The first name listed a second time, or None."""
+    return next((name for i, name in enumerate(names) if name in names[:i]), None)
+
+
 def source_name(source: Source) -> str:
     return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
 
@@ -62,7 +75,7 @@ class LabelSet:
             raise DataError(f"{path}: expected a JSON object with a non-empty 'classes' list")
         labels = cls([str(c) for c in data["classes"]], [str(a) for a in data.get("actions", [])])
         for kind, key, names in (("class", "classes", labels.classes), ("action", "actions", labels.actions)):
-            twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+            twice = repeated(names)
             if twice is not None:  # the second entry would be a label no video can have, scored as NaN
                 raise DataError(f"{path}: {kind} {twice!r} is listed twice in {key!r}")
         return labels

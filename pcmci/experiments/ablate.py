@@ -23,10 +23,12 @@ from concurrent.futures import ProcessPoolExecutor
 import contextlib
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import logging
 import multiprocessing
 import os
+import platform
 import threading
 import time
 from pathlib import Path
@@ -242,6 +244,7 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
     tic = time.perf_counter()
     splits = variant_config(source, overrides, [], 0, out).data.eval_splits
     todo = [(name, seed) for name in names for seed in range(seeds)]
+    threads = torch.get_num_threads() if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)  # per run
     with out_lock(out):
         others = [] if overwrite else other_configs(source, overrides, todo, out)
         if others:
@@ -250,7 +253,6 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
         if jobs == 1:
             done = [run_one(source, overrides, name, seed, out, device, progress) for name, seed in todo]
         else:
-            threads = max(1, (os.cpu_count() or 1) // jobs)
             initargs = (threads, logging.getLogger().getEffectiveLevel(), os.getpid())
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                                      initargs=initargs) as pool:
@@ -275,9 +277,21 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
                             "weights": summarise_weights(scores[name]["weights"])}
                      for name, per in runs.items()},
         "seconds": round(time.perf_counter() - tic, 1),
+        "environment": environment(variant_config(source, overrides, [], 0, out), threads),
     }
     write_report(report, out)
     return report
+
+
+def environment(cfg: Config, threads: int) -> dict[str, Any]:
+    """What the numbers depend on beyond the config and the code: the library versions, the threads per run, and
+    for a synthetic set the digest of its rendered pixels (``meta.json``; a set re-synthesized elsewhere can decode
+    to other pixels, and a run follows every pixel)."""
+    meta = Path(cfg.data.manifest).parent / "meta.json" if cfg.data.manifest else None
+    digest = json.loads(meta.read_text()).get("rendered_sha256") if meta is not None and meta.is_file() else None
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "av": importlib.metadata.version("av"), "threads_per_run": threads,
+            "data_rendered_sha256": digest}
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
