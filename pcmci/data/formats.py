@@ -81,10 +81,11 @@ def _fill(template: str, **fields: Any) -> str:
 
 def _whole(value: Any) -> int:
     """An integer id from JSON: an int or a string of digits (COIN writes both); anything else is a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str)
-                                                                       and not value.strip().isdigit()):
-        raise ValueError(f"expected an integer id, got {value!r}")
-    return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError(f"expected an integer id, got {value!r}")
 
 
 def _name(value: Any, key: str) -> str:
