@@ -386,7 +386,7 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
 def _convert(args: argparse.Namespace) -> None:
     from .model.weights import convert_timesformer
 
-    out, fields = convert_timesformer(args.src, args.out)
+    out, fields = convert_timesformer(args.src, args.out, args.overwrite)
     shape = " ".join(f"model.timesformer.{k}={v:g}" for k, v in fields.items())
     print(f"wrote {out}; train with model.timesformer.pretrained={out} {shape}")
 
@@ -395,6 +395,7 @@ def _add_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["timesformer"])
     p.add_argument("src", help="HF TimeSformer model directory (config.json + model.safetensors/pytorch_model.bin)")
     p.add_argument("--out", required=True, help="file to write (for model.timesformer.pretrained)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the source)")
     p.set_defaults(func=_convert)
 
 
@@ -419,8 +420,10 @@ def _bench_train(args: argparse.Namespace) -> None:
     from .config import load_config
     from .engine.bench import BenchOptions, bench_train, markdown, write
 
+    # only an absent --variants means the default set: an empty one is refused, not read as "default"
+    variants = args.variants.split(",") if args.variants is not None else []
     options = BenchOptions(steps=args.steps, warmup=args.warmup, input=args.input, dtype=args.dtype,
-                           variants=args.variants.split(",") if args.variants else [], peak_tflops=args.peak_tflops)
+                           variants=variants, peak_tflops=args.peak_tflops)
     report = bench_train(load_config(args.config, args.overrides), options, name=Path(str(args.config)).stem)
     command = _bench_command(args)
     paths = write(report, Path(args.out), command)

@@ -76,7 +76,10 @@ def test_peak_table_and_mfu() -> None:
     (["--dtype", "bf16"], "--dtype bf16 is pcmci train's bf16 autocast"),
     (["--variants", "compiled+triton"], "+triton variants need a CUDA device"),
     (["--steps", "0"], "--steps must be >= 1"),
-    (["--peak-tflops", "-1"], "--peak-tflops must be positive"),
+    (["--peak-tflops", "-1"], "--peak-tflops must be a positive finite number, got -1.0"),
+    (["--peak-tflops", "inf"], "--peak-tflops must be a positive finite number, got inf"),
+    (["--variants", ""], "--variants has an empty name in ''; give e.g. eager,compiled"),
+    (["--variants", "eager,"], "--variants has an empty name in 'eager,'"),
 ])
 def test_bad_input_is_one_line_error(argv: list[str], message: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture) -> None:

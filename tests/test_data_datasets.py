@@ -9,6 +9,7 @@ from pcmci.data.datasets import LabelSet, ManifestDataset, collate_videos, prepr
 from pcmci.data.sampling import view_indices
 from pcmci.data.decode import VideoDecodeError
 from pcmci.data.synthetic import ACTIONS, ACTIVITIES, encode_video, synthesize
+from pcmci.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,19 @@ def test_label_set(tmp_path):
     assert LabelSet.load(write(tmp_path / "m.json", '{"classes": ["a"]}')).actions == []
     with pytest.raises(ValueError, match="non-empty 'classes'"):
         LabelSet.load(write(tmp_path / "n.json", '{"actions": ["x"]}'))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"classes": ["a"], "actions": null}', "'actions' must be a list of strings, got null"),
+    ('{"classes": ["a"], "actions": 5}', "'actions' must be a list of strings, got 5"),
+    ('{"classes": ["a"], "actions": "abc"}', "'actions' must be a list of strings, got \"abc\""),
+    ('{"classes": ["a", 2]}', "'classes' must be a list of strings, got \\[\"a\", 2\\]"),
+])
+def test_label_names_that_are_not_a_list_of_strings_are_named(tmp_path, text, message):
+    """``"actions": "abc"`` was read as three actions a, b, c; null or a number gave a raw TypeError."""
+    path = write(tmp_path / "labels.json", text)
+    with pytest.raises(DataError, match=f"^{path}: {message}$"):
+        LabelSet.load(path)
 
 
 def test_manifest_rows_resolve_paths_and_steps(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import re
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from pcmci.cli import main
 from pcmci.config import load_config
 from pcmci.engine.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from pcmci.engine.evaluate import load_model
+from pcmci.engine.export import export_checkpoint
 from pcmci.engine.train import train
+from pcmci.errors import ConfigError, DataError, WeightsError
 from pcmci.model import PCMCI
 
 
@@ -76,6 +79,71 @@ def test_export_then_from_pretrained_gives_identical_outputs(tiny_run: Path, tmp
     with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
         (tmp_path / "export" / "model.safetensors").unlink()
         PCMCI.from_pretrained(tmp_path / "export")
+
+
+def _edit_export(export: Path, to: Path, name: str, change) -> Path:
+    """A copy of ``export`` at ``to`` whose JSON file ``name`` is ``change(its content)``."""
+    shutil.copytree(export, to)
+    (to / name).write_text(json.dumps(change(json.loads((to / name).read_text()))))
+    return to
+
+
+def test_from_pretrained_refuses_labels_that_differ_from_the_exported_ones(tiny_run: Path, tmp_path: Path) -> None:
+    """A reordered or renamed labels.json loaded silently and named every prediction wrongly; the export now records
+    the names in model.safetensors. An export written before that (no names recorded) loads as before."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    export = tmp_path / "export"
+    export_checkpoint(tiny_run / "checkpoint.pt", export)
+    classes = json.loads((export / "labels.json").read_text())["classes"]
+    with safe_open(str(export / "model.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["classes"]) == classes
+    swapped = _edit_export(export, tmp_path / "swapped", "labels.json", lambda c: {**c, "classes": c["classes"][::-1]})
+    with pytest.raises(WeightsError) as refused:
+        PCMCI.from_pretrained(swapped)
+    assert str(refused.value) == (
+        f"{swapped / 'labels.json'} does not list the classes {swapped / 'model.safetensors'} was exported with: "
+        f"classes[0] is {classes[-1]!r}, exported {classes[0]!r} ({len(classes)} classes against {len(classes)}); "
+        "restore the exported labels.json")
+    fewer = _edit_export(export, tmp_path / "fewer", "labels.json", lambda c: {**c, "actions": c["actions"][:-1]})
+    actions = json.loads((export / "labels.json").read_text())["actions"]
+    with pytest.raises(WeightsError, match=re.escape(f"actions[{len(actions) - 1}] is absent, exported "
+                                                     f"{actions[-1]!r} ({len(actions) - 1} actions against")):
+        PCMCI.from_pretrained(fewer)
+    save_file(load_file(swapped / "model.safetensors"), swapped / "model.safetensors", metadata={"format": "pt"})
+    assert PCMCI.from_pretrained(swapped).classes == classes[::-1]
+
+
+def test_an_export_that_does_not_fit_together_is_one_error(tiny_run: Path, tmp_path: Path) -> None:
+    """Weights of another config were load_state_dict's multi-line RuntimeError, a config.json list an
+    AttributeError, ``"actions": "abc"`` three actions; a CLIP file named in config.json but gone refused an export
+    that holds CLIP's tensors."""
+    export = tmp_path / "export"
+    export_checkpoint(tiny_run / "checkpoint.pt", export)
+    wider = _edit_export(export, tmp_path / "wider", "config.json",
+                         lambda c: {**c, "model": {**c["model"], "timesformer": {**c["model"]["timesformer"],
+                                                                                 "width": 128}}})
+    with pytest.raises(WeightsError) as refused:
+        PCMCI.from_pretrained(wider)
+    assert str(refused.value) == (
+        f"{wider / 'model.safetensors'} does not fit the model {wider / 'config.json'} and labels.json build: size "
+        "mismatch for video.cls_token: copying a param with shape torch.Size([1, 1, 64]) from checkpoint, the shape "
+        "in current model is torch.Size([1, 1, 128])")
+    (wider / "config.json").write_text("[1]")
+    with pytest.raises(ConfigError, match=re.escape(f"{wider / 'config.json'}: expected a JSON object (the run's "
+                                                    "config), got a list")):
+        PCMCI.from_pretrained(wider)
+    letters = _edit_export(export, tmp_path / "letters", "labels.json", lambda c: {**c, "actions": "abc"})
+    with pytest.raises(DataError, match=re.escape(f"{letters / 'labels.json'}: 'actions' must be a list of strings")):
+        PCMCI.from_pretrained(letters)
+    moved = _edit_export(export, tmp_path / "moved", "config.json",
+                         lambda c: {**c, "model": {**c["model"], "clip": {**c["model"]["clip"],
+                                                                         "pretrained": str(tmp_path / "gone.pt")}}})
+    frames = torch.rand(1, 8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(PCMCI.from_pretrained(moved)(frames)["logits"],
+                           PCMCI.from_pretrained(export)(frames)["logits"])
 
 
 def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -124,3 +124,14 @@ def test_asking_for_cuda_without_it_is_a_one_line_error(capsys: pytest.CaptureFi
     assert main(["--quiet", "profile", "tiny", "--device", "cuda", "--out", "/nonexistent/never"]) == 1
     assert capsys.readouterr().err == ("pcmci: error: device 'cuda' asked for, but CUDA is not available on this "
                                        "machine (use cpu or auto)\n")
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_a_device_torch_does_not_know_is_a_one_line_error(command: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """``--device nope`` reached ``torch.device``: its RuntimeError, reported as a bug."""
+    with pytest.raises(ConfigError, match=r"^device 'cuda0' is not one of auto, cpu, cuda, cuda:N$"):
+        resolve_device("cuda0")
+    video = [str(tmp_path / "v.mp4")] if command == "predict" else []
+    assert main(["--quiet", command, str(tmp_path / "checkpoint.pt"), *video, "--device", "nope"]) == 1
+    assert capsys.readouterr().err == "pcmci: error: device 'nope' is not one of auto, cpu, cuda, cuda:N\n"

@@ -234,3 +234,16 @@ def test_default_model_runs_no_clip_frames_at_inference_and_reports_the_fitting_
     fitting = fvcore_count(_DictionaryFeatures(model), (video,))
     assert fitting.by_module["model.clip.model.visual"] == clip_visual_macs(64, 16, 64, 2, 4.0, 64, images=8)
     assert fitting.by_operator["log_sinkhorn"] == (C + A) * 8 * (2 * 50 + 1)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch", "1000000000000", "profile: batch must be at most 4096, got 1000000000000"),
+    ("--views", "100000", "profile: views must be at most 64, got 100000"),
+    ("--classes", "10000001", "profile: classes must be at most 10000, got 10000001"),
+])
+def test_a_size_no_run_uses_is_refused_before_any_allocation(option: str, value: str, message: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """``--batch 1e12`` reached the allocator (its raw error, or minutes of swapping): one line naming the option."""
+    assert main(["--quiet", "profile", "tiny", option, value, "--device", "cpu", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"pcmci: error: {message}\n"
+    assert not any(tmp_path.iterdir())

@@ -2,6 +2,7 @@
 embeddings; a tag's QuickGELU is honoured; when neither is found the message lists every place looked."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import open_clip
@@ -98,6 +99,17 @@ def test_an_unreadable_weights_file_is_named(tmp_path: Path, content: bytes, cau
     path.write_bytes(content)
     with pytest.raises(WeightsError, match=f"model.clip.pretrained={path}: {path} cannot be loaded .*{cause}"):
         FrozenCLIP(ClipConfig(pretrained=str(path)))
+
+
+def test_a_clip_file_holding_pickled_objects_is_refused_without_torchs_unsafe_advice(tmp_path: Path) -> None:
+    """The first line of torch's refusal was "This file can still be loaded ... (weights_only=False)"."""
+    path = tmp_path / "clip.pt"
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(WeightsError) as refused:
+        FrozenCLIP(ClipConfig(name="pcmci-tiny-clip", pretrained=str(path)))
+    assert str(refused.value) == (f"model.clip.pretrained={path}: {path} cannot be loaded into pcmci-tiny-clip (it "
+                                  "holds pickled Python objects (argparse.Namespace) beyond tensors and plain "
+                                  "containers, refused since unpickling them could run arbitrary code)")
 
 
 def test_a_checkpoint_evaluates_without_the_clip_file_it_was_trained_from(source, synthetic_set, tmp_path) -> None:

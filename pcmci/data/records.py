@@ -22,11 +22,9 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
 
 
 def read_text(path: str | Path) -> str:
@@ -69,11 +67,16 @@ class LabelSet:
 
     @classmethod
     def load(cls, path: str | Path) -> LabelSet:
-        """Read ``{"classes": [...], "actions": [...]}`` (``actions`` optional)."""
+        """Read ``{"classes": [...], "actions": [...]}`` (``actions`` optional), each a list of strings."""
         data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
             raise DataError(f"{path}: expected a JSON object with a non-empty 'classes' list")
-        labels = cls([str(c) for c in data["classes"]], [str(a) for a in data.get("actions", [])])
+        for key in ("classes", "actions"):
+            names = data.get(key, [])
+            # a string would be read as its letters, a number or null as nothing: never what the file meant
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise DataError(f"{path}: {key!r} must be a list of strings, got {json.dumps(names)[:80]}")
+        labels = cls(list(data["classes"]), list(data.get("actions", [])))
         for kind, key, names in (("class", "classes", labels.classes), ("action", "actions", labels.actions)):
             twice = repeated(names)
             if twice is not None:  # the second entry would be a label no video can have, scored as NaN

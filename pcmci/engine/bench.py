@@ -71,8 +71,11 @@ class BenchOptions:
             raise ConfigError(f"bench train: --input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError(f"bench train: --dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.peak_tflops is not None and not self.peak_tflops > 0:
-            raise ConfigError(f"bench train: --peak-tflops must be positive, got {self.peak_tflops}")
+        if self.peak_tflops is not None and not (self.peak_tflops > 0 and math.isfinite(self.peak_tflops)):
+            raise ConfigError(f"bench train: --peak-tflops must be a positive finite number, got {self.peak_tflops}")
+        if "" in self.variants:  # "--variants ''" or "eager,": never read as the default set
+            raise ConfigError(f"bench train: --variants has an empty name in {','.join(self.variants)!r}; give e.g. "
+                              "eager,compiled (leave --variants out for the default set)")
         for name in self.variants:
             parse_variant(name)
 

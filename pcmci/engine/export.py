@@ -1,7 +1,8 @@
 """``pcmci export CHECKPOINT --out DIR``: a training checkpoint as safe, pickle-free files.
 
-``model.safetensors`` (every weight and buffer the model saves, dictionaries included), ``config.json`` (the
-run's whole config) and ``labels.json`` (classes, actions); ``PCMCI.from_pretrained(DIR)`` loads them back.
+``model.safetensors`` (every weight and buffer the model saves, dictionaries included; its metadata holds the class
+and action names too), ``config.json`` (the run's whole config) and ``labels.json`` (classes, actions);
+``PCMCI.from_pretrained(DIR)`` loads them back.
 """
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool =
                               "overwrite it (pcmci export --overwrite)")
     model, cfg = load_model(checkpoint, torch.device("cpu"))
     out.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(paths[0]), metadata={"format": "pt", "producer": "pcmci export"})
+    # the label names the weights were trained with travel inside the weights file (JSON: metadata values are
+    # strings), so ``from_pretrained`` can refuse a labels.json edited afterwards instead of naming predictions wrongly
+    metadata = {"format": "pt", "producer": "pcmci export", "classes": json.dumps(model.classes),
+                "actions": json.dumps(model.actions)}
+    save_model(model, str(paths[0]), metadata=metadata)
     paths[1].write_text(json.dumps(to_dict(cfg), indent=2))
     paths[2].write_text(json.dumps({"classes": model.classes, "actions": model.actions}, indent=2))
     return paths

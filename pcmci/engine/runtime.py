@@ -3,6 +3,7 @@ dataset of a split. ``train``, ``evaluate``, ``predict``, ``bench`` and the expe
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import torch
@@ -13,9 +14,12 @@ from ..data.records import LabelSet
 
 
 def resolve_device(name: str) -> torch.device:
-    """``run.device``: ``auto`` is CUDA when present, else CPU; asking for CUDA without it is an error."""
+    """``run.device``: ``auto`` is CUDA when present, else CPU; ``cpu``, ``cuda`` or ``cuda:N`` otherwise (what
+    the engine runs on); anything else, or CUDA without it, is a ``ConfigError``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but CUDA is not available on this machine (use cpu or auto)")
     return torch.device(name)

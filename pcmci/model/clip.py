@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..config import ClipConfig
 from ..errors import WeightsError
+from .convert import unpickling_problem
 
 log = logging.getLogger(__name__)
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
@@ -126,9 +127,8 @@ class FrozenCLIP(nn.Module):
                 self.model = open_clip.create_model(cfg.name, pretrained=weights.path, pretrained_text=False,
                                                     force_quick_gelu=weights.quick_gelu)
             except (SafetensorError, EOFError, KeyError, pickle.UnpicklingError, RuntimeError) as exc:
-                cause = (str(exc).strip().splitlines() or [""])[0] or "empty"
                 raise WeightsError(f"model.clip.pretrained={cfg.pretrained}: {weights.path} cannot be loaded into "
-                                   f"{cfg.name} ({type(exc).__name__}: {cause})") from exc
+                                   f"{cfg.name} ({unpickling_problem(exc)})") from exc
             self.tokenizer = open_clip.get_tokenizer(cfg.name)
         self.prompt = cfg.prompt
         self.image_size = int(self.model.visual.image_size[0])

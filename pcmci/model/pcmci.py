@@ -13,13 +13,16 @@ Training with the backdoor weights (``backdoor.reweight``): :meth:`PCMCI.loss` t
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import STAGE_NAMES, ModelConfig
+from ..errors import ConfigError, WeightsError
 from .clip import FrozenCLIP
 from .head import CrossAttentionHead
 from .stages import StageSizes, build_stage
@@ -158,29 +161,72 @@ class PCMCI(nn.Module):
         return used
 
     @classmethod
-    def from_pretrained(cls, folder: str) -> PCMCI:
-        """The eval-mode model that ``pcmci export`` wrote to ``folder`` (str or Path): ``config.json`` (the run's
-        config), ``labels.json`` (classes, actions), ``model.safetensors`` (every weight, dictionaries included)."""
-        from pathlib import Path
-
-        from safetensors import SafetensorError
+    def from_pretrained(cls, folder: str | Path) -> PCMCI:
+        """The eval-mode model that ``pcmci export`` wrote to ``folder``: ``config.json`` (the run's config),
+        ``labels.json`` (classes, actions), ``model.safetensors`` (every weight, dictionaries included, and the
+        label names it was exported with). An export that does not fit together (labels.json edited, weights of
+        another config) is one error naming the file and the first difference."""
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_model
 
         from ..config import from_dict
         from ..data.records import LabelSet, read_json
+        from .clip import names_a_file
 
         folder = Path(folder)
         missing = [n for n in ("config.json", "labels.json", "model.safetensors") if not (folder / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{folder} is not an exported PCMCI model: missing {', '.join(missing)}")
-        cfg = from_dict(read_json(folder / "config.json"))
+        weights = folder / "model.safetensors"
+        values = read_json(folder / "config.json")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{folder / 'config.json'}: expected a JSON object (the run's config), got a "
+                              f"{type(values).__name__}")
+        cfg = from_dict(values)
+        clip = cfg.model.clip
+        if clip.pretrained and names_a_file(clip.pretrained) and not Path(clip.pretrained).expanduser().is_file():
+            clip.pretrained = None  # the export holds CLIP's tensors: the file trained from need not be on this machine
         labels = LabelSet.load(folder / "labels.json")
-        model = cls(cfg.model, labels.classes, labels.actions)
         try:
-            load_model(model, folder / "model.safetensors", strict=True)
+            with safe_open(str(weights), framework="pt") as f:
+                recorded = f.metadata() or {}
+            for key in ("classes", "actions"):
+                if key in recorded:  # exports written before the names were recorded are taken as they are
+                    _check_exported_names(folder, key, recorded[key], getattr(labels, key))
+            model = cls(cfg.model, labels.classes, labels.actions)
+            absent, unexpected = load_model(model, weights, strict=False)
         except SafetensorError as exc:
-            raise ValueError(f"{folder / 'model.safetensors'} is not a readable .safetensors file: {exc}") from exc
+            raise WeightsError(f"{weights} is not a readable .safetensors file: {exc}") from exc
+        except RuntimeError as exc:  # load_state_dict's multi-line report of tensors of another shape
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = next((line for line in lines if line.startswith("size mismatch for")), lines[-1] if lines else "")
+            raise WeightsError(f"{weights} does not fit the model {folder / 'config.json'} and labels.json build: "
+                               f"{detail.rstrip('.')}") from exc
+        if absent or unexpected:
+            first = (f"it lacks {sorted(absent)[0]!r}" if absent
+                     else f"it holds {sorted(unexpected)[0]!r}, which that model has not")
+            raise WeightsError(f"{weights} does not fit the model {folder / 'config.json'} and labels.json build: "
+                               f"{first} ({len(absent)} tensors missing, {len(unexpected)} unexpected)")
         return model.eval()
+
+
+def _check_exported_names(folder: Path, key: str, recorded: str, given: list[str]) -> None:
+    """``WeightsError`` naming the first entry of ``labels.json``'s ``key`` list that differs from the names
+    ``pcmci export`` recorded (as JSON) in ``model.safetensors``: edited labels would name every prediction wrongly."""
+    try:
+        names = json.loads(recorded)
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list):
+        raise WeightsError(f"{folder / 'model.safetensors'}: its {key!r} metadata is not a JSON list of names")
+    if names == given:
+        return
+    i = next((i for i, (a, b) in enumerate(zip(names, given)) if a != b), min(len(names), len(given)))
+    now = repr(given[i]) if i < len(given) else "absent"
+    was = repr(names[i]) if i < len(names) else "absent"
+    raise WeightsError(f"{folder / 'labels.json'} does not list the {key} {folder / 'model.safetensors'} was exported "
+                       f"with: {key}[{i}] is {now}, exported {was} ({len(given)} {key} against {len(names)}); "
+                       "restore the exported labels.json")
 
 
 def build_model(cfg: ModelConfig, classes: list[str], actions: list[str] | None = None) -> PCMCI:

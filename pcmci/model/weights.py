@@ -7,6 +7,7 @@ tests and evaluation build models whose weights do not matter or come from a che
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,11 @@ import open_clip
 import torch
 
 from ..config import ClipConfig, ModelConfig, TimeSformerConfig
+from ..torchfiles import save_checkpoint
+from ..errors import WeightsError
 from .clip import FrozenCLIP, locate_weights
-from .convert import (FORMAT, SHAPE_FIELDS, hf_config, hf_filter_fn, hf_shape_fields, load_converted, read_weights,
-                      source_kind, weights_file)
+from .convert import (FORMAT, HF_FILES, SHAPE_FIELDS, hf_config, hf_filter_fn, hf_shape_fields, load_converted,
+                      read_weights, source_kind, weights_file)
 from .timesformer import TimeSformer
 
 TIMESFORMER_FIX = ("`hf download facebook/timesformer-base-finetuned-k400 --local-dir weights/timesformer-k400` and set "
@@ -109,23 +112,42 @@ def render_check(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def convert_timesformer(src: str | Path, out: str | Path) -> tuple[Path, dict[str, Any]]:
+def _check_out(out: Path, sources: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, an ``--out`` that is a folder, one of the ``sources`` being read (even with
+    ``overwrite``: the file would be gone before it was converted), or an existing file without ``overwrite``."""
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; name the file to write, e.g. {out / 'timesformer.pt'}")
+    if not out.exists():
+        return
+    source = next((s for s in sources if s.exists() and os.path.samefile(out, s)), None)
+    if source is not None:
+        raise FileExistsError(f"--out {out} is the source file {source}; write the converted file elsewhere")
+    if not overwrite:
+        raise FileExistsError(f"--out {out} exists already; write to a new file, or replace it "
+                              "(pcmci convert --overwrite)")
+
+
+def convert_timesformer(src: str | Path, out: str | Path, overwrite: bool = False) -> tuple[Path, dict[str, Any]]:
     """Convert a HF TimeSformer (directory, ``model.safetensors`` or ``pytorch_model.bin``) to a pcmci file.
 
     The architecture comes from ``config.json`` beside the weights; the converted tensors are checked by loading
-    them into a TimeSformer of that shape. Returns (the written file, the ``model.timesformer`` fields to set).
+    them into a TimeSformer of that shape. ``out`` is written atomically (a temporary file renamed over it) and
+    never over the source; an existing ``out`` is refused unless ``overwrite``. Returns (the written file, the
+    ``model.timesformer`` fields to set).
     """
-    state = read_weights(src)
-    if source_kind(state) != "hf":
-        raise ValueError(f"{weights_file(src)} is not a Hugging Face TimeSformer state dict")
-    config = hf_config(src)
+    file = weights_file(src)
+    out = Path(out).expanduser()
+    _check_out(out, [file, *(file.parent / name for name in (*HF_FILES, "config.json"))], overwrite)
+    state = read_weights(file)
+    if source_kind(state, file) != "hf":
+        raise WeightsError(f"{file} is not a Hugging Face TimeSformer state dict")
+    config = hf_config(file)
     if config is None:
-        raise FileNotFoundError(f"no config.json beside {weights_file(src)}: give the HF model directory")
+        raise FileNotFoundError(f"no config.json beside {file}: give the HF model directory")
     fields = hf_shape_fields(config)
     model = TimeSformer(TimeSformerConfig(**fields), out_dim=1)
-    converted = {k: v.contiguous() for k, v in hf_filter_fn(state, model).items()}
-    load_converted(model, converted, f"HF TimeSformer {weights_file(src)}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "config": {k: fields[k] for k in SHAPE_FIELDS}, "state_dict": converted}, out)
+    source = f"HF TimeSformer {file}"
+    converted = {k: v.contiguous() for k, v in hf_filter_fn(state, model, source).items()}
+    load_converted(model, converted, source)
+    save_checkpoint(out, {"format": FORMAT, "config": {k: fields[k] for k in SHAPE_FIELDS}, "state_dict": converted})
     return out, fields

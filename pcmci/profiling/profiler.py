@@ -33,6 +33,9 @@ CONVENTION = ("1 FLOP = 1 multiply-add (fvcore's and TimeSformer's convention); 
 MODULES = {"clip_visual": "clip.model.visual", "clip_text": "clip", "timesformer": "video", "label_texts": "text",
            "ich": "ich", "ici": "ici", "ivc": "ivc", "head": "head"}
 NOT_COUNTED = ("clip_text",)
+# Upper bounds far above any real run, so a mistyped size is refused at once instead of exhausting memory while
+# the inputs or label texts are allocated (the allocator's raw error, or a machine swapping for minutes).
+LIMITS = {"batch": 4096, "views": 64, "classes": 10_000, "actions": 10_000}
 
 
 @dataclass
@@ -57,6 +60,10 @@ class ProfileOptions:
                 raise ConfigError(f"profile: {key} must be at least 1, got {getattr(self, key)}")
         if self.warmup < 0 or self.actions < 0 or (self.views is not None and self.views < 1):
             raise ConfigError("profile: warmup and actions must be >= 0 and views >= 1")
+        for key, most in LIMITS.items():
+            value = getattr(self, key)
+            if value is not None and value > most:
+                raise ConfigError(f"profile: {key} must be at most {most}, got {value}")
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
