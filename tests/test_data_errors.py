@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from pcmci.cli import main
-from pcmci.data.datasets import read_manifest
+from pcmci.data.datasets import LabelSet, read_manifest
+from pcmci.data.formats import read_coin
 from pcmci.data.synthetic import encode_video
+from pcmci.errors import DataError
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -126,3 +129,21 @@ def test_a_folder_given_as_manifest_and_a_grid_that_is_no_image_name_the_fix(syn
         err = _error(capsys, ["--quiet", "data", "inspect", "--dataset", "manifest", "--root", str(folder),
                               "--grid", str(grid)])
         assert err == f"pcmci: error: --grid {grid}: a folder, or under a file; name an image file in a folder"
+
+
+def test_a_video_listed_twice_and_a_json_key_given_twice_are_named(tmp_path):
+    """Found by a bug hunt: the same video in train and test (a leak) or with two labels was accepted, and a COIN.json
+    or labels.json with a key twice kept the last value in silence."""
+    manifest = tmp_path / "manifest.csv"
+    for second in ("v.webm,b,test", "v.webm,a,train", "./v.webm,a,train"):
+        manifest.write_text(f"path,label,split\nv.webm,a,train\nw.webm,b,train\n{second}\n")
+        again = re.escape(second.split(",")[0])
+        with pytest.raises(ValueError, match=rf"manifest.csv:4: {again} is listed again \(first on line 2\)"):
+            read_manifest(manifest)
+    (tmp_path / "COIN.json").write_text('{"database": {"v": {"recipe_type": 1, "class": "a", "subset": "training"}, '
+                                        '"v": {"recipe_type": 2, "class": "b", "subset": "testing"}}}')
+    with pytest.raises(DataError, match=r"COIN.json: the key 'v' appears twice in one object"):
+        read_coin(tmp_path)
+    (tmp_path / "labels.json").write_text('{"classes": ["a"], "classes": ["b", "c"]}')
+    with pytest.raises(DataError, match=r"labels.json: the key 'classes' appears twice"):
+        LabelSet.load(tmp_path / "labels.json")

@@ -8,6 +8,7 @@ the adapter named by ``data.dataset``.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -72,7 +73,7 @@ def _read_rows(path: Path, labels: LabelSet | None) -> list[ManifestRow]:
         def fail(cause: str) -> ValueError:
             return ValueError(f"{path}:{reader.line_num}: {cause}")
 
-        rows = []
+        rows, seen = [], {}
         for record in reader:
             if None in record or None in record.values():
                 raise fail(f"expected {len(header)} fields ({','.join(header)})")
@@ -87,6 +88,10 @@ def _read_rows(path: Path, labels: LabelSet | None) -> list[ManifestRow]:
                 if unknown:
                     raise fail(f"unknown step(s) {unknown}")
             split = (record.get("split") or "").strip() or None
+            where = os.path.normpath(video)  # ./a.mp4 and a.mp4 are one video
+            if where in seen:  # two labels or two splits (a train/test leak), or one video counted twice
+                raise fail(f"{video} is listed again (first on line {seen[where]})")
+            seen[where] = reader.line_num
             rows.append(ManifestRow(path.parent / video, label, split, steps, reader.line_num))
     return rows
 

@@ -22,9 +22,24 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        return json.loads(read_text(path))
+        return json.loads(read_text(path), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
+    except _RepeatedKey as err:
+        raise DataError(f"{path}: the key {err.args[0]!r} appears twice in one object (JSON keeps only the last)") from None
+
+
+class _RepeatedKey(Exception):
+    """A JSON object with a key twice: ``json`` would keep the last value and drop the first without a word."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RepeatedKey(key)
+        found[key] = value
+    return found
 
 
 def read_text(path: str | Path) -> str:
