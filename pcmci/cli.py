@@ -256,7 +256,7 @@ def _synth(args: argparse.Namespace) -> None:
 
     path = synthesize(args.out, seed=args.seed, n_train=args.train, n_test=args.test, confound=args.confound,
                       codec=args.codec, size=args.size, progress=not args.quiet, scene=scene_from(args),
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, jobs=args.jobs)
     print(f"manifest: {path}")
     shares = json.loads((path.parent / "meta.json").read_text())["support"]
     print("videos with no confounder of their own class (positivity): "
@@ -275,6 +275,8 @@ def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=64, help="frame size in pixels")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the set in an --out that holds one (its listed videos are removed first)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="processes rendering and encoding at once (default: all cores; the set is the same for any)")
     _add_scene(p)
     p.set_defaults(func=_synth)
 

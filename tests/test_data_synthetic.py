@@ -45,7 +45,8 @@ def test_pairs_differing_only_in_order_exist():
 
 
 def test_deterministic_from_seed(small, tmp_path):
-    again = synthesize(tmp_path / "b", seed=3, n_train=12, n_test=9, progress=False)
+    """The same seed writes the same set, also when two spawned processes render and encode it."""
+    again = synthesize(tmp_path / "b", seed=3, n_train=12, n_test=9, progress=False, jobs=2)
     assert again.read_bytes() == small.read_bytes()
     meta_a = json.loads((small.parent / "meta.json").read_text())
     meta_b = json.loads((again.parent / "meta.json").read_text())

@@ -28,11 +28,15 @@ A :class:`Scene` makes the set hard for shortcuts that remove what stands still 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import hashlib
 import json
-from fractions import Fraction
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Literal, get_args
 
@@ -457,6 +461,20 @@ def rendered_digest(frames: np.ndarray) -> str:
     return hashlib.sha256(repr(frames.shape).encode() + frames.tobytes()).hexdigest()
 
 
+def _write_one(job: tuple[str, int], out: Path, seed: int, confound: float, scene: Scene, codec: str, fps: int,
+               size: int, frames_per_action: int) -> dict:
+    """Render and encode video ``job = (split, index)`` of a set; its ``meta.json`` entry."""
+    split, i = job
+    label, style, distractor, prop, rng = _plan(seed, split, i, confound, scene.still_pairs, scene.props,
+                                                scene.context == "joint", scene.order_pairs)
+    frames = _render(label, style, distractor, frames_per_action, size, rng, scene, prop=prop)
+    rel = f"videos/{split}_{i:04d}.{CODECS[codec][1]}"
+    encode_video(out / rel, frames, codec, fps, gop=frames_per_action)
+    return ({"path": rel, "split": split, "index": i, "label": label, "background": style, "distractor": distractor,
+             "num_frames": len(frames), "rendered_sha256": rendered_digest(frames)}
+            | ({} if prop is None else {"prop": prop}))
+
+
 def synthesize(
     out: str | Path,
     seed: int = 0,
@@ -470,6 +488,7 @@ def synthesize(
     progress: bool = True,
     scene: Scene = Scene(),
     overwrite: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Write the dataset under ``out`` and return ``out/manifest.csv``.
 
@@ -480,7 +499,10 @@ def synthesize(
     per video, the background and distractor ids). Deterministic from ``seed``. An ``out`` that already holds a
     ``manifest.csv`` is refused unless ``overwrite``, which first removes the files an earlier synthetic set there
     listed in its ``meta.json`` (a smaller new set would otherwise leave stale videos beside its manifest).
+    ``jobs`` processes render and encode at once; the set is the same for any number.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; valid codecs: {', '.join(CODECS)}")
     if not 0.0 <= confound <= 1.0:
@@ -500,22 +522,16 @@ def synthesize(
     table = scene.classes()
     classes = list(table)
     splits = split_sizes(n_train, n_test)
-    rows, videos = [], []
-    with tqdm(total=n_train + n_test, desc=f"synthesizing {codec} videos", disable=not progress) as bar:
-        for split, count in splits:
-            for i in range(count):
-                label, style, distractor, prop, rng = _plan(seed, split, i, confound, scene.still_pairs, scene.props,
-                                                            scene.context == "joint", scene.order_pairs)
-                frames = _render(label, style, distractor, frames_per_action, size, rng, scene, prop=prop)
-                rel = f"videos/{split}_{i:04d}.{CODECS[codec][1]}"
-                encode_video(out / rel, frames, codec, fps, gop=frames_per_action)
-                rows.append([rel, classes[label], split, ";".join(table[classes[label]])])
-                videos.append(
-                    {"path": rel, "split": split, "index": i, "label": label, "background": style,
-                     "distractor": distractor, "num_frames": len(frames), "rendered_sha256": rendered_digest(frames)}
-                    | ({} if prop is None else {"prop": prop})
-                )
-                bar.update()
+    todo = [(split, i) for split, count in splits for i in range(count)]
+    make = functools.partial(_write_one, out=out, seed=seed, confound=confound, scene=scene, codec=codec, fps=fps,
+                             size=size, frames_per_action=frames_per_action)
+    # each video has its own seeded draws, so workers write exactly what one process would; spawned, not forked: a
+    # fork of a process that has run DALI or torch threads can hang in the child
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) if jobs > 1 else None
+    with pool or contextlib.nullcontext():
+        made = pool.map(make, todo, chunksize=8) if pool is not None else map(make, todo)
+        videos = list(tqdm(made, total=len(todo), desc=f"synthesizing {codec} videos", disable=not progress))
+    rows = [[v["path"], classes[v["label"]], v["split"], ";".join(table[classes[v["label"]]])] for v in videos]
     with (out / "manifest.csv").open("w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows([["path", "label", "split", "steps"], *rows])
     (out / "labels.json").write_text(json.dumps({"classes": classes, "actions": ACTIONS}, indent=2) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -44,7 +45,8 @@ def _dataset(data: Path, confound: float, n_train: int, n_test: int, scene: Scen
             log.info("reusing synthetic data in %s", data)
             return data / "manifest.csv"
     return synthesize(data, seed=0, n_train=n_train, n_test=n_test, confound=confound, progress=progress, scene=scene,
-                      overwrite=True)  # the demo's own folder: a set of other settings is replaced
+                      overwrite=True,  # the demo's own folder: a set of other settings is replaced
+                      jobs=os.cpu_count() or 1)
 
 
 def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None = None, confound: float = 0.9,
