@@ -1,4 +1,6 @@
 import json
+import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +204,33 @@ def test_training_crop_jitter_cuts_one_window_per_clip_and_rescales(tmp_path):
             assert abs(float(centres[0, 1]) - (60 - left) * size / side) < 1.0
             checked += 1
     assert len(windows) > 1 and checked > 0
+
+
+def test_cached_frames_are_decoded_once_per_process_and_equal_uncached_items(manifest, monkeypatch):
+    """Two datasets over the same videos with ``cache`` (the baseline and the full model of a demo) decode each video
+    once, and their items equal a dataset's that decodes every time; a rewritten file is decoded again; past the
+    byte limit the least recently used video leaves."""
+    from pcmci.data import datasets
+
+    calls = []
+    real = datasets.decode_frames
+    monkeypatch.setattr(datasets, "decode_frames", lambda path, *a, **k: calls.append(Path(path)) or real(path, *a, **k))
+    monkeypatch.setattr(datasets, "DECODED", datasets.DecodedVideos(limit=1 << 30))
+    first, second = (ManifestDataset(manifest, "test_id", cache=True) for _ in range(2))
+    plain = ManifestDataset(manifest, "test_id")
+    for i in range(len(first)):
+        expected = plain[i]["video"]
+        assert torch.equal(first[i]["video"], expected) and torch.equal(second[i]["video"], expected)
+    # each video: once for both cached datasets, once for the dataset that decodes on every item
+    assert sorted(Counter(calls).values()) == [2] * len(first)
+    video = first.records[0].path
+    video.write_bytes(video.read_bytes())  # the same bytes, a new modification time
+    os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))
+    calls.clear()
+    second[0]
+    assert calls == [video]
+    one = real(video, list(range(4)))[0].nbytes  # four frames of any video of the set: one size
+    small = datasets.DecodedVideos(limit=int(one * 1.5))
+    for path in (first.records[0].path, first.records[1].path, first.records[0].path):
+        frames = small.get(path, "pyav", lambda path=path: real(path, list(range(4)))[0])
+    assert small.bytes == one and list(small._videos)[0][0] == str(video.resolve()) and not frames.flags.writeable

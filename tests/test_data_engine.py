@@ -21,13 +21,14 @@ def test_a_training_split_of_only_bad_videos_stops_with_the_cause(tmp_path, synt
     """With ``skip_bad_videos`` every training clip skipped left an untrained checkpoint that looked trained (the
     baseline) or an error from inside the model (dictionary fitting); both now stop naming the skipped videos."""
     rows = synthetic_set.read_text().splitlines()
-    (tmp_path / "empty.webm").write_bytes(b"")
-    bad = [f"{tmp_path / 'empty.webm'},{row.split(',', 2)[1]},train," for row in rows[1:5]]
+    for k in range(4):  # one file per row: a manifest lists each video once
+        (tmp_path / f"empty{k}.webm").write_bytes(b"")
+    bad = [f"{tmp_path / f'empty{k}.webm'},{row.split(',', 2)[1]},train," for k, row in enumerate(rows[1:5])]
     (tmp_path / "manifest.csv").write_text("\n".join([rows[0], *bad]) + "\n")
     cfg = load_config("tiny", [f"data.manifest={tmp_path / 'manifest.csv'}", f"run.out_dir={tmp_path / 'run'}",
                                "optim.epochs=1", "run.progress=false", "data.skip_bad_videos=true",
                                f"model.stages={stages}"])
-    with pytest.raises(DataError, match=f"{where} .*empty.webm: empty file"):
+    with pytest.raises(DataError, match=f"{where} .*empty0.webm: empty file"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 

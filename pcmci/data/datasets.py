@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -136,6 +138,39 @@ def preprocess(frames: np.ndarray, image_size: int) -> torch.Tensor:
     return preprocess_views(frames, image_size)[0]
 
 
+class DecodedVideos:
+    """Whole decoded videos (uint8 ``[T, H, W, 3]``) shared by every dataset of the process that caches frames: the
+    models of one demo or ablation worker read the same files, decoded once. Keyed by the file's path, size and
+    modification time and the backend (a rewritten file is decoded again); the least recently used leave first once
+    the arrays pass ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.bytes = limit, 0
+        self._videos: OrderedDict[tuple[str, int, int, str], np.ndarray] = OrderedDict()
+
+    def get(self, path: Path, backend: str, decode: Callable[[], np.ndarray]) -> np.ndarray:
+        """The decoded frames of ``path`` (read-only: index them, never write into them); ``decode()`` on a miss."""
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, backend)
+        if key in self._videos:
+            self._videos.move_to_end(key)
+            return self._videos[key]
+        frames = decode()
+        frames.flags.writeable = False
+        self._videos[key] = frames
+        self.bytes += frames.nbytes
+        while self.bytes > self.limit and len(self._videos) > 1:
+            self.bytes -= self._videos.popitem(last=False)[1].nbytes
+        return frames
+
+    def clear(self) -> None:
+        self._videos.clear()
+        self.bytes = 0
+
+
+DECODED = DecodedVideos(limit=8 << 30)  # data.cache_frames is for small sets; a bound all the same
+
+
 class VideoDataset(Dataset):
     """Segment-sampled clips of a ``VideoSet``.
 
@@ -148,8 +183,9 @@ class VideoDataset(Dataset):
     function of (seed, epoch, index); call :meth:`set_epoch` each epoch, and so is the training crop when
     ``train_crop_scale`` < 1 (a random square window of at least that share of the frame's largest square, the same
     for every frame of the clip, resized to S: scale and position jitter; 1 = the whole frame). ``cache`` keeps
-    every video's decoded frames in memory after its first use (whole videos, uint8): for small sets of short clips,
-    such as the synthetic demo set, where decoding would otherwise dominate each epoch.
+    every video's decoded frames in memory after its first use (whole videos, uint8, shared by the process's datasets:
+    :data:`DECODED`): for small sets of short clips, such as the synthetic demo set, where decoding would otherwise
+    dominate each epoch.
     """
 
     def __init__(self, videos: VideoSet, frames: int = 8, image_size: int = 64, train: bool = False,
@@ -165,7 +201,6 @@ class VideoDataset(Dataset):
         self._info: dict[int, VideoInfo] = {}
         self.cache = cache
         self.train_crop_scale = train_crop_scale
-        self._frames: dict[int, np.ndarray] = {}
 
     @property
     def views(self) -> int:
@@ -212,10 +247,9 @@ class VideoDataset(Dataset):
             plan = self.plan(index)
             wanted = sorted({i for clip in plan.clips for i in clip})
             if self.cache:
-                if index not in self._frames:
-                    self._frames[index] = decode_frames(plan.path, list(range(plan.info.num_frames)), self.backend,
-                                                        plan.info, self.timeout)[0]
-                frames = self._frames[index][wanted]
+                whole = DECODED.get(Path(plan.path), self.backend, lambda: decode_frames(
+                    plan.path, list(range(plan.info.num_frames)), self.backend, plan.info, self.timeout)[0])
+                frames = whole[wanted]
             else:
                 frames, _ = decode_frames(plan.path, wanted, self.backend, plan.info, self.timeout)
         except VideoDecodeError as err:
