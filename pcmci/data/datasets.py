@@ -163,10 +163,6 @@ class DecodedVideos:
             self.bytes -= self._videos.popitem(last=False)[1].nbytes
         return frames
 
-    def clear(self) -> None:
-        self._videos.clear()
-        self.bytes = 0
-
 
 DECODED = DecodedVideos(limit=8 << 30)  # data.cache_frames is for small sets; a bound all the same
 

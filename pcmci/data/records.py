@@ -26,7 +26,8 @@ def read_json(path: str | Path) -> Any:
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
     except _RepeatedKey as err:
-        raise DataError(f"{path}: the key {err.args[0]!r} appears twice in one object (JSON keeps only the last)") from None
+        raise DataError(f"{path}: the key {err.args[0]!r} appears twice in one object (JSON keeps only the "
+                        "last)") from None
 
 
 class _RepeatedKey(Exception):
