@@ -40,6 +40,7 @@ from tqdm import tqdm
 from ..config import Config, ConfigError
 from ..data.datasets import VideoDataset, collate_videos
 from ..model import PCMCI, build_model
+from .optimizers import adam
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def _train_reference(cfg: Config, dataset: VideoDataset, indices: list[int], dev
     torch.manual_seed(seed)
     model = build_model(ref_cfg.model, dataset.labels.classes, dataset.labels.actions).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = adam(params, cfg.optim.lr, cfg.optim.weight_decay)
     epochs = cfg.backdoor.reference_epochs
     total = epochs * math.ceil(len(indices) / batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))

@@ -38,6 +38,7 @@ from . import distributed
 from .checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from .compile import FallbackCompiled
 from .dictionaries import all_skipped, fit_dictionaries, refit_epochs
+from .optimizers import adam
 from .propensity import clip_weights
 from .run_state import config_changes, restore_rng, rng_state, use_compile
 from .runtime import load_labels, make_dataset, resolve_device, seed_everything
@@ -312,9 +313,8 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Any:
 
 
 def make_optimizer(cfg: Config, model: PCMCI) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    kind = torch.optim.AdamW if cfg.optim.name == "adamw" else torch.optim.Adam
-    return kind(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return adam((p for p in model.parameters() if p.requires_grad), cfg.optim.lr, cfg.optim.weight_decay,
+                cfg.optim.name)
 
 
 def refuse_existing_run(cfg: Config, resume: bool, overwrite: bool) -> None:

@@ -30,6 +30,7 @@ from ..config import ClipConfig, ConfigError
 from ..data.captions import caption_pairs
 from ..data.synthetic import Scene
 from ..model.clip import FrozenCLIP
+from .optimizers import adam
 
 log = logging.getLogger(__name__)
 MODEL = "pcmci-tiny-clip"
@@ -67,7 +68,7 @@ def _normalise(images: Tensor) -> Tensor:
 def _train(model: torch.nn.Module, images: Tensor, tokens: Tensor, settings: VLMSettings, progress: bool) -> list[float]:
     """Contrastive pretraining in place; returns the mean loss of each epoch."""
     loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = adam(model.parameters(), settings.lr, settings.weight_decay)
     steps = settings.epochs * math.ceil(len(images) / settings.batch)
     warmup = max(1, steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

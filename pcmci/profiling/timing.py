@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.compile import FallbackCompiled
+from ..engine.optimizers import adam
 from ..model import PCMCI
 
 
@@ -126,7 +127,7 @@ def measure_train_step(model: PCMCI, frames: Tensor, warmup: int, repeats: int, 
     clock = _Clock(device)
     model.train()
     forward = FallbackCompiled(model) if compiled else model
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    optimizer = adam((p for p in model.parameters() if p.requires_grad), 1e-5, 0.0, "adam")
     b = frames.shape[0]
     multilabel = model.cfg.multilabel
     target = torch.zeros((b, len(model.classes)) if multilabel else (b,), device=device,
