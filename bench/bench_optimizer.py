@@ -1,5 +1,5 @@
 """The training optimiser (``make bench``): AdamW on torch's fused kernel (``pcmci.engine.optimizers.adam``, what
-every trainer uses) against the default for-each AdamW, side by side in one run, on the ``tiny`` baseline's
+every trainer uses) against torch's default AdamW (a per-tensor loop on CPU, for-each on CUDA), side by side in one run, on the ``tiny`` baseline's
 parameters: the optimiser step alone and a whole training step (forward, CE, backward, clip, step) on a batch of 8.
 
     .venv/bin/python -P -m pytest bench/bench_optimizer.py --benchmark-json=bench/results/cpu-$(date +%F)-optimizer.json
@@ -25,7 +25,7 @@ def _setup(impl: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Ten
     model = build_model(cfg.model, ["a", "b", "c", "d", "e"], []).to(DEVICE).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = (adam(params, 1e-4, 0.05) if impl == "fused"
-                 else torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=True))
+                 else torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05))  # torch's default path for these tensors
     frames = torch.rand(8, cfg.data.frames, 3, cfg.data.image_size, cfg.data.image_size, device=DEVICE)
     return model, optimizer, frames, torch.arange(8, device=DEVICE) % 5
 

@@ -1,9 +1,11 @@
 """Adam and AdamW for every trainer (the model, the backdoor's references, the VLM pretraining), on torch's fused
 kernel where every parameter lives on a device that has one.
 
-The fused kernel updates all tensors in one pass instead of a loop of per-tensor ops: on the ``tiny`` model (71
-tensors) an AdamW step on a 2-core CPU takes about 0.8 ms instead of 5 ms, about a tenth of a training step
-(``bench/bench_optimizer.py``). It computes the same update (to float rounding) as the default for-each path.
+The fused kernel updates all tensors in one pass where torch's default on CPU loops over them tensor by tensor: on
+the ``tiny`` model (71 tensors, 2-core CPU) an AdamW step takes 0.63 ms instead of 3.2 ms and a whole training step
+(batch 8) 26.0 ms instead of 29.8 ms (1.15x; 1.08-1.15x over four runs, one noisy run 1.41x), measured side by
+side by ``bench/bench_optimizer.py`` (``bench/results/cpu-2026-12-08-optimizer.json``). It computes the same update
+as the default path up to float rounding, so a run does not reproduce an unfused run's numbers bit for bit.
 """
 from __future__ import annotations
 
