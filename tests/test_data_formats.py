@@ -10,6 +10,7 @@ import torch
 from pcmci.cli import main
 from pcmci.config import DataConfig
 from pcmci.data.datasets import build_dataset
+from pcmci.data.records import read_text
 from pcmci.data.formats import (BREAKFAST_ACTIONS, CHARADES_FILES, action_text, read_breakfast, read_charades,
                                 read_coin)
 from pcmci.errors import ConfigError, DataError
@@ -111,6 +112,19 @@ def test_breakfast_bad_labels_line(tmp_path):
     (tmp_path / "P05/cam01/P05_milk.avi.labels").write_text("1-9 SIL\n10-20 dance\n")
     with pytest.raises(ValueError, match=r"P05_milk.avi.labels:2: unknown Breakfast action 'dance'"):
         read_breakfast(tmp_path)
+
+
+def test_breakfast_labels_folder_is_named(tmp_path):
+    video(tmp_path / "P05/cam01/P05_milk.avi", "mjpeg")
+    (tmp_path / "P05/cam01/P05_milk.avi.labels").mkdir()  # read as "no labels", the video would lose its steps
+    with pytest.raises(DataError, match=r"P05_milk.avi.labels: a folder where the coarse .labels file of P05_milk"):
+        read_breakfast(tmp_path)
+
+
+def test_a_text_file_that_is_a_folder_is_named(tmp_path):
+    (tmp_path / "labels.json").mkdir()
+    with pytest.raises(DataError, match=r"labels.json: a folder, expected a text file"):
+        read_text(tmp_path / "labels.json")
 
 
 def test_coin(coin):

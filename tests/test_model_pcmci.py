@@ -209,9 +209,9 @@ def test_clip_absent_weights_warn_once_and_use_random_init(caplog) -> None:
 
 
 def test_clip_unknown_tag_and_model_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match="unknown open_clip pretrained tag 'nope'"):
+    with pytest.raises(ConfigError, match="model.clip.pretrained='nope': unknown open_clip pretrained tag"):
         FrozenCLIP(ClipConfig(name="ViT-B-32", pretrained="nope"))
-    with pytest.raises(ValueError, match="unknown open_clip model 'ViT-Q-99'"):
+    with pytest.raises(ConfigError, match="model.clip.name='ViT-Q-99': unknown open_clip model"):
         FrozenCLIP(ClipConfig(name="ViT-Q-99"))
 
 

@@ -107,8 +107,11 @@ def _template_regex(template: str, fields: dict[str, str]) -> re.Pattern[str]:
 
 
 def _breakfast_labels(video: Path) -> Path | None:
-    """The coarse ``.labels`` file beside ``video``: ``P03_cereals.avi.labels``, else ``P03_cereals.labels``."""
+    """The coarse ``.labels`` file beside ``video``: ``P03_cereals.avi.labels``, else ``P03_cereals.labels``; a
+    folder by that name is a ``DataError`` (read as "no labels", the video would train without its steps)."""
     for candidate in (video.with_name(video.name + ".labels"), video.with_suffix(".labels")):
+        if candidate.is_dir():
+            raise DataError(f"{candidate}: a folder where the coarse .labels file of {video.name} should be")
         if candidate.is_file():
             return candidate
     return None

@@ -44,11 +44,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def read_text(path: str | Path) -> str:
-    """The UTF-8 text in ``path`` (a leading BOM dropped); ``DataError`` naming the file if it is not UTF-8."""
+    """The UTF-8 text in ``path`` (a leading BOM dropped); ``DataError`` naming the file if it is not UTF-8, is a
+    folder or may not be read (a missing file stays ``FileNotFoundError``)."""
     try:
         return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a folder, expected a text file") from None
+    except PermissionError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror})") from None
 
 
 def repeated(names: list[str]) -> str | None:

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from ..config import ClipConfig
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
 from .convert import unpickling_problem
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ def locate_weights(name: str, pretrained: str | None, cache_dir: str | None = No
     if pretrained in SHIPPED:
         model, file = SHIPPED[pretrained]
         if name != model:
-            raise ValueError(f"model.clip.pretrained={pretrained!r} is a {model} checkpoint, model.clip.name is {name!r}")
+            raise ConfigError(f"model.clip.pretrained={pretrained!r} is a {model} checkpoint, model.clip.name is "
+                              f"{name!r}")
         return ClipWeights(str(file), f"shipped weights {pretrained} ({file.name}, `pcmci vlm pretrain`)")
     path = Path(pretrained).expanduser()
     if path.is_file():
@@ -85,7 +86,8 @@ def locate_weights(name: str, pretrained: str | None, cache_dir: str | None = No
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
         known = open_clip.list_pretrained_tags_by_model(name)
-        raise ValueError(f"unknown open_clip pretrained tag {pretrained!r} for {name!r}; known tags: {known}")
+        raise ConfigError(f"model.clip.pretrained={pretrained!r}: unknown open_clip pretrained tag for {name!r}; "
+                          f"known tags: {known}")
     quick_gelu = bool(cfg.get("quick_gelu", False))
     places = _tag_lookups(cfg, cache_dir)
     for place, hit in places:
@@ -117,7 +119,8 @@ class FrozenCLIP(nn.Module):
     def __init__(self, cfg: ClipConfig) -> None:
         super().__init__()
         if cfg.name not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model {cfg.name!r}; e.g. ViT-B-16, ViT-B-32, pcmci-tiny-clip")
+            raise ConfigError(f"model.clip.name={cfg.name!r}: unknown open_clip model; e.g. ViT-B-16, ViT-B-32, "
+                              "pcmci-tiny-clip")
         weights = locate_weights(cfg.name, cfg.pretrained, cfg.cache_dir)
         if weights.path is None:
             log.warning("CLIP %s: %s; using RANDOM CLIP weights (set model.clip.pretrained to a local file or a "
