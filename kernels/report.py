@@ -211,7 +211,13 @@ def add_arguments(parser: argparse.ArgumentParser, folder: Callable[[str], str] 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the report; 1 when any launch spills or exceeds its arch's shared memory."""
+    """Print the report; 1 when any launch spills or exceeds its arch's shared memory. A repeated --arch or --dtype
+    (its rows listed twice) and --workers below 1 are refused before any compile."""
+    for flag, values in (("--arch", args.arch), ("--dtype", args.dtype)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"{flag} lists a value twice: {' '.join(map(str, values))}")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     report = build(args.arch, args.dtype, args.shapes, args.workers)
     text = {"json": json.dumps(report, indent=1) + "\n", "md": markdown(report)}
     sys.stdout.write(text["json" if args.json else "md"])

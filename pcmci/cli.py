@@ -335,9 +335,9 @@ def _profile(args: argparse.Namespace) -> None:
     from .config import ConfigError, load_config
     from .profiling import ProfileOptions, run_profile
 
-    if args.preset and args.config:
+    if args.preset is not None and args.config is not None:
         raise ConfigError("give either --preset NAME or CONFIG, not both")
-    source = args.preset or args.config or "tiny"
+    source = next((s for s in (args.preset, args.config) if s is not None), "tiny")
     options = ProfileOptions(device=args.device, batch=args.batch, views=args.views, classes=args.classes,
                              actions=args.actions, warmup=args.warmup, repeats=args.repeats, train=args.train,
                              compile=args.compile)

@@ -266,3 +266,21 @@ def test_runs_of_another_configuration_are_refused_not_deleted(tmp_path: Path,
     assert trained == [["optim.lr=0.001"]] * 2 and (tmp_path / "baseline-seed0" / "checkpoint.pt").is_file()
     ablate.run_ablation("tiny", ["optim.lr=0.002"], 1, tmp_path, ["baseline"], progress=False, overwrite=True)
     assert trained[-1] == ["optim.lr=0.002"]
+
+
+def test_a_checkpoint_no_ablation_stamped_is_refused_not_deleted(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run folder holding a checkpoint but no ablation_run.json (a ``pcmci train`` run.out_dir named like a
+    variant) is another configuration's: refused before training, kept; --overwrite replaces it."""
+    trained: list[str] = []
+    monkeypatch.setattr(ablate, "run_one", lambda _s, _o, name, *_: trained.append(name) or
+                        {"results": {s: {"acc": 0.5, "map": 0.5} for s in ("test_id", "test_ood")}})
+    monkeypatch.setattr(ablate, "write_report", lambda *_: None)
+    checkpoint = tmp_path / "baseline-seed0" / "checkpoint.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"the user's weights")
+    with pytest.raises(ConfigError, match=r"baseline-seed0 \(a checkpoint.pt without ablation_run.json.*--overwrite"):
+        ablate.run_ablation("tiny", [], 1, tmp_path, ["baseline"], progress=False)
+    assert trained == [] and checkpoint.read_bytes() == b"the user's weights"
+    ablate.run_ablation("tiny", [], 1, tmp_path, ["baseline"], progress=False, overwrite=True)
+    assert trained == ["baseline"]

@@ -80,6 +80,7 @@ def test_peak_table_and_mfu() -> None:
     (["--peak-tflops", "inf"], "--peak-tflops must be a positive finite number, got inf"),
     (["--variants", ""], "--variants has an empty name in ''; give e.g. eager,compiled"),
     (["--variants", "eager,"], "--variants has an empty name in 'eager,'"),
+    (["--variants", "eager,compiled,eager"], "--variants lists a variant twice: eager,compiled,eager"),
 ])
 def test_bad_input_is_one_line_error(argv: list[str], message: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture) -> None:

@@ -147,3 +147,14 @@ def test_a_video_listed_twice_and_a_json_key_given_twice_are_named(tmp_path):
     (tmp_path / "labels.json").write_text('{"classes": ["a"], "classes": ["b", "c"]}')
     with pytest.raises(DataError, match=r"labels.json: the key 'classes' appears twice"):
         LabelSet.load(tmp_path / "labels.json")
+
+
+def test_a_labels_json_that_is_a_folder_is_named_not_ignored(synthetic_set, tmp_path, capsys):
+    """Found by a bug hunt: a folder named labels.json beside the manifest was skipped (the classes then came from
+    the rows, in sorted order) and ``pcmci predict --labels FOLDER`` called it "no such file"."""
+    (tmp_path / "manifest.csv").write_text(synthetic_set.read_text())
+    (tmp_path / "labels.json").mkdir()
+    err = _error(capsys, ["--quiet", "data", "inspect", "--dataset", "manifest", "--root", str(tmp_path)])
+    assert err == f"pcmci: error: {tmp_path / 'labels.json'}: a folder, expected a text file"
+    with pytest.raises(DataError, match=f"^{tmp_path}: a folder, expected a text file$"):
+        LabelSet.load(tmp_path)

@@ -245,6 +245,16 @@ def test_prepare_refuses_an_out_holding_someone_elses_manifest(source, tmp_path,
         "labels.json", "manifest.csv"]
 
 
+@pytest.mark.parametrize("jobs", ["0", "-2"])
+def test_jobs_below_one_is_refused(source, tmp_path, capsys, jobs):
+    """Found by a bug hunt: --jobs 0 or -2 ran one video at a time and recorded the number in prepare.json."""
+    out = tmp_path / "out"
+    code = main(["--quiet", "data", "prepare", "--dataset", "manifest", "--root", str(source), "--out", str(out),
+                 "--jobs", jobs])
+    assert code == 1 and capsys.readouterr().err == f"pcmci: error: --jobs must be >= 1, got {jobs}\n"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("fps", [float("inf"), float("nan"), 1e-300, 0.0, -1.0, 1e6])
 def test_fps_outside_a_usable_range_is_refused(fps):
     with pytest.raises(prepare.ConfigError, match=r"fps between 0.001 and 1000.0"):

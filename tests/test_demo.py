@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pcmci.cli import main
 
 
@@ -39,6 +41,17 @@ def test_demo_writes_report_json_markdown_and_plots(tmp_path, capsys) -> None:
     assert report["profile"]["params"] > 1e5 and report["profile"]["flops_per_clip"] > 1e6
     assert (out / "profile" / "profile.json").is_file() and "profile/profile.md" in md
     assert "report:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("train", "test"), [("0", "12"), ("12", "0"), ("12", "1")])
+def test_no_training_or_test_videos_is_refused_before_any_work(train, test, tmp_path, capsys) -> None:
+    """Found by a bug hunt: --train 0 synthesized two sets, --test 0 or 1 trained a model too, and then each stopped
+    on an empty split of the demo's own manifest."""
+    out = tmp_path / "demo"
+    assert main(["--quiet", "demo", "--out", str(out), "--epochs", "1", "--train", train, "--test", test]) == 1
+    assert capsys.readouterr().err == (f"pcmci: error: --train must be >= 1 and --test >= 2 (half test_id, half "
+                                       f"test_ood), got {train} and {test}\n")
+    assert not out.exists()
 
 
 def test_positivity_sentence_claims_extrapolation_only_when_training_lacks_the_ood_combinations() -> None:

@@ -191,3 +191,18 @@ def test_label_codependency_against_float64_cosines(tiny_model) -> None:
         assert pair["shared"] == bool(set(pair["labels"][0].split()) & set(pair["labels"][1].split()))
     assert any(abs(p["cos_T_star"] - p["cos_T"]) > 1e-4 for p in got["pairs"])  # ICI moved the texts
     assert label_codependency(tiny_model([]).eval(), clip) is None  # no stage touches the texts
+
+
+def test_a_bad_video_stops_diagnose_before_any_probe(tiny_model, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: a missing --video was opened only after every probe had run (minutes on a real split) and
+    written probes.png over the one of the earlier report in --out."""
+    from pcmci.config import preset
+    from pcmci.experiments import diagnose
+
+    monkeypatch.setattr(diagnose, "load_model", lambda *_: (tiny_model(), preset("tiny")))
+    monkeypatch.setattr(diagnose, "load_clips", lambda *_: pytest.fail("probes started"))
+    video, out = tmp_path / "none.webm", tmp_path / "out"
+    assert main(["--quiet", "diagnose", str(tmp_path / "checkpoint.pt"), "--video", str(video), "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"pcmci: error: cannot decode {video}: file not found\n"
+    assert not out.exists()

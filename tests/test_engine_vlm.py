@@ -1,6 +1,7 @@
 """``pcmci vlm pretrain``: the project's own VLM, written and loaded like real CLIP weights (issue 19)."""
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,16 @@ def test_weights_in_out_are_refused_before_any_work_unless_overwrite(pretrained,
     with pytest.raises(ConfigError, match=r"pcmci-tiny-vlm.safetensors exists; pass --overwrite"):
         pretrain_vlm(out, SMALL, progress=False)
     assert (out / record["weights"]).read_bytes() == before
+
+
+@pytest.mark.parametrize(("change", "message"), [({"seed": -1}, r"--seed must be >= 0, got -1"),
+                                                 ({"cooccur": 1.5}, r"--cooccur must be .* \[0, 1\], got 1.5"),
+                                                 ({"cooccur": float("nan")}, r"--cooccur .* got nan")])
+def test_a_bad_seed_or_cooccur_is_named_before_any_work(change, message, tmp_path, monkeypatch):
+    monkeypatch.setattr("pcmci.engine.vlm.caption_pairs", lambda *_, **__: pytest.fail("work started"))
+    with pytest.raises(ConfigError, match=message):
+        pretrain_vlm(tmp_path / "out", replace(SMALL, **change), progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_weights_load_through_model_clip_pretrained_and_untrained_rows_are_zero(pretrained):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from pcmci.cli import main
 from pcmci.config import ClipConfig, ICHConfig
 from pcmci.data.captions import render_pair
 from pcmci.data.synthetic import Scene, activities
@@ -80,3 +81,19 @@ def test_the_report_writes_its_numbers_and_plots(weights, tmp_path):
     assert written["masking"] == report["masking"] and written["ich_proxy"] == report["ich_proxy"]
     assert (tmp_path / "masking_test.png").stat().st_size > 0 and (tmp_path / "ich_overalignment.png").exists()
     assert "| own prop | as is |" in (tmp_path / "hallucination.md").read_text()
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    ("", "--hallucination '' names no weights (model.clip.pretrained is unset); give a weights file or a tag "
+     "such as pcmci-synth"),
+    ("{tmp}", "model.clip.pretrained={tmp}: a folder, not a weights file: {tmp}"),
+    ("bogus", "model.clip.pretrained='bogus': unknown open_clip pretrained tag for 'pcmci-tiny-clip'; known tags: "
+              "['pcmci-synth']"),
+])
+def test_weights_that_name_no_vlm_are_refused_before_any_probe(weights, message, tmp_path, capsys):
+    """Found by a bug hunt: ``--hallucination ''`` probed a randomly initialised VLM and wrote its report (rc 0); a
+    folder was called "no such file"; the unknown-tag message listed no tag, not even the shipped pcmci-synth."""
+    out = tmp_path / "out"
+    code = main(["--quiet", "diagnose", "--hallucination", weights.format(tmp=tmp_path), "--out", str(out)])
+    assert code == 1 and capsys.readouterr().err == f"pcmci: error: {message.format(tmp=tmp_path)}\n"
+    assert not out.exists()

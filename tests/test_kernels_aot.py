@@ -225,6 +225,20 @@ def test_cli_report_json_and_markdown(table: dict, capsys: pytest.CaptureFixture
     assert "## sm_90 (H100)" in md and "| sinkhorn | COIN ICH | 8x958x8 | bf16 | _fwd" in md
 
 
+@pytest.mark.parametrize(("flags", "message"), [(["--arch", "80", "80"], "--arch lists a value twice: 80 80"),
+                                               (["--dtype", "fp32", "bf16", "fp32"],
+                                                "--dtype lists a value twice: fp32 bf16 fp32"),
+                                               (["--workers", "0"], "--workers must be >= 1, got 0"),
+                                               (["--workers", "-3"], "--workers must be >= 1, got -3")])
+def test_cli_report_refuses_repeats_and_no_workers_before_compiling(flags: list[str], message: str,
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: a repeated arch or dtype printed every row twice; --workers 0 or -3 compiled serially."""
+    monkeypatch.setattr(report, "build", lambda *_: pytest.fail("compiled"))
+    assert main(["--quiet", "kernels", "report", *flags]) == 1
+    assert capsys.readouterr().err == f"pcmci: error: {message}\n"
+
+
 def test_occupancy_from_arch_limits() -> None:
     """128 registers x 4 warps: 16 KB of registers per warp -> 16 warps (4 blocks) fit the 64 K register file."""
     stats = aot.KernelStats("k", 89, num_warps=4, registers=128, spill_stores=0, spill_loads=0, stack=0, shared=8192)

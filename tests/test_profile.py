@@ -247,3 +247,17 @@ def test_a_size_no_run_uses_is_refused_before_any_allocation(option: str, value:
     assert main(["--quiet", "profile", "tiny", option, value, "--device", "cpu", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"pcmci: error: {message}\n"
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", ""], "config '' is neither a preset (tiny, paper, breakfast, coin, charades) nor a file"),
+    ([""], "config '' is neither a preset (tiny, paper, breakfast, coin, charades) nor a file"),
+    (["--preset", "", "tiny"], "give either --preset NAME or CONFIG, not both"),
+])
+def test_an_empty_config_name_is_refused_not_read_as_tiny(argv: list[str], message: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Found by a bug hunt: ``--preset ''`` or ``''`` (an unset variable) profiled the tiny preset instead, and
+    ``--preset ''`` beside a CONFIG was not named as a second config."""
+    assert main(["--quiet", "profile", *argv, "--device", "cpu", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"pcmci: error: {message}\n"
+    assert not any(tmp_path.iterdir())

@@ -104,7 +104,7 @@ def read_manifest_set(manifest: str | Path, labels: LabelSet | None = None) -> V
     manifest = Path(manifest)
     if labels is None:
         label_file = manifest.parent / "labels.json"
-        labels = LabelSet.load(label_file) if label_file.is_file() else None
+        labels = LabelSet.load(label_file) if label_file.exists() else None
         if labels is None or not labels.actions:
             rows = read_manifest(manifest, labels)
             labels = LabelSet(labels.classes if labels else sorted({row.label for row in rows}),

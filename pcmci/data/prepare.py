@@ -332,6 +332,8 @@ def prepare_dataset(data: DataConfig, out: str | Path, settings: PrepareSettings
     ``manifest`` (None for Charades), ``rows``, ``use`` (the overrides that train on ``out``), ``settings``,
     ``jobs``, ``files`` (one entry per video).
     """
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     tic = time.perf_counter()
     out = Path(out)
     videos = read_video_set(data)

@@ -19,7 +19,7 @@ Source = str | Path | bytes
 def read_json(path: str | Path) -> Any:
     """The JSON in ``path``; ``FileNotFoundError`` / ``DataError`` in one line naming the file (and the line)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
         return json.loads(read_text(path), object_pairs_hook=_unique_keys)

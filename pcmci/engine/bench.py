@@ -78,6 +78,8 @@ class BenchOptions:
                               "eager,compiled (leave --variants out for the default set)")
         for name in self.variants:
             parse_variant(name)
+        if len(set(self.variants)) != len(self.variants):  # a repeat is timed again and tabled twice
+            raise ConfigError(f"bench train: --variants lists a variant twice: {','.join(self.variants)}")
 
 
 def parse_variant(name: str) -> tuple[bool, str]:

@@ -134,6 +134,10 @@ def pretrain_vlm(out: str | Path, settings: VLMSettings = VLMSettings(), progres
     Weights already in ``out`` are refused before any work unless ``overwrite``."""
     if settings.clips < 1 or settings.epochs < 1:
         raise ConfigError(f"--clips and --epochs must be >= 1, got {settings.clips} and {settings.epochs}")
+    if settings.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {settings.seed}")
+    if not 0 <= settings.cooccur <= 1:
+        raise ConfigError(f"--cooccur must be a probability in [0, 1], got {settings.cooccur}")
     out = Path(out)
     if (out / WEIGHTS).exists() and not overwrite:
         raise ConfigError(f"{out / WEIGHTS} exists; pass --overwrite to replace it, or another --out")

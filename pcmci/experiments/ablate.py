@@ -131,11 +131,14 @@ def run_key(source: str, overrides: list[str], name: str, seed: int) -> dict[str
 
 def other_configs(source: str, overrides: list[str], todo: list[tuple[str, int]], out: Path) -> list[str]:
     """The run folders in ``out`` that hold a run of another configuration than this ablation's (config, overrides,
-    stages or switches differ; a run of the same configuration by older training code is simply retrained): an
-    ablation would delete their checkpoints and results."""
+    stages or switches differ; a run of the same configuration by older training code is simply retrained) or a
+    checkpoint no ablation stamped (a ``pcmci train`` run): an ablation would delete their checkpoints and results."""
     found = []
     for name, seed in todo:
         saved = out / f"{name}-seed{seed}" / "ablation_run.json"
+        if not saved.is_file() and (saved.parent / "checkpoint.pt").exists():
+            found.append(f"{saved.parent} (a checkpoint.pt without ablation_run.json: not a run of pcmci ablate)")
+            continue
         try:
             theirs = json.loads(saved.read_text()).get("key", {}) if saved.is_file() else None
         except (OSError, ValueError, AttributeError):

@@ -55,6 +55,9 @@ def run_demo(out: str | Path = "runs/demo", seeds: int = 1, epochs: int | None =
     """Run the demo; returns the report dict (also written to ``out/report.json``)."""
     if seeds < 1 or (epochs is not None and epochs < 1):  # before anything in ``out`` is touched
         raise ConfigError(f"--seeds and --epochs must be >= 1, got {seeds} and {epochs}")
+    if n_train < 1 or n_test < 2:
+        raise ConfigError(f"--train must be >= 1 and --test >= 2 (half test_id, half test_ood), got {n_train} and "
+                          f"{n_test}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()

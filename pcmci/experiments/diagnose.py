@@ -321,10 +321,16 @@ def label_codependency(model: PCMCI, clip: Tensor) -> dict[str, Any] | None:
 def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None = None,
              out: str | Path | None = None, limit: int = 200, device: str = "auto",
              progress: bool = True) -> dict[str, Any]:
-    """Run the probes (and the maps for ``video``); returns the report, also written under ``out``."""
+    """Run the probes (and the maps for ``video``, decoded before any probe: a bad file stops the run before it
+    writes into ``out``); returns the report, also written under ``out``."""
     dev = resolve_device(device)
     model, cfg = load_model(checkpoint, dev)
     split = split or cfg.data.eval_splits[-1]
+    path, raw = (Path(video) if video else None), None
+    if path is not None:
+        info = probe(path)
+        raw, _ = decode_frames(path, segment_indices(info.num_frames, cfg.data.frames, train=False,
+                                                     pad=cfg.data.pad_short_videos), cfg.data.backend, info)
     out = Path(out) if out else Path(checkpoint).parent / "diagnose"
     out.mkdir(parents=True, exist_ok=True)
     clips, labels = load_clips(cfg, split, limit, progress)
@@ -344,11 +350,7 @@ def diagnose(checkpoint: str | Path, split: str | None = None, video: str | None
     report["weights"] = backdoor_balance(checkpoint, cfg)
     plot_grouped_bars({"accuracy": {k: (v, 0.0) for k, v in report["probes"].items() if v is not None}},
                       out / "probes.png", "top-1 accuracy", f"static-bias probes on {split}")
-    if video:
-        path = Path(video)
-        info = probe(path)
-        raw, _ = decode_frames(path, segment_indices(info.num_frames, cfg.data.frames, train=False,
-                                                     pad=cfg.data.pad_short_videos), cfg.data.backend, info)
+    if raw is not None:
         maps = stage_maps(model, preprocess(raw, cfg.data.image_size)[None].to(dev))
         if maps:
             plot_heatmaps(maps, out / "stage_maps.png", model.classes + model.actions)

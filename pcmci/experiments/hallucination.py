@@ -31,7 +31,8 @@ from ..config import ClipConfig, ICHConfig
 from ..data.captions import render_pair
 from ..data.synthetic import PROPS, Scene, activities
 from ..engine.vlm import MODEL, label_probabilities, to_clip_input
-from ..model.clip import FrozenCLIP
+from ..errors import WeightsError
+from ..model.clip import FrozenCLIP, locate_weights
 from ..model.ich import ICH
 
 matplotlib.use("Agg")
@@ -134,7 +135,12 @@ def _plot(report: dict, example: tuple, classes: list[str], out: Path) -> None:
 def hallucination_report(weights: str | Path, out: str | Path, seed: int = 1000, clips: int = 70,
                          still_pairs: int = 1) -> dict:
     """Run both probes on the VLM at ``weights`` (loaded through ``model.clip.pretrained``); write
-    ``hallucination.json``, ``hallucination.md`` and two PNGs under ``out``."""
+    ``hallucination.json``, ``hallucination.md`` and two PNGs under ``out``. Weights that resolve to no file (an
+    empty name) are refused: the probes would measure a randomly initialised VLM."""
+    found = locate_weights(MODEL, str(weights))
+    if found.path is None:
+        raise WeightsError(f"--hallucination {str(weights)!r} names no weights ({found.source}); give a weights file "
+                           "or a tag such as pcmci-synth")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clip = FrozenCLIP(ClipConfig(name=MODEL, pretrained=str(weights)))

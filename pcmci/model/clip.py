@@ -82,10 +82,12 @@ def locate_weights(name: str, pretrained: str | None, cache_dir: str | None = No
     if path.is_file():
         return ClipWeights(str(path), f"local file {path}")
     if names_a_file(pretrained):
-        raise WeightsError(f"model.clip.pretrained={pretrained}: no such file {path}")
+        missing = "a folder, not a weights file:" if path.is_dir() else "no such file"
+        raise WeightsError(f"model.clip.pretrained={pretrained}: {missing} {path}")
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
-        known = open_clip.list_pretrained_tags_by_model(name)
+        known = [*open_clip.list_pretrained_tags_by_model(name), *(tag for tag, (model, _) in SHIPPED.items()
+                                                                   if model == name)]
         raise ConfigError(f"model.clip.pretrained={pretrained!r}: unknown open_clip pretrained tag for {name!r}; "
                           f"known tags: {known}")
     quick_gelu = bool(cfg.get("quick_gelu", False))
