@@ -36,6 +36,18 @@ def out_folder(value: str) -> str:
     return value
 
 
+def input_file(value: str) -> str:
+    """A file the command reads, checked before any model loads: not empty, present, not a folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: a folder, expected a file")
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{value}: no such file")
+    return value
+
+
 def _add_config(p: argparse.ArgumentParser, example: str = "optim.lr=1e-4 model.stages=[ich,ivc]") -> None:
     """The positional ``CONFIG [key=value ...]`` every config-driven command takes."""
     p.add_argument("config", help="preset name (tiny, paper, breakfast, coin, charades) or YAML file")
@@ -223,7 +235,8 @@ def _eval(args: argparse.Namespace) -> None:
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--splits", nargs="+", help="split names (default: the config's data.eval_splits)")
-    p.add_argument("--manifest", help="evaluate on another manifest (rows matched to the checkpoint's classes by name)")
+    p.add_argument("--manifest", type=input_file,
+                   help="evaluate on another manifest (rows matched to the checkpoint's classes by name)")
     p.add_argument("--out", type=out_folder, help="output folder (default: the checkpoint's folder)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -243,10 +256,11 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint")
-    p.add_argument("video")
+    p.add_argument("video", type=input_file)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
-    p.add_argument("--labels", help="labels.json the caller expects; stop naming any difference from the checkpoint's")
+    p.add_argument("--labels", type=input_file,
+                   help="labels.json the caller expects; stop naming any difference from the checkpoint's")
     p.add_argument("--json", action="store_true", help="print the predictions as one JSON object")
     p.set_defaults(func=_predict)
 

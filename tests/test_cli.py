@@ -164,6 +164,25 @@ def test_counts_out_of_range_stop_before_any_work_and_ctrl_c_is_one_line(tmp_pat
     assert code == 130 and err == "pcmci: interrupted\n"
 
 
+@pytest.mark.parametrize(("argv", "argument"), [
+    (["predict", "c.pt", "{path}"], "video"), (["predict", "c.pt", "v.webm", "--labels", "{path}"], "--labels"),
+    (["eval", "c.pt", "--manifest", "{path}"], "--manifest"),
+], ids=["predict video", "predict --labels", "eval --manifest"])
+def test_an_input_file_that_is_not_one_is_refused_before_the_model_loads(argv: list[str], argument: str,
+                                                                          tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: an empty, missing or folder path loaded the model first (seconds) and then said
+    "cannot decode : a folder" for an empty video path."""
+    monkeypatch.chdir(tmp_path)  # v.webm, the valid video beside a bad --labels
+    for path, reason in (("", "an empty path"), (str(tmp_path / "none"), f"{tmp_path / 'none'}: no such file"),
+                         (str(tmp_path), f"{tmp_path}: a folder, expected a file")):
+        (tmp_path / "v.webm").write_bytes(b"")
+        with pytest.raises(SystemExit) as exit_:
+            main(["--quiet", *[a.format(path=path) if a == "{path}" else a for a in argv]])
+        assert exit_.value.code == 2
+        assert f"argument {argument}: {reason}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [
     ["demo"], ["ablate", "tiny"], ["diagnose", "c.pt"], ["export", "c.pt"], ["eval", "c.pt"], ["synth"],
     ["data", "inspect", "--dataset", "manifest", "--root", "."], ["data", "prepare", "--dataset", "manifest",

@@ -132,6 +132,7 @@ def test_a_device_torch_does_not_know_is_a_one_line_error(command: str, tmp_path
     """``--device nope`` reached ``torch.device``: its RuntimeError, reported as a bug."""
     with pytest.raises(ConfigError, match=r"^device 'cuda0' is not one of auto, cpu, cuda, cuda:N$"):
         resolve_device("cuda0")
+    (tmp_path / "v.mp4").write_bytes(b"")  # predict checks its video exists before anything else
     video = [str(tmp_path / "v.mp4")] if command == "predict" else []
     assert main(["--quiet", command, str(tmp_path / "checkpoint.pt"), *video, "--device", "nope"]) == 1
     assert capsys.readouterr().err == "pcmci: error: device 'nope' is not one of auto, cpu, cuda, cuda:N\n"
