@@ -11,13 +11,14 @@ import torch
 
 from pcmci.cli import main
 from pcmci.config import load_config
+from pcmci.errors import WeightsError
 from pcmci.model.weights import check_weights, require_weights
 
 
 @pytest.mark.parametrize("name", ["paper", "breakfast", "coin", "charades"])
 def test_paper_presets_refuse_random_weights(name: str, tmp_path: Path) -> None:
     cfg = load_config(name, [f"model.clip.cache_dir={tmp_path}"])
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(WeightsError) as err:  # a PcmciError: the CLI prints it as one line
         require_weights(cfg.model)
     message = str(err.value)
     assert "\n" not in message

@@ -69,13 +69,13 @@ def weight_status(cfg: ModelConfig) -> list[WeightStatus]:
 
 
 def require_weights(cfg: ModelConfig) -> None:
-    """Unless ``cfg.allow_random_init``, one ``ValueError`` naming every missing weight file and how to provide it."""
+    """Unless ``cfg.allow_random_init``, one ``WeightsError`` naming every missing weight file and how to provide it."""
     if cfg.allow_random_init:
         return
     missing = [s for s in weight_status(cfg) if s.path is None]
     if missing:
         what = "; ".join(f"{s.tower} ({s.source}): {s.fix}" for s in missing)
-        raise ValueError(f"missing pretrained weights — {what}. `pcmci weights check CONFIG` shows what resolves; "
+        raise WeightsError(f"missing pretrained weights — {what}. `pcmci weights check CONFIG` shows what resolves; "
                          "model.allow_random_init=true trains from random weights instead")
 
 
