@@ -208,16 +208,25 @@ def add_arguments(parser: argparse.ArgumentParser, folder: Callable[[str], str] 
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
     parser.add_argument("--out", type=folder,
                         help="also write kernels-report.md and kernels-report.json into this folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace the report in an --out that holds one")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the report; 1 when any launch spills or exceeds its arch's shared memory. A repeated --arch or --dtype
-    (its rows listed twice) and --workers below 1 are refused before any compile."""
+    (its rows listed twice), --workers below 1 or above the cores and an --out holding a report (without
+    --overwrite) are refused before any compile."""
     for flag, values in (("--arch", args.arch), ("--dtype", args.dtype)):
         if len(set(values)) != len(values):
             raise ValueError(f"{flag} lists a value twice: {' '.join(map(str, values))}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > (os.cpu_count() or 1):  # each worker is a process importing torch: hundreds would exhaust memory
+        raise ValueError(f"--workers must be at most the {os.cpu_count() or 1} cores here, got {args.workers}")
+    reports = ("kernels-report.md", "kernels-report.json")
+    held = [name for name in reports if args.out and (Path(args.out) / name).exists()]
+    if held and not args.overwrite:
+        raise FileExistsError(f"{args.out} holds a report already ({', '.join(held)}); pass another --out, or "
+                              "--overwrite to replace it")
     report = build(args.arch, args.dtype, args.shapes, args.workers)
     text = {"json": json.dumps(report, indent=1) + "\n", "md": markdown(report)}
     sys.stdout.write(text["json" if args.json else "md"])

@@ -27,6 +27,8 @@ EXPECTED_ERRORS = (PcmciError, OSError, ValueError)
 def out_folder(value: str) -> str:
     """An ``--out`` folder checked before any work: the first part of it that exists must be a writable folder
     (a file there, or a read-only folder, would fail only when the results are written)."""
+    if not value.strip():  # Path("") is the current folder: results would land there, or the default be used
+        raise argparse.ArgumentTypeError("an empty path")
     path = Path(value)
     existing = next((p for p in (path, *path.parents) if p.exists()), Path.cwd())
     if not existing.is_dir():
@@ -46,6 +48,23 @@ def input_file(value: str) -> str:
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{value}: no such file")
     return value
+
+
+def checkpoint_file(value: str) -> str:
+    """A checkpoint path: an empty one is refused here (it would be read as the current folder); a missing, folder
+    or unreadable one is named by the checkpoint loader."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return value
+
+
+def refuse_existing_report(out: str | Path, names: Sequence[str]) -> None:
+    """``FileExistsError`` before any work when ``out`` holds one of the report files ``names`` (an earlier run's
+    results, which this one would replace); callers skip the check under ``--overwrite``."""
+    held = [name for name in names if (Path(out) / name).exists()]
+    if held:
+        raise FileExistsError(f"{out} holds a report already ({', '.join(held)}); pass another --out, or --overwrite "
+                              "to replace it")
 
 
 def _add_config(p: argparse.ArgumentParser, example: str = "optim.lr=1e-4 model.stages=[ich,ivc]") -> None:
@@ -145,8 +164,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _ablate(args: argparse.Namespace) -> None:
-    from .experiments.ablate import run_ablation
+    from .experiments.ablate import check_inputs, run_ablation, variant_names
 
+    variant_names(args.seeds, args.jobs, args.variants)
+    check_inputs(args.config, args.overrides, args.device)
     run_ablation(args.config, args.overrides, args.seeds, args.out, args.variants, args.device, not args.quiet,
                  args.jobs, args.overwrite)
     print((Path(args.out) / "ablation.md").read_text())
@@ -173,6 +194,8 @@ def _diagnose(args: argparse.Namespace) -> None:
 
     if args.checkpoint is None and args.hallucination is None:
         raise ConfigError("pcmci diagnose needs a CHECKPOINT, or --hallucination WEIGHTS for a VLM alone")
+    if args.split is not None and not args.split.strip():  # '' would silently probe the default split
+        raise ConfigError("--split is empty; give a split name, or leave --split out for the config's last eval split")
     if args.limit < 1 or args.hallucination_clips < 1:
         raise ConfigError(f"--limit and --hallucination-clips must be >= 1, got {args.limit} and "
                           f"{args.hallucination_clips}")
@@ -191,13 +214,14 @@ def _diagnose(args: argparse.Namespace) -> None:
 
 
 def _add_diagnose(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="a training checkpoint (optional with --hallucination)")
+    p.add_argument("checkpoint", nargs="?", type=checkpoint_file,
+                   help="a training checkpoint (optional with --hallucination)")
     p.add_argument("--hallucination", metavar="WEIGHTS",
                    help="also probe a VLM's co-occurrence hallucination: masking test + ICH's proxy (weights file or "
                         "tag, e.g. pcmci-synth)")
     p.add_argument("--hallucination-clips", type=int, default=70, help="held-out clips per probe case (default: 70)")
     p.add_argument("--split", help="split to probe (default: the config's last eval split)")
-    p.add_argument("--video", help="also draw the ICH / ICI / IVC maps for this video")
+    p.add_argument("--video", type=input_file, help="also draw the ICH / ICI / IVC maps for this video")
     p.add_argument("--limit", type=int, default=200, help="at most this many videos (default: 200)")
     p.add_argument("--out", type=out_folder, help="output folder (default: CHECKPOINT_DIR/diagnose)")
     p.add_argument("--device", default="auto")
@@ -233,7 +257,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", type=checkpoint_file)
     p.add_argument("--splits", nargs="+", help="split names (default: the config's data.eval_splits)")
     p.add_argument("--manifest", type=input_file,
                    help="evaluate on another manifest (rows matched to the checkpoint's classes by name)")
@@ -349,13 +373,20 @@ def _profile(args: argparse.Namespace) -> None:
     from .config import ConfigError, load_config
     from .profiling import ProfileOptions, run_profile
 
-    if args.preset is not None and args.config is not None:
-        raise ConfigError("give either --preset NAME or CONFIG, not both")
-    source = next((s for s in (args.preset, args.config) if s is not None), "tiny")
+    source, overrides = args.config, list(args.overrides)
+    if source is not None and "=" in source and not Path(source).is_file():
+        source, overrides = None, [source, *overrides]  # `[--preset NAME] key=value`: the override read as CONFIG
+    if args.preset is not None:
+        if source is not None:
+            raise ConfigError("give either --preset NAME or CONFIG, not both")
+        source = args.preset
+    source = "tiny" if source is None else source
+    if not args.overwrite:
+        refuse_existing_report(args.out, ("profile.json", "profile.md"))
     options = ProfileOptions(device=args.device, batch=args.batch, views=args.views, classes=args.classes,
                              actions=args.actions, warmup=args.warmup, repeats=args.repeats, train=args.train,
                              compile=args.compile)
-    paths = run_profile(load_config(source, args.overrides), options, args.out, name=Path(str(source)).stem)
+    paths = run_profile(load_config(source, overrides), options, args.out, name=Path(str(source)).stem)
     print(paths["markdown"].read_text())
     print("report: " + ", ".join(str(p) for p in paths.values()))
 
@@ -375,6 +406,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also time a torch.compile'd training step (default: on CUDA only)")
     p.add_argument("--out", type=out_folder, default="runs/profile", help="output folder (default: runs/profile)")
+    p.add_argument("--overwrite", action="store_true", help="replace the profile in an --out that holds one")
     p.set_defaults(func=_profile)
 
 
@@ -434,13 +466,16 @@ def _bench_command(args: argparse.Namespace) -> str:
 
 def _bench_train(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .engine.bench import BenchOptions, bench_train, markdown, write
+    from .engine.bench import BenchOptions, bench_train, markdown, report_paths, write
 
     # only an absent --variants means the default set: an empty one is refused, not read as "default"
     variants = args.variants.split(",") if args.variants is not None else []
     options = BenchOptions(steps=args.steps, warmup=args.warmup, input=args.input, dtype=args.dtype,
                            variants=variants, peak_tflops=args.peak_tflops)
-    report = bench_train(load_config(args.config, args.overrides), options, name=Path(str(args.config)).stem)
+    name = Path(str(args.config)).stem
+    if not args.overwrite:
+        refuse_existing_report(args.out, [p.name for p in report_paths(Path(args.out), name).values()])
+    report = bench_train(load_config(args.config, args.overrides), options, name=name)
     command = _bench_command(args)
     paths = write(report, Path(args.out), command)
     print(json.dumps(report) if args.json else markdown(report, command))
@@ -464,6 +499,8 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     q.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
     q.add_argument("--out", type=out_folder, default="bench/results",
                    help="folder for bench-train-NAME.md/.json (default: bench/results)")
+    q.add_argument("--overwrite", action="store_true", help="replace the bench-train-NAME report in an --out that "
+                                                            "holds one")
     q.set_defaults(func=_bench_train)
 
 
@@ -530,7 +567,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(next((a for a in argv if not a.startswith("-")), "")).parse_args(argv)
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))
+    args, extra = parser.parse_known_args(argv)
+    # `pcmci bench train tiny --steps 3 optim.batch_size=2`: argparse leaves key=value after an option unparsed
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .engine.ranks import is_main_process
 
     logging.basicConfig(level=logging.INFO if is_main_process() and not args.quiet else logging.WARNING,

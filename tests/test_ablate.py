@@ -284,3 +284,24 @@ def test_a_checkpoint_no_ablation_stamped_is_refused_not_deleted(tmp_path: Path,
     assert trained == [] and checkpoint.read_bytes() == b"the user's weights"
     ablate.run_ablation("tiny", [], 1, tmp_path, ["baseline"], progress=False, overwrite=True)
     assert trained == ["baseline"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "gpu"], "device 'gpu' is not one of auto, cpu, cuda, cuda:N"),
+    (["data.eval_splits=[test_id,test_odd]"], "split 'test_odd' has no rows; available splits: ['test_id', 'train']"),
+    (["data.train_split=training"], "split 'training' has no rows; available splits: ['test_id', 'train']"),
+])
+def test_a_device_or_split_no_run_can_use_is_refused_before_any_run(argv: list[str], message: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: a bad --device or evaluation split stopped the ablation only once the first run had
+    trained (minutes), its folder created and stamped."""
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label,split\na.webm,fry egg,train\nb.webm,boil egg,test_id\n")
+    monkeypatch.setattr(ablate, "train", lambda *_, **__: pytest.fail("trained"))
+    out = tmp_path / "ablate"
+    assert main(["--quiet", "ablate", "tiny", f"data.manifest={manifest}", "data.eval_splits=[test_id]", *argv,
+                 "--variants", "baseline", "--seeds", "1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pcmci: error: ") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -87,3 +87,23 @@ def test_bad_input_is_one_line_error(argv: list[str], message: str, tmp_path: Pa
     assert main(["bench", "train", "tiny", "--out", str(tmp_path), *argv]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("pcmci: error: bench train: ") and message in err and "\n" not in err
+
+
+def test_an_out_holding_the_report_is_refused_unless_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: a second ``pcmci bench train tiny`` into the default bench/results (another device, other
+    flags) replaced the first one's report without asking."""
+    (tmp_path / "bench-train-tiny.json").write_text("{}")
+    started = []
+
+    def stop(*_: object, **__: object) -> None:
+        started.append(True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "bench_train", stop)
+    assert main(["--quiet", "bench", "train", "tiny", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (f"pcmci: error: {tmp_path} holds a report already (bench-train-tiny.json); "
+                                       "pass another --out, or --overwrite to replace it\n")
+    assert (tmp_path / "bench-train-tiny.json").read_text() == "{}" and not started
+    assert main(["--quiet", "bench", "train", "tiny", "--out", str(tmp_path), "--overwrite"]) == 130
+    assert started

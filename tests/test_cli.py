@@ -166,8 +166,8 @@ def test_counts_out_of_range_stop_before_any_work_and_ctrl_c_is_one_line(tmp_pat
 
 @pytest.mark.parametrize(("argv", "argument"), [
     (["predict", "c.pt", "{path}"], "video"), (["predict", "c.pt", "v.webm", "--labels", "{path}"], "--labels"),
-    (["eval", "c.pt", "--manifest", "{path}"], "--manifest"),
-], ids=["predict video", "predict --labels", "eval --manifest"])
+    (["eval", "c.pt", "--manifest", "{path}"], "--manifest"), (["diagnose", "c.pt", "--video", "{path}"], "--video"),
+], ids=["predict video", "predict --labels", "eval --manifest", "diagnose --video"])
 def test_an_input_file_that_is_not_one_is_refused_before_the_model_loads(argv: list[str], argument: str,
                                                                           tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,3 +201,42 @@ def test_an_out_folder_that_cannot_be_one_is_refused_before_any_work(argv: list[
         assert exit_.value.code == 2
         assert f"argument --out: {out}: {taken} is a file, not a folder" in capsys.readouterr().err
     assert taken.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo"], ["ablate", "tiny"], ["diagnose", "c.pt"], ["eval", "c.pt"], ["profile"], ["bench", "train", "tiny"],
+    ["kernels", "report"],
+], ids=lambda argv: " ".join(argv[:2]))
+def test_an_empty_out_folder_is_refused_not_read_as_the_current_or_default_one(argv: list[str], tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: ``--out ''`` (an unset variable) wrote profile and bench reports into the current folder,
+    eval and diagnose into their default folder, and kernels report nowhere."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quiet", *argv, "--out", ""])
+    assert exit_.value.code == 2
+    assert "argument --out: an empty path" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv", [["eval", ""], ["diagnose", ""]], ids=["eval", "diagnose"])
+def test_an_empty_checkpoint_path_is_named_as_empty(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Found by a bug hunt: ``pcmci eval ''`` said "checkpoint is a folder, not a file: ." (the empty path read as
+    the current folder)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quiet", *argv])
+    assert exit_.value.code == 2
+    assert "argument checkpoint: an empty path" in capsys.readouterr().err
+
+
+def test_overrides_after_the_options_are_read_as_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Found by a bug hunt: ``pcmci bench train tiny --steps 1 optim.batch_size=0`` stopped with "unrecognized
+    arguments: optim.batch_size=0"; overrides now go anywhere after CONFIG (an argument that is not one is still
+    refused)."""
+    argv = ["bench", "train", "tiny", "--steps", "1", "--out", str(tmp_path), "optim.batch_size=0"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1 and err == "pcmci: error: config key 'optim.batch_size' = 0; it must be at least 1\n"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quiet", *argv[:-1], "stray"])
+    assert exit_.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err

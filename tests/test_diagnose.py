@@ -196,13 +196,25 @@ def test_label_codependency_against_float64_cosines(tiny_model) -> None:
 def test_a_bad_video_stops_diagnose_before_any_probe(tiny_model, tmp_path: Path, capsys: pytest.CaptureFixture,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a bug hunt: a missing --video was opened only after every probe had run (minutes on a real split) and
-    written probes.png over the one of the earlier report in --out."""
+    written probes.png over the one of the earlier report in --out. (A missing or empty path is now refused by
+    argparse, test_cli; a file that is not a video still needs the decoder.)"""
     from pcmci.config import preset
     from pcmci.experiments import diagnose
 
     monkeypatch.setattr(diagnose, "load_model", lambda *_: (tiny_model(), preset("tiny")))
     monkeypatch.setattr(diagnose, "load_clips", lambda *_: pytest.fail("probes started"))
-    video, out = tmp_path / "none.webm", tmp_path / "out"
+    video, out = tmp_path / "notes.webm", tmp_path / "out"
+    video.write_text("not a video")
     assert main(["--quiet", "diagnose", str(tmp_path / "checkpoint.pt"), "--video", str(video), "--out", str(out)]) == 1
-    assert capsys.readouterr().err == f"pcmci: error: cannot decode {video}: file not found\n"
+    assert capsys.readouterr().err.startswith(f"pcmci: error: cannot decode {video}: not a video / corrupt")
     assert not out.exists()
+
+
+def test_an_empty_split_is_refused_not_read_as_the_default(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: ``--split ''`` (an unset variable) probed the config's last eval split instead, and said
+    so nowhere but in the report."""
+    monkeypatch.setattr("pcmci.experiments.diagnose.diagnose", lambda *_: pytest.fail("diagnosed"))
+    assert main(["--quiet", "diagnose", str(tmp_path / "c.pt"), "--split", "", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == ("pcmci: error: --split is empty; give a split name, or leave --split out for "
+                                       "the config's last eval split\n")

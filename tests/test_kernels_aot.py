@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import subprocess
@@ -229,14 +230,33 @@ def test_cli_report_json_and_markdown(table: dict, capsys: pytest.CaptureFixture
                                                (["--dtype", "fp32", "bf16", "fp32"],
                                                 "--dtype lists a value twice: fp32 bf16 fp32"),
                                                (["--workers", "0"], "--workers must be >= 1, got 0"),
-                                               (["--workers", "-3"], "--workers must be >= 1, got -3")])
+                                               (["--workers", "-3"], "--workers must be >= 1, got -3"),
+                                               (["--workers", "100000"], f"--workers must be at most the "
+                                                                         f"{os.cpu_count()} cores here, got 100000")])
 def test_cli_report_refuses_repeats_and_no_workers_before_compiling(flags: list[str], message: str,
                                                                     capsys: pytest.CaptureFixture,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Found by a bug hunt: a repeated arch or dtype printed every row twice; --workers 0 or -3 compiled serially."""
+    """Found by a bug hunt: a repeated arch or dtype printed every row twice; --workers 0 or -3 compiled serially;
+    --workers 100000 started a process (each importing torch) per distinct compile."""
     monkeypatch.setattr(report, "build", lambda *_: pytest.fail("compiled"))
     assert main(["--quiet", "kernels", "report", *flags]) == 1
     assert capsys.readouterr().err == f"pcmci: error: {message}\n"
+
+
+def test_cli_report_refuses_an_out_holding_a_report_unless_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: ``--out`` holding an earlier report (minutes of compiles for ``--shapes all``) was
+    replaced without asking."""
+    (tmp_path / "kernels-report.md").write_text("earlier")
+    monkeypatch.setattr(report, "build", lambda *_: pytest.fail("compiled"))
+    assert main(["--quiet", "kernels", "report", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (f"pcmci: error: {tmp_path} holds a report already (kernels-report.md); pass "
+                                       "another --out, or --overwrite to replace it\n")
+    assert (tmp_path / "kernels-report.md").read_text() == "earlier"
+    monkeypatch.setattr(report, "build", lambda *_: {"ok": True})
+    monkeypatch.setattr(report, "markdown", lambda _: "new\n")
+    assert main(["--quiet", "kernels", "report", "--out", str(tmp_path), "--overwrite"]) == 0
+    assert (tmp_path / "kernels-report.md").read_text() == "new\n"
 
 
 def test_occupancy_from_arch_limits() -> None:

@@ -261,3 +261,65 @@ def test_an_empty_config_name_is_refused_not_read_as_tiny(argv: list[str], messa
     assert main(["--quiet", "profile", *argv, "--device", "cpu", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"pcmci: error: {message}\n"
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_it_is_refused_before_the_model_is_built(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: ``--device cuda`` on a machine without CUDA built the model, fitted its dictionaries and
+    counted its FLOPs (minutes for the paper preset) before the timing named the device."""
+    monkeypatch.setattr(profiler, "build_model", lambda *_: pytest.fail("the model was built"))
+    assert main(["--quiet", "profile", "tiny", "--device", "cuda", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("pcmci: error: device 'cuda' asked for, but CUDA is not available")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--views", "0", "profile: views must be at least 1, got 0"),
+    ("--actions", "-1", "profile: actions must be at least 0, got -1"),
+    ("--warmup", "-2", "profile: warmup must be at least 0, got -2"),
+])
+def test_a_size_below_its_least_names_that_option(option: str, value: str, message: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """Found by a bug hunt: each of these said "warmup and actions must be >= 0 and views >= 1", naming three."""
+    assert main(["--quiet", "profile", "tiny", option, value, "--device", "cpu", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"pcmci: error: {message}\n"
+
+
+@pytest.mark.parametrize("preset", [["--preset", "tiny"], []], ids=["--preset tiny", "default"])
+def test_overrides_without_config_are_read_as_overrides(preset: list[str], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: ``--preset tiny model.stages=[ich]`` stopped with "give either --preset NAME or CONFIG",
+    ``model.stages=[ich]`` alone with "config 'model.stages=[ich]' is neither a preset nor a file" (argparse reads
+    the first override as CONFIG)."""
+    seen = []
+
+    def stop(cfg: Any, *_: object, name: str) -> None:  # what matters is the config it was given
+        seen.append((cfg, name))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pcmci.profiling.run_profile", stop)
+    assert main(["--quiet", "profile", *preset, "model.stages=[ich]", "data.test_views=2", "--out",
+                 str(tmp_path)]) == 130
+    ((cfg, name),) = seen
+    assert cfg.model.stages == ["ich"] and cfg.data.test_views == 2 and name == "tiny"
+
+
+def test_an_out_holding_a_profile_is_refused_unless_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a bug hunt: a second profile into the default runs/profile (``pcmci profile`` after ``pcmci profile
+    --preset paper``) replaced the first one's report without asking."""
+    (tmp_path / "profile.json").write_text("{}")
+    started = []
+
+    def stop(*_: object, **__: object) -> None:
+        started.append(True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pcmci.profiling.run_profile", stop)
+    assert main(["--quiet", "profile", "tiny", "--device", "cpu", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (f"pcmci: error: {tmp_path} holds a report already (profile.json); pass another "
+                                       "--out, or --overwrite to replace it\n")
+    assert (tmp_path / "profile.json").read_text() == "{}" and not started
+    assert main(["--quiet", "profile", "tiny", "--device", "cpu", "--out", str(tmp_path), "--overwrite"]) == 130
+    assert started

@@ -298,11 +298,16 @@ def markdown(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_paths(out: Path, name: str) -> dict[str, Path]:
+    """Where the report of config ``name`` goes: ``out/bench-train-NAME.md`` and ``.json``."""
+    stem = f"bench-train-{name or 'config'}"
+    return {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json"}
+
+
 def write(report: dict[str, Any], out: Path, command: str) -> dict[str, Path]:
     """``out/bench-train-NAME.md`` and ``.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-train-{report['name'] or 'config'}"
-    paths = {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json"}
+    paths = report_paths(out, report["name"])
     paths["markdown"].write_text(markdown(report, command))
     paths["json"].write_text(json.dumps({**report, "command": command}, indent=1) + "\n")
     return paths

@@ -40,9 +40,11 @@ from tqdm import tqdm
 
 from .. import kernels
 from ..config import STAGE_NAMES, Config, ConfigError, load_config
+from ..data.datasets import read_video_set
 from ..data.watchdog import exit_with_parent
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_grouped_bars
+from ..engine.runtime import resolve_device
 from ..engine.train import train
 from .diagnose import CONFOUNDERS, counterfactual_scores, synthetic_pairs
 
@@ -186,6 +188,16 @@ def run_one(source: str, overrides: list[str], name: str, seed: int, out: Path, 
     return {**done, **scores}
 
 
+def check_inputs(source: str, overrides: list[str], device: str) -> None:
+    """What would stop the first run only once it trained (minutes, its folder stamped), checked before any run: the
+    device, and that the data's training split and each evaluation split have rows."""
+    cfg = load_config(source, overrides)
+    resolve_device(device if device != "auto" else cfg.run.device)
+    videos = read_video_set(cfg.data)
+    for split in (cfg.data.train_split, *cfg.data.eval_splits):
+        videos.split(split)
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + rename)."""
     tmp = path.with_suffix(".tmp")
@@ -227,12 +239,9 @@ def _worker_init(threads: int, level: int, parent: int | None = None, interval: 
                         datefmt="%H:%M:%S")
 
 
-def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path, variants: list[str] | None = None,
-                 device: str = "auto", progress: bool = True, jobs: int = 1,
-                 overwrite: bool = False) -> dict[str, Any]:
-    """Train and evaluate every variant for ``seeds`` seeds, ``jobs`` runs at a time (each in its own process,
-    with ``cpu_count / jobs`` threads); returns the report (also written under ``out``). Runs of another
-    configuration in ``out`` are refused unless ``overwrite`` (they would be deleted)."""
+def variant_names(seeds: int, jobs: int, variants: list[str] | None) -> list[str]:
+    """The variants to run (``variants`` or the default set), once ``--seeds``, ``--jobs`` and ``--variants`` are
+    checked."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:
@@ -243,6 +252,16 @@ def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path,
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
+    return names
+
+
+def run_ablation(source: str, overrides: list[str], seeds: int, out: str | Path, variants: list[str] | None = None,
+                 device: str = "auto", progress: bool = True, jobs: int = 1,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Train and evaluate every variant for ``seeds`` seeds, ``jobs`` runs at a time (each in its own process,
+    with ``cpu_count / jobs`` threads); returns the report (also written under ``out``). Runs of another
+    configuration in ``out`` are refused unless ``overwrite`` (they would be deleted)."""
+    names = variant_names(seeds, jobs, variants)
     out = Path(out)
     tic = time.perf_counter()
     splits = variant_config(source, overrides, [], 0, out).data.eval_splits

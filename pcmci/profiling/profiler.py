@@ -55,17 +55,15 @@ class ProfileOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("batch", "repeats", "classes"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"profile: {key} must be at least 1, got {getattr(self, key)}")
-        if self.warmup < 0 or self.actions < 0 or (self.views is not None and self.views < 1):
-            raise ConfigError("profile: warmup and actions must be >= 0 and views >= 1")
+        for key, least in (("batch", 1), ("views", 1), ("classes", 1), ("actions", 0), ("warmup", 0), ("repeats", 1)):
+            value = getattr(self, key)
+            if value is not None and value < least:
+                raise ConfigError(f"profile: {key} must be at least {least}, got {value}")
         for key, most in LIMITS.items():
             value = getattr(self, key)
             if value is not None and value > most:
                 raise ConfigError(f"profile: {key} must be at most {most}, got {value}")
-        if self.device == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = str(resolve_device(self.device))  # CUDA asked for without it: refused before the model is built
 
 
 def _group_of(name: str) -> str | None:
