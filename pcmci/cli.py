@@ -20,7 +20,7 @@ from .config import DatasetName
 from .errors import ConfigError, PcmciError
 
 # ValueError stays expected until the layers outside pcmci.errors (the model and the train / evaluate / predict
-# entry points) raise the project's types for input they refuse, e.g. missing pretrained weights.
+# entry points) raise the project's types for every input they refuse.
 EXPECTED_ERRORS = (PcmciError, OSError, ValueError)
 
 
