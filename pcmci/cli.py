@@ -235,7 +235,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", type=checkpoint_file)
     p.add_argument("--out", type=out_folder, required=True,
                    help="output folder (PCMCI.from_pretrained(DIR) loads it)")
     p.add_argument("--overwrite", action="store_true", help="replace the export in an --out that holds one")
@@ -279,7 +279,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", type=checkpoint_file)
     p.add_argument("video", type=input_file)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")

@@ -441,6 +441,10 @@ def validate(cfg: Config) -> Config:
                        ("optim.grad_clip", o.grad_clip), ("optim.flood", o.flood)):
         if not value >= 0:  # NaN fails too
             raise ConfigError(f"config key {key!r} = {value}; it must be at least 0")
+    if not 0 < cfg.model.ich.eps < float("inf"):  # the Sinkhorn kernel divides by it; NaN fails too
+        raise ConfigError(f"config key 'model.ich.eps' = {cfg.model.ich.eps}; it must be a positive number")
+    if cfg.model.ich.iters < 1:
+        raise ConfigError(f"config key 'model.ich.iters' = {cfg.model.ich.iters}; it must be at least 1")
     if not 0 < o.lr < float("inf"):
         raise ConfigError(f"config key 'optim.lr' = {o.lr}; it must be a positive number")
     b = cfg.backdoor

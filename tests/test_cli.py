@@ -220,7 +220,8 @@ def test_an_empty_out_folder_is_refused_not_read_as_the_current_or_default_one(a
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("argv", [["eval", ""], ["diagnose", ""]], ids=["eval", "diagnose"])
+@pytest.mark.parametrize("argv", [["eval", ""], ["diagnose", ""], ["export", "", "--out", "x"], ["predict", "", "v.webm"]],
+                         ids=["eval", "diagnose", "export", "predict"])
 def test_an_empty_checkpoint_path_is_named_as_empty(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     """Found by a bug hunt: ``pcmci eval ''`` said "checkpoint is a folder, not a file: ." (the empty path read as
     the current folder)."""

@@ -40,6 +40,11 @@ def test_config_sanity_errors_name_the_keys() -> None:
     for value in ("-1", "0", "nan", "inf"):  # torch's optimiser would say "Invalid learning rate" without the key
         with pytest.raises(ConfigError, match="'optim.lr' = .*; it must be a positive number"):
             load_config("tiny", [f"optim.lr={value}"])
+        # the Sinkhorn kernel said "log_sinkhorn: eps must be > 0, got nan" once the model ran, naming no key
+        with pytest.raises(ConfigError, match="'model.ich.eps' = .*; it must be a positive number"):
+            load_config("tiny", [f"model.ich.eps={value}"])
+    with pytest.raises(ConfigError, match="'model.ich.iters' = 0; it must be at least 1"):
+        load_config("tiny", ["model.ich.iters=0"])
     with pytest.raises(ConfigError, match="override 'model.stages=\\[ich': the value is not valid YAML \\(line 1"):
         load_config("tiny", ["model.stages=[ich"])
     with pytest.raises(ConfigError, match="unknown config key 'optim.lr.x': optim.lr is a value, not a section"):
